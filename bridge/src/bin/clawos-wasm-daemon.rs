@@ -1,0 +1,95 @@
+//! `clawos-wasm-daemon`: runs ClawOS tools (WebAssembly components) in the
+//! bridge's sandbox and serves clawosctl over a Unix socket.
+
+use anyhow::Context;
+use clap::Parser;
+use clawos_bridge::config::{Config, LogFormat};
+use clawos_bridge::daemon::Daemon;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Default configuration file; a missing default file means built-in defaults.
+const DEFAULT_CONFIG: &str = "/etc/clawos/daemon.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clawos-wasm-daemon",
+    version,
+    about = "Run ClawOS tools (WebAssembly components) in the bridge's sandbox and serve clawosctl",
+    long_about = "Run ClawOS tools (WebAssembly components) in the bridge's sandbox and serve \
+                  clawosctl over a Unix socket.\n\nConfiguration: /etc/clawos/daemon.toml if it exists \
+                  (see config/daemon.toml for every key and its default). Logs go to standard error; \
+                  RUST_LOG sets the level (default info). Stop with SIGTERM or SIGINT: runs in flight \
+                  get ipc.shutdown_grace_ms to finish."
+)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen on this socket instead of the configured one.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Keep installed tools here instead of the configured state_dir.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Validate the configuration, print it as loaded, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => Config::load(DEFAULT_CONFIG.as_ref())?,
+        None => Config::default(),
+    };
+    if let Some(s) = &args.socket {
+        config.socket = std::path::absolute(s).context("resolving --socket")?;
+    }
+    if let Some(d) = &args.state_dir {
+        config.state_dir = std::path::absolute(d).context("resolving --state-dir")?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = load_config(&args)?;
+    if args.check_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    init_logging(config.log_format);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
+    let daemon = Daemon::new(config).map_err(|f| anyhow::anyhow!("cannot start: {f}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("clawos-daemon")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(Arc::new(daemon).serve(shutdown_signal())).map_err(|f| anyhow::anyhow!("{f}"))?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! `clawosctl`: install, list, run and remove tools, and read the daemon's
+//! status. Human output by default, `--json` for scripts. The exit status is
+//! the P1.7 code of a failed request (docs/error-codes.md), or the tool's own
+//! exit status when a run succeeds.
+
+use crate::error::{Code, Failure};
+use crate::ipc::client::Client;
+use crate::ipc::proto::{Body, ComponentSource, Request, Response, RunRequest};
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+/// Command-line interface of `clawosctl`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "clawosctl",
+    version,
+    about = "Manage and run ClawOS tools through clawos-wasm-daemon",
+    after_help = "Exit status: 0 on success; on failure the P1.7 code of the daemon's answer \
+                  (e.g. 202 TOOL_NOT_FOUND, 102 WASM_CPU_DEADLINE; see docs/error-codes.md); \
+                  for a run that succeeded, the tool's own exit status."
+)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(long, env = "CLAWOS_SOCKET", default_value = "/run/clawos/bridge.sock", global = true)]
+    pub socket: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `clawosctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate, precompile and install a component (.wasm) as a tool.
+    Install {
+        /// Name to install it under: 1-64 of a-z, 0-9, '-', '_'.
+        name: String,
+        /// The component file, built for wasm32-wasip2 against the clawos:bridge WIT package.
+        file: PathBuf,
+        /// Replace a tool of the same name.
+        #[arg(long)]
+        replace: bool,
+        /// Let the daemon read FILE itself instead of sending its bytes (root only).
+        #[arg(long)]
+        by_path: bool,
+    },
+    /// List installed tools.
+    List,
+    /// Run a tool and print its output.
+    Run {
+        /// The tool.
+        name: String,
+        /// Arguments passed to the tool's `run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// Pass this file's contents as the tool's input.
+        #[arg(long, conflicts_with = "stdin")]
+        input: Option<PathBuf>,
+        /// Pass everything on standard input as the tool's input.
+        #[arg(long)]
+        stdin: bool,
+        /// Set NAME=VALUE in the tool's environment (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// End the run with ETIMEOUT after this many milliseconds.
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+    },
+    /// Remove an installed tool.
+    Remove {
+        /// The tool.
+        name: String,
+    },
+    /// Show the daemon's version, limits and counters.
+    Status,
+}
+
+fn request(cli: &Cli) -> Result<Request, Failure> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Failure::io(format_args!("cannot read {}", p.display()), &e));
+    Ok(match &cli.command {
+        Command::Install { name, file, replace, by_path } => Request::Install {
+            name: name.clone(),
+            source: if *by_path {
+                let abs = std::path::absolute(file).map_err(|e| Failure::io(format_args!("cannot resolve {}", file.display()), &e))?;
+                ComponentSource::Path(abs.to_string_lossy().into_owned())
+            } else {
+                ComponentSource::Bytes(read(file)?)
+            },
+            replace: *replace,
+        },
+        Command::List => Request::List,
+        Command::Remove { name } => Request::Remove { name: name.clone() },
+        Command::Status => Request::Status,
+        Command::Run { name, args, input, stdin, env, timeout } => {
+            let input = match (input, stdin) {
+                (Some(p), _) => read(p)?,
+                (None, true) => {
+                    let mut buf = Vec::new();
+                    std::io::stdin().read_to_end(&mut buf).map_err(|e| Failure::io("cannot read standard input", &e))?;
+                    buf
+                }
+                (None, false) => Vec::new(),
+            };
+            let env = env
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| Failure::new(Code::InvalidArgument, format!("--env {kv:?} is not NAME=VALUE")))
+                })
+                .collect::<Result<_, _>>()?;
+            Request::Run(RunRequest { name: name.clone(), args: args.clone(), input, env, timeout_ms: *timeout })
+        }
+    })
+}
+
+/// Run `clawosctl` with parsed arguments; returns the process exit status.
+pub fn main(cli: Cli) -> u8 {
+    let result = request(&cli).and_then(|req| Client::connect(&cli.socket)?.request(&req));
+    match result {
+        Err(f) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "code": f.code.value(), "name": f.code.name(), "message": f.message }));
+            } else {
+                eprintln!("clawosctl: {}: {}", f.code, f.message);
+            }
+            f.code.exit_status()
+        }
+        Ok(resp) => {
+            if cli.json {
+                println!("{}", json(&resp));
+            } else {
+                human(&resp);
+            }
+            match (&resp.body, resp.code) {
+                (Body::Run(out), Code::Success) => out.exit_status.unwrap_or(0),
+                (_, code) => code.exit_status(),
+            }
+        }
+    }
+}
+
+fn bytes_json(b: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(b) {
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+        Err(_) => serde_json::json!(b),
+    }
+}
+
+/// The response as JSON; byte fields as strings when they are UTF-8.
+pub fn json(resp: &Response) -> serde_json::Value {
+    let body = match &resp.body {
+        Body::Empty => serde_json::Value::Null,
+        Body::Tool(t) => serde_json::json!(t),
+        Body::Tools(t) => serde_json::json!(t),
+        Body::Status(s) => serde_json::json!(s),
+        Body::Run(o) => serde_json::json!({
+            "exit_status": o.exit_status,
+            "output": bytes_json(&o.output),
+            "stdout": bytes_json(&o.stdout),
+            "stderr": bytes_json(&o.stderr),
+            "logs": o.logs,
+            "logs_dropped": o.logs_dropped,
+            "instance_id": o.instance_id,
+            "instantiate_us": o.instantiate_us,
+            "run_us": o.run_us,
+            "memory_peak": o.memory_peak,
+        }),
+    };
+    serde_json::json!({ "code": resp.code.value(), "name": resp.code.name(), "message": resp.message, "body": body })
+}
+
+fn human(resp: &Response) {
+    let mut out = std::io::stdout().lock();
+    match &resp.body {
+        Body::Run(o) => {
+            let _ = out.write_all(&o.output);
+            let _ = out.write_all(&o.stdout);
+            let _ = out.flush();
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&o.stderr);
+            for line in &o.logs {
+                let _ = writeln!(err, "[{}] {}", line.level, line.message);
+            }
+            if o.logs_dropped > 0 {
+                let _ = writeln!(err, "clawosctl: {} log lines were dropped by the daemon's limits", o.logs_dropped);
+            }
+        }
+        Body::Tool(t) => {
+            let _ = writeln!(out, "{}  sha256:{}  {} bytes (precompiled {} bytes)", t.name, t.sha256, t.component_bytes, t.artifact_bytes);
+        }
+        Body::Tools(tools) => {
+            if tools.is_empty() {
+                let _ = writeln!(out, "no tools installed");
+            }
+            for t in tools {
+                let _ = writeln!(out, "{:<24} {:>10} bytes  sha256:{}", t.name, t.component_bytes, &t.sha256[..16]);
+            }
+        }
+        Body::Status(s) => {
+            let _ = writeln!(out, "clawos-wasm-daemon {} (protocol {}), pid {}, up {:.1} s", s.version, s.protocol, s.pid, s.uptime_ms as f64 / 1000.0);
+            let _ = writeln!(out, "tools installed:   {}", s.tools);
+            let _ = writeln!(out, "runs in flight:    {} of {}", s.runs_in_flight, s.max_concurrent_runs);
+            let _ = writeln!(out, "runs finished:     {} ({} failed)", s.runs_total, s.runs_failed);
+            let _ = writeln!(out, "requests answered: {} ({} malformed)", s.requests_total, s.protocol_errors);
+            let _ = writeln!(out, "connections open:  {}", s.connections);
+            let _ = writeln!(out, "per instance:      memory {} MiB, cpu budget {} ms", s.memory_limit_bytes >> 20, s.cpu_budget_ms);
+        }
+        Body::Empty => {}
+    }
+    if resp.code != Code::Success {
+        eprintln!("clawosctl: {}: {}", resp.code, resp.message);
+    }
+}

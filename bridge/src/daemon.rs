@@ -1,0 +1,322 @@
+//! The server: a Unix socket, peer credentials checked per connection,
+//! bounded connections and runs (EAGAIN when full), one response per
+//! request, and graceful shutdown. Runs execute on blocking threads; a run
+//! that traps, overruns or exhausts its limits ends with its code and the
+//! daemon keeps serving.
+
+use crate::config::Config;
+use crate::error::{Code, Failure};
+use crate::ipc::frame;
+use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
+use crate::registry::Registry;
+use crate::runtime::{RunInput, Runtime};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+/// How long an open connection may sit idle between requests.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// The line printed when the daemon is ready; the appliance's init and the
+/// tests wait for it.
+pub const READY_MARKER: &str = "clawos-wasm-daemon ready";
+
+#[derive(Default)]
+struct Counters {
+    runs_total: AtomicU64,
+    runs_failed: AtomicU64,
+    requests_total: AtomicU64,
+    protocol_errors: AtomicU64,
+    connections: AtomicU32,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    config: Config,
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    runs: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    counters: Counters,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Build the runtime and open the registry. Fails with
+    /// SANDBOX_SETUP_FAILED (or the I/O code) naming what could not be set up.
+    pub fn new(config: Config) -> Result<Daemon, Failure> {
+        let runtime = Arc::new(Runtime::new(&config)?);
+        let registry = Arc::new(Registry::open(&config.state_dir, &runtime)?);
+        Ok(Daemon {
+            runs: Arc::new(Semaphore::new(config.ipc.max_concurrent_runs as usize)),
+            connections: Arc::new(Semaphore::new(config.ipc.max_connections as usize)),
+            config,
+            runtime,
+            registry,
+            counters: Counters::default(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Listen on the configured socket until `shutdown` completes, then stop
+    /// accepting, let runs in flight finish within the grace period and
+    /// remove the socket.
+    pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+        let listener = bind(&self.config.socket)?;
+        tracing::info!(
+            socket = %self.config.socket.display(),
+            tools = self.registry.list().len(),
+            memory_limit_bytes = self.config.sandbox.memory_limit_bytes,
+            cpu_budget_ms = self.config.sandbox.cpu_budget_ms,
+            "{READY_MARKER} on {}", self.config.socket.display()
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let daemon = self.clone();
+                        tokio::spawn(async move { daemon.connection(stream).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let _ = std::fs::remove_file(&self.config.socket);
+        let all = self.config.ipc.max_concurrent_runs;
+        let in_flight = all as usize - self.runs.available_permits();
+        tracing::info!(in_flight, "shutting down: no new connections; waiting for runs in flight");
+        let grace = Duration::from_millis(self.config.ipc.shutdown_grace_ms);
+        match tokio::time::timeout(grace, self.runs.acquire_many(all)).await {
+            Ok(_) => tracing::info!("shutdown complete"),
+            Err(_) => tracing::warn!(
+                in_flight = all as usize - self.runs.available_permits(),
+                "shutdown grace of {} ms passed with runs in flight; they are killed with the process",
+                grace.as_millis()
+            ),
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> DaemonStatus {
+        let max = self.config.ipc.max_concurrent_runs;
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: frame::VERSION,
+            pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            tools: self.registry.list().len() as u32,
+            runs_in_flight: max - self.runs.available_permits() as u32,
+            max_concurrent_runs: max,
+            runs_total: self.counters.runs_total.load(Ordering::Relaxed),
+            runs_failed: self.counters.runs_failed.load(Ordering::Relaxed),
+            requests_total: self.counters.requests_total.load(Ordering::Relaxed),
+            protocol_errors: self.counters.protocol_errors.load(Ordering::Relaxed),
+            connections: self.counters.connections.load(Ordering::Relaxed),
+            memory_limit_bytes: self.config.sandbox.memory_limit_bytes,
+            cpu_budget_ms: self.config.sandbox.cpu_budget_ms,
+        }
+    }
+
+    /// Serve one connection until the peer closes it or sends a bad frame.
+    async fn connection(self: Arc<Self>, mut stream: UnixStream) {
+        let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
+            let f = Failure::new(
+                Code::Eagain,
+                format!("the daemon serves {} connections at once; retry later", self.config.ipc.max_connections),
+            );
+            self.refuse(&mut stream, &f).await;
+            return;
+        };
+        let peer = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!("cannot read peer credentials: {e}");
+                return;
+            }
+        };
+        let peer_uid = peer.uid();
+        if let Err(f) = self.check_peer(peer_uid, peer.gid(), peer.pid()) {
+            tracing::warn!(uid = peer_uid, pid = peer.pid(), "connection refused: {}", f.message);
+            self.refuse(&mut stream, &f).await;
+            return;
+        }
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let max = self.config.max_frame_bytes();
+        let frame_timeout = Duration::from_millis(self.config.ipc.frame_timeout_ms);
+        loop {
+            let (response, fatal) = match frame::read_async(&mut stream, max, IDLE, frame_timeout).await {
+                Ok(None) => break,
+                Ok(Some(payload)) => match Request::decode(&payload, &self.config.ipc) {
+                    Ok(request) => (self.clone().handle(request, peer_uid).await, false),
+                    Err(f) => (Response::failure(&f), false),
+                },
+                Err(f) => (Response::failure(&f), true),
+            };
+            if matches!(response.code, Code::Eproto | Code::UnsupportedVersion) {
+                self.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(code = %response.code, "bad request: {}", response.message);
+            }
+            self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = write_response(&mut stream, &response).await {
+                tracing::debug!("peer went away before its response: {e}");
+                break;
+            }
+            if fatal {
+                break;
+            }
+        }
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Answer the first request of a connection we will not serve with `f`, then close.
+    async fn refuse(&self, stream: &mut UnixStream, f: &Failure) {
+        let max = self.config.max_frame_bytes();
+        let wait = Duration::from_millis(self.config.ipc.frame_timeout_ms);
+        if let Ok(Some(_)) | Err(_) = frame::read_async(stream, max, wait, wait).await {
+            self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+            let _ = write_response(stream, &Response::failure(f)).await;
+        }
+    }
+
+    /// Root, the daemon's own user, or a member of an allowed group.
+    fn check_peer(&self, uid: u32, gid: u32, pid: Option<i32>) -> Result<(), Failure> {
+        if uid == 0 || uid == rustix::process::geteuid().as_raw() {
+            return Ok(());
+        }
+        let allowed = &self.config.allowed_gids;
+        if allowed.contains(&gid) {
+            return Ok(());
+        }
+        if let Some(pid) = pid
+            && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:"))
+            && groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()).any(|g| allowed.contains(&g))
+        {
+            return Ok(());
+        }
+        Err(Failure::new(
+            Code::Eperm,
+            format!("uid {uid} (gid {gid}) may not use this socket: only root, the daemon's user and allowed_gids"),
+        ))
+    }
+
+    async fn handle(self: Arc<Self>, request: Request, peer_uid: u32) -> Response {
+        let kind = request.kind();
+        let result = match request {
+            Request::Status => Ok(Response::ok(Body::Status(self.status()))),
+            Request::List => Ok(Response::ok(Body::Tools(self.registry.list()))),
+            Request::Remove { name } => self.registry.remove(&name).map(|i| Response::ok(Body::Tool(i))),
+            Request::Install { name, source, replace } => self.install(name, source, replace, peer_uid).await,
+            Request::Run(run) => self.run(run).await,
+        };
+        let response = result.unwrap_or_else(|f| Response::failure(&f));
+        if response.code == Code::Einternal {
+            tracing::error!(request = kind, "internal error: {}", response.message);
+        }
+        response
+    }
+
+    async fn install(&self, name: String, source: ComponentSource, replace: bool, peer_uid: u32) -> Result<Response, Failure> {
+        let bytes = match source {
+            ComponentSource::Bytes(b) => b,
+            ComponentSource::Path(path) => {
+                if peer_uid != 0 {
+                    return Err(Failure::new(
+                        Code::PolicyDenied,
+                        "install from a path the daemon reads is for root only; send the component's bytes",
+                    ));
+                }
+                read_component(Path::new(&path), self.config.ipc.max_component_bytes)?
+            }
+        };
+        let (runtime, registry) = (self.runtime.clone(), self.registry.clone());
+        let info = tokio::task::spawn_blocking(move || registry.install(&runtime, &name, &bytes, replace))
+            .await
+            .map_err(|e| Failure::new(Code::Epanic, format!("install task failed: {e}")))??;
+        Ok(Response::ok(Body::Tool(info)))
+    }
+
+    async fn run(&self, run: RunRequest) -> Result<Response, Failure> {
+        let tool = self.registry.get(&run.name)?;
+        let Ok(slot) = self.runs.clone().try_acquire_owned() else {
+            return Err(Failure::new(
+                Code::Eagain,
+                format!("{} runs are in flight (max_concurrent_runs); retry later", self.config.ipc.max_concurrent_runs),
+            ));
+        };
+        let runtime = self.runtime.clone();
+        let input = RunInput { args: run.args, input: run.input, env: run.env, timeout_ms: run.timeout_ms };
+        let name = run.name;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = runtime.run(&name, &tool.prepared, input);
+            drop(slot);
+            outcome
+        })
+        .await
+        .map_err(|e| Failure::new(Code::Epanic, format!("run task failed: {e}")))?;
+        self.counters.runs_total.fetch_add(1, Ordering::Relaxed);
+        if outcome.code != Code::Success {
+            self.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Response { code: outcome.code, message: outcome.message.clone(), body: Body::Run(Box::new(outcome)) })
+    }
+}
+
+async fn write_response(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let payload = response.encode();
+    stream.write_all(&frame::header(payload.len())).await?;
+    stream.write_all(&payload).await?;
+    stream.flush().await
+}
+
+fn read_component(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
+    let meta = std::fs::metadata(path).map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))?;
+    if !meta.is_file() {
+        return Err(Failure::new(Code::InvalidArgument, format!("{} is not a regular file", path.display())));
+    }
+    if meta.len() > max {
+        return Err(Failure::new(
+            Code::Eproto,
+            format!("{} is {} bytes; max_component_bytes is {max}", path.display(), meta.len()),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))
+}
+
+/// Bind the socket: create its directory, replace a stale socket (nobody
+/// listening), refuse if another daemon is listening, allow the group.
+fn bind(path: &Path) -> Result<UnixListener, Failure> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| Failure::io(format_args!("cannot create socket directory {}", dir.display()), &e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Failure::new(
+                Code::Eagain,
+                format!("another daemon is listening on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Failure::io(format_args!("cannot remove stale socket {}", path.display()), &e))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Failure::io(format_args!("cannot listen on {}", path.display()), &e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Failure::io(format_args!("cannot set the mode of {}", path.display()), &e))?;
+    Ok(listener)
+}

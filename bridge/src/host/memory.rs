@@ -1,0 +1,293 @@
+//! `clawos:bridge/memory` and the instance's memory account. One
+//! [`MemoryAccount`] per instance counts linear memory (it is the store's
+//! `ResourceLimiter`) and host regions together against one limit, so a tool
+//! cannot get past its cap by allocating on the host side.
+
+use super::wit_memory::{Host, HostSharedRegion, Usage};
+use super::{ErrorCode, Handles, SandboxTrap, table_error};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use wasmtime::component::{HasData, Resource};
+
+/// Longest name of a shared region.
+const MAX_REGION_NAME: usize = 64;
+/// Largest read from a region in one call, so one call cannot force a huge
+/// host-side copy outside the account.
+const MAX_TRANSFER: u64 = 16 << 20;
+
+type Bytes = Arc<Mutex<Vec<u8>>>;
+
+/// A host-backed region held through a handle.
+#[derive(Debug)]
+pub struct Region {
+    bytes: Bytes,
+    size: u64,
+}
+
+/// Named regions shared by the live instances of one tool. The map holds
+/// weak references: a region lives while some instance holds a handle to it.
+#[derive(Debug, Default)]
+pub struct SharedRegions {
+    map: Mutex<HashMap<(String, String), Weak<Mutex<Vec<u8>>>>>,
+}
+
+impl SharedRegions {
+    /// The region `name` of `tool`, created with `size` zero bytes if none is live.
+    fn open(&self, tool: &str, name: &str, size: u64) -> Result<Bytes, ErrorCode> {
+        let mut map = self.map.lock().map_err(|_| ErrorCode::Einternal)?;
+        map.retain(|_, weak| weak.strong_count() > 0);
+        let key = (tool.to_owned(), name.to_owned());
+        if let Some(bytes) = map.get(&key).and_then(Weak::upgrade) {
+            let len = bytes.lock().map_err(|_| ErrorCode::Einternal)?.len() as u64;
+            return if len == size { Ok(bytes) } else { Err(ErrorCode::InvalidArgument) };
+        }
+        let bytes = Arc::new(Mutex::new(vec![0; usize::try_from(size).map_err(|_| ErrorCode::InvalidArgument)?]));
+        map.insert(key, Arc::downgrade(&bytes));
+        Ok(bytes)
+    }
+}
+
+/// Which count limit an instance is held to (the store's `ResourceLimiter`).
+#[derive(Debug, Clone, Copy)]
+pub struct CountLimits {
+    /// Core instances.
+    pub instances: usize,
+    /// Tables.
+    pub tables: usize,
+    /// Linear memories.
+    pub memories: usize,
+    /// Elements per table.
+    pub table_elements: usize,
+}
+
+/// Linear memory and host regions of one instance, against one limit.
+#[derive(Debug)]
+pub struct MemoryAccount {
+    limit: u64,
+    linear: u64,
+    host: u64,
+    peak: u64,
+    counts: CountLimits,
+}
+
+impl MemoryAccount {
+    /// An empty account with `limit` bytes.
+    pub fn new(limit: u64, counts: CountLimits) -> MemoryAccount {
+        MemoryAccount { limit, linear: 0, host: 0, peak: 0, counts }
+    }
+
+    /// The most linear plus host bytes held at once.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    fn charge_host(&mut self, bytes: u64) -> Result<(), ErrorCode> {
+        if self.linear + self.host + bytes > self.limit {
+            return Err(ErrorCode::WasmMemoryLimit);
+        }
+        self.host += bytes;
+        self.peak = self.peak.max(self.linear + self.host);
+        Ok(())
+    }
+
+    fn release_host(&mut self, bytes: u64) {
+        self.host = self.host.saturating_sub(bytes);
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryAccount {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let linear = self.linear - current as u64 + desired as u64;
+        if linear + self.host > self.limit {
+            return Err(SandboxTrap::MemoryLimit { limit: self.limit, linear, host: self.host }.into());
+        }
+        self.linear = linear;
+        self.peak = self.peak.max(self.linear + self.host);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.counts.table_elements {
+            return Err(SandboxTrap::TableLimit { limit: self.counts.table_elements as u64, desired: desired as u64 }.into());
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.counts.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.counts.tables
+    }
+
+    fn memories(&self) -> usize {
+        self.counts.memories
+    }
+}
+
+/// The memory interface's view of an instance.
+pub struct MemoryView<'a> {
+    /// The instance's handles.
+    pub handles: &'a mut Handles,
+    /// The instance's memory account.
+    pub account: &'a mut MemoryAccount,
+    /// Regions shared between instances of the same tool.
+    pub shared: &'a SharedRegions,
+    /// The tool's name: the namespace of its shared regions.
+    pub tool: &'a str,
+}
+
+/// Marker for the memory interface's view.
+pub struct MemoryHost;
+
+impl HasData for MemoryHost {
+    type Data<'a> = MemoryView<'a>;
+}
+
+type R<T> = wasmtime::Result<Result<T, ErrorCode>>;
+
+impl MemoryView<'_> {
+    fn hold(&mut self, bytes: Bytes, size: u64) -> Result<Resource<Region>, ErrorCode> {
+        self.account.charge_host(size)?;
+        self.handles.push(Region { bytes, size }).inspect_err(|_| self.account.release_host(size))
+    }
+
+    fn region(&self, handle: &Resource<Region>) -> Result<&Region, ErrorCode> {
+        self.handles.table.get(handle).map_err(|e| table_error(&e))
+    }
+}
+
+/// The byte range `offset..offset+len` if it lies in a region of `size` bytes.
+fn range(size: u64, offset: u64, len: u64) -> Result<std::ops::Range<usize>, ErrorCode> {
+    let end = offset.checked_add(len).ok_or(ErrorCode::InvalidArgument)?;
+    if end > size || len > MAX_TRANSFER {
+        return Err(ErrorCode::InvalidArgument);
+    }
+    Ok(offset as usize..end as usize)
+}
+
+impl Host for MemoryView<'_> {
+    fn allocate(&mut self, size: u64) -> R<Resource<Region>> {
+        if self.account.linear + self.account.host + size > self.account.limit {
+            return Ok(Err(ErrorCode::WasmMemoryLimit));
+        }
+        let Ok(len) = usize::try_from(size) else {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        };
+        Ok(self.hold(Arc::new(Mutex::new(vec![0; len])), size))
+    }
+
+    fn open_shared(&mut self, name: String, size: u64) -> R<Resource<Region>> {
+        if name.is_empty() || name.len() > MAX_REGION_NAME {
+            return Ok(Err(ErrorCode::InvalidArgument));
+        }
+        if self.account.linear + self.account.host + size > self.account.limit {
+            return Ok(Err(ErrorCode::WasmMemoryLimit));
+        }
+        Ok(self.shared.open(self.tool, &name, size).and_then(|bytes| self.hold(bytes, size)))
+    }
+
+    fn get_usage(&mut self) -> wasmtime::Result<Usage> {
+        Ok(Usage { linear: self.account.linear, host: self.account.host })
+    }
+
+    fn get_limit(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.account.limit)
+    }
+}
+
+impl HostSharedRegion for MemoryView<'_> {
+    fn size(&mut self, handle: Resource<Region>) -> wasmtime::Result<u64> {
+        // `size` cannot fail in WIT; the component ABI already refused any
+        // handle this instance does not own, so a miss here is a bridge bug.
+        Ok(self.handles.table.get(&handle)?.size)
+    }
+
+    fn read(&mut self, handle: Resource<Region>, offset: u64, len: u32) -> R<Vec<u8>> {
+        let region = match self.region(&handle) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let range = match range(region.size, offset, len.into()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let bytes = region.bytes.lock().map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
+        Ok(Ok(bytes[range].to_vec()))
+    }
+
+    fn write(&mut self, handle: Resource<Region>, offset: u64, data: Vec<u8>) -> R<()> {
+        let region = match self.region(&handle) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let range = match range(region.size, offset, data.len() as u64) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut bytes = region.bytes.lock().map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
+        bytes[range].copy_from_slice(&data);
+        Ok(Ok(()))
+    }
+
+    fn drop(&mut self, handle: Resource<Region>) -> wasmtime::Result<()> {
+        let region = self.handles.delete(handle)?;
+        self.account.release_host(region.size);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    const COUNTS: CountLimits = CountLimits { instances: 4, tables: 4, memories: 2, table_elements: 100 };
+
+    #[test]
+    fn linear_and_host_share_one_limit() {
+        let mut account = MemoryAccount::new(1000, COUNTS);
+        assert!(account.memory_growing(0, 600, None).unwrap());
+        assert_eq!(account.charge_host(500), Err(ErrorCode::WasmMemoryLimit));
+        account.charge_host(400).unwrap();
+        let err = account.memory_growing(600, 700, None).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<SandboxTrap>(),
+            Some(&SandboxTrap::MemoryLimit { limit: 1000, linear: 700, host: 400 })
+        );
+        account.release_host(400);
+        assert!(account.memory_growing(600, 1000, None).unwrap());
+        assert_eq!(account.peak(), 1000);
+    }
+
+    #[test]
+    fn table_growth_past_the_limit_traps() {
+        let mut account = MemoryAccount::new(1000, COUNTS);
+        assert!(account.table_growing(0, 100, None).unwrap());
+        let err = account.table_growing(100, 101, None).unwrap_err();
+        assert_eq!(err.downcast_ref::<SandboxTrap>(), Some(&SandboxTrap::TableLimit { limit: 100, desired: 101 }));
+    }
+
+    #[test]
+    fn region_ranges_are_checked() {
+        assert_eq!(range(10, 0, 10), Ok(0..10));
+        assert_eq!(range(10, 10, 0), Ok(10..10));
+        assert_eq!(range(10, 5, 6), Err(ErrorCode::InvalidArgument));
+        assert_eq!(range(10, u64::MAX, 2), Err(ErrorCode::InvalidArgument));
+    }
+
+    #[test]
+    fn shared_regions_are_per_tool_and_live_while_held() {
+        let shared = SharedRegions::default();
+        let a = shared.open("t", "r", 8).unwrap();
+        a.lock().unwrap()[0] = 42;
+        let b = shared.open("t", "r", 8).unwrap();
+        assert_eq!(b.lock().unwrap()[0], 42);
+        assert_eq!(shared.open("t", "r", 9).unwrap_err(), ErrorCode::InvalidArgument);
+        let other = shared.open("u", "r", 8).unwrap();
+        assert_eq!(other.lock().unwrap()[0], 0);
+        drop((a, b));
+        assert_eq!(shared.open("t", "r", 9).unwrap().lock().unwrap().len(), 9);
+    }
+}

@@ -1,0 +1,22 @@
+//! ClawOS WASM runtime bridge: the library behind `clawos-wasm-daemon` and
+//! `clawosctl`.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`error`] | the P1.7 codes |
+//! | [`config`] | the daemon's TOML configuration |
+//! | [`host`] | the WIT host interfaces |
+//! | [`runtime`] | engine, precompilation, per-run sandbox limits |
+//! | [`registry`] | installed tools on disk |
+//! | [`ipc`] | the socket protocol: frames, messages, client |
+//! | [`daemon`] | the server |
+//! | [`cli`] | `clawosctl` |
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod host;
+pub mod ipc;
+pub mod registry;
+pub mod runtime;

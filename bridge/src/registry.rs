@@ -1,0 +1,268 @@
+//! Installed tools. Each lives in `<state_dir>/tools/<name>/`: the component
+//! as given (`component.wasm`), its precompiled artifact (`component.cwasm`)
+//! and `tool.toml`. Installs are staged in a temporary directory and renamed
+//! into place, so a crash never leaves a half-installed tool; at start every
+//! tool is loaded again, and an artifact the engine can no longer load (a
+//! new wasmtime, another CPU target) is recompiled from its component.
+
+use crate::error::{Code, Failure};
+use crate::runtime::{Prepared, Runtime};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Longest tool name.
+pub const MAX_NAME: usize = 64;
+const COMPONENT: &str = "component.wasm";
+const ARTIFACT: &str = "component.cwasm";
+const META: &str = "tool.toml";
+
+/// What the registry knows of an installed tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolInfo {
+    /// The name it was installed under.
+    pub name: String,
+    /// sha256 of the component bytes, hex.
+    pub sha256: String,
+    /// Size of the component, bytes.
+    pub component_bytes: u64,
+    /// Size of the precompiled artifact, bytes.
+    pub artifact_bytes: u64,
+    /// When it was installed, seconds since the Unix epoch.
+    pub installed_at: u64,
+}
+
+/// An installed tool, linked and ready to instantiate.
+pub struct InstalledTool {
+    /// Its metadata.
+    pub info: ToolInfo,
+    /// Its linked component.
+    pub prepared: Prepared,
+}
+
+/// The set of installed tools.
+pub struct Registry {
+    dir: PathBuf,
+    tools: RwLock<BTreeMap<String, Arc<InstalledTool>>>,
+    installing: Mutex<()>,
+}
+
+/// Refuse names that are not `[a-z0-9][a-z0-9_-]{0,63}`; a name is a
+/// directory name in the state directory, so this is also what keeps it there.
+pub fn validate_name(name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'-' || b == b'_'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Code::InvalidArgument,
+            format!("invalid tool name {name:?}: use 1-{MAX_NAME} of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+        ))
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Failure {
+    move |e| Failure::io(context, &e)
+}
+
+impl Registry {
+    /// Open (creating it 0700) the registry under `state_dir` and load every tool.
+    pub fn open(state_dir: &Path, runtime: &Runtime) -> Result<Registry, Failure> {
+        let dir = state_dir.join("tools");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(format_args!("cannot create state directory {}", dir.display())))?;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format_args!("cannot restrict {}", state_dir.display())))?;
+        let registry = Registry { dir, tools: RwLock::new(BTreeMap::new()), installing: Mutex::new(()) };
+        registry.load_all(runtime)?;
+        Ok(registry)
+    }
+
+    fn load_all(&self, runtime: &Runtime) -> Result<(), Failure> {
+        let entries = std::fs::read_dir(&self.dir).map_err(io(format_args!("cannot list {}", self.dir.display())))?;
+        let mut tools = self.tools.write().map_err(|_| poisoned())?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".staging-") || name.starts_with(".old-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
+            if validate_name(&name).is_err() {
+                tracing::warn!(path = %entry.path().display(), "ignoring a directory that is not a tool name");
+                continue;
+            }
+            match load_one(runtime, &entry.path()) {
+                Ok(tool) => {
+                    tracing::info!(tool = %name, sha256 = %tool.info.sha256, "tool loaded");
+                    tools.insert(name, Arc::new(tool));
+                }
+                Err(e) => tracing::error!(tool = %name, code = %e.code, "tool not loaded: {}", e.message),
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate, precompile, link and store `bytes` as tool `name`.
+    pub fn install(&self, runtime: &Runtime, name: &str, bytes: &[u8], replace: bool) -> Result<ToolInfo, Failure> {
+        validate_name(name)?;
+        let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
+        if !replace && self.tools.read().map_err(|_| poisoned())?.contains_key(name) {
+            return Err(Failure::new(Code::ToolExists, format!("tool {name:?} is already installed (use replace)")));
+        }
+        let artifact = runtime.precompile(bytes)?;
+        let staging = self.dir.join(format!(".staging-{name}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io(format_args!("cannot create {}", staging.display())))?;
+        let staged = (|| {
+            let info = ToolInfo {
+                name: name.to_owned(),
+                sha256: sha256_hex(bytes),
+                component_bytes: bytes.len() as u64,
+                artifact_bytes: artifact.len() as u64,
+                installed_at: now_secs(),
+            };
+            write(&staging.join(COMPONENT), bytes)?;
+            write(&staging.join(ARTIFACT), &artifact)?;
+            let meta = toml::to_string(&info).map_err(|e| Failure::new(Code::Einternal, format!("cannot encode tool metadata: {e}")))?;
+            write(&staging.join(META), meta.as_bytes())?;
+            let prepared = runtime.load_artifact(&staging.join(ARTIFACT))?;
+            Ok::<_, Failure>(InstalledTool { info, prepared })
+        })();
+        let tool = match staged {
+            Ok(tool) => tool,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let target = self.dir.join(name);
+        let old = self.dir.join(format!(".old-{name}"));
+        if target.exists() {
+            std::fs::rename(&target, &old).map_err(io(format_args!("cannot move {} aside", target.display())))?;
+        }
+        std::fs::rename(&staging, &target).map_err(io(format_args!("cannot move {} into place", target.display())))?;
+        let _ = std::fs::remove_dir_all(&old);
+        let info = tool.info.clone();
+        self.tools.write().map_err(|_| poisoned())?.insert(name.to_owned(), Arc::new(tool));
+        tracing::info!(tool = %name, sha256 = %info.sha256, bytes = info.component_bytes, "tool installed");
+        Ok(info)
+    }
+
+    /// The tool called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<InstalledTool>, Failure> {
+        validate_name(name)?;
+        self.tools
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Failure::new(Code::ToolNotFound, format!("no tool named {name:?} is installed")))
+    }
+
+    /// Every installed tool, by name.
+    pub fn list(&self) -> Vec<ToolInfo> {
+        self.tools.read().map(|t| t.values().map(|t| t.info.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Remove the tool called `name`; runs in flight keep their instance.
+    pub fn remove(&self, name: &str) -> Result<ToolInfo, Failure> {
+        validate_name(name)?;
+        let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
+        let tool = self
+            .tools
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(name)
+            .ok_or_else(|| Failure::new(Code::ToolNotFound, format!("no tool named {name:?} is installed")))?;
+        let path = self.dir.join(name);
+        std::fs::remove_dir_all(&path).map_err(io(format_args!("cannot remove {}", path.display())))?;
+        tracing::info!(tool = %name, "tool removed");
+        Ok(tool.info.clone())
+    }
+}
+
+fn poisoned() -> Failure {
+    Failure::new(Code::Einternal, "registry lock poisoned by an earlier panic")
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format_args!("cannot create {}", path.display())))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(format_args!("cannot write {}", path.display())))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Load the tool in `dir`, recompiling its artifact if this engine cannot load it.
+fn load_one(runtime: &Runtime, dir: &Path) -> Result<InstalledTool, Failure> {
+    let meta_path = dir.join(META);
+    let text = std::fs::read_to_string(&meta_path).map_err(io(format_args!("cannot read {}", meta_path.display())))?;
+    let mut info: ToolInfo = toml::from_str(&text)
+        .map_err(|e| Failure::new(Code::WasmInvalidComponent, format!("invalid {}: {e}", meta_path.display())))?;
+    let artifact = dir.join(ARTIFACT);
+    match runtime.load_artifact(&artifact) {
+        Ok(prepared) => Ok(InstalledTool { info, prepared }),
+        Err(e) if e.code == Code::WasmInvalidComponent => {
+            tracing::warn!(path = %artifact.display(), "artifact does not load ({}); recompiling from the component", e.message);
+            let component = dir.join(COMPONENT);
+            let bytes = std::fs::read(&component).map_err(io(format_args!("cannot read {}", component.display())))?;
+            if sha256_hex(&bytes) != info.sha256 {
+                return Err(Failure::new(Code::WasmInvalidComponent, format!("{} does not match its recorded sha256", component.display())));
+            }
+            let compiled = runtime.precompile(&bytes)?;
+            let fresh = dir.join(".component.cwasm.new");
+            let _ = std::fs::remove_file(&fresh);
+            write(&fresh, &compiled)?;
+            std::fs::rename(&fresh, &artifact).map_err(io(format_args!("cannot replace {}", artifact.display())))?;
+            info.artifact_bytes = compiled.len() as u64;
+            let prepared = runtime.load_artifact(&artifact)?;
+            Ok(InstalledTool { info, prepared })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_stay_in_the_state_directory() {
+        for ok in ["hello", "a", "echo-2", "x_y", &"a".repeat(64)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "..", ".", "a/b", "Hello", "-x", "_x", "a b", "é", &"a".repeat(65), "a\0"] {
+            let e = validate_name(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sha256_is_hex() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

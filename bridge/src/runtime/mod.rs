@@ -1,0 +1,298 @@
+//! The WASM sandbox (layer 5a): one `Engine` per process with the pooling
+//! allocator and epoch interruption, components precompiled to `.cwasm` and
+//! instantiated from a `ToolPre`, and one store per run holding the
+//! instance's limits: memory (linear plus host regions), CPU budget (epoch
+//! deadline), core instances, tables, memories, table elements and handles.
+
+pub mod outcome;
+pub mod state;
+
+use crate::config::{Config, CpuTarget, SandboxLimits};
+use crate::error::{Code, Failure};
+use crate::host::logging::LogSink;
+use crate::host::memory::{CountLimits, MemoryAccount, SharedRegions};
+use crate::host::system::{Env, InstanceInfo};
+use crate::host::{self, Handles, ToolPre};
+use outcome::{RunOutcome, classify};
+use state::Instance;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+
+/// Ids of instances, unique per process.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// A tool ready to instantiate: its component linked against the bridge.
+#[derive(Clone)]
+pub struct Prepared {
+    pre: ToolPre<Instance>,
+}
+
+/// What a client asks of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunInput {
+    /// Arguments passed to `run`.
+    pub args: Vec<String>,
+    /// Input passed to `run` (also the tool's WASI stdin).
+    pub input: Vec<u8>,
+    /// The instance's initial environment.
+    pub env: Vec<(String, String)>,
+    /// The client's own deadline; the run ends with ETIMEOUT when it is
+    /// shorter than the CPU budget and passes.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The process's engine, linker and epoch clock.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Instance>,
+    limits: SandboxLimits,
+    tick_ms: u64,
+    shared: Arc<SharedRegions>,
+    // Dropping the sender stops the epoch thread.
+    _ticker: mpsc::Sender<()>,
+}
+
+/// The wasmtime configuration for `config`: pooling allocator sized for
+/// `max_concurrent_runs`, epoch interruption, and the precompile target.
+pub fn engine_config(config: &Config) -> Result<EngineConfig, Failure> {
+    let sb = &config.sandbox;
+    let runs = config.ipc.max_concurrent_runs;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(runs)
+        .total_core_instances(runs * sb.max_core_instances)
+        .total_memories(runs * sb.max_memories)
+        .total_tables(runs * sb.max_tables)
+        .max_core_instances_per_component(sb.max_core_instances)
+        .max_memories_per_component(sb.max_memories)
+        .max_tables_per_component(sb.max_tables)
+        .table_elements(sb.max_table_elements as usize)
+        .max_memory_size(sb.memory_limit_bytes as usize);
+    let mut ec = EngineConfig::new();
+    ec.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .epoch_interruption(true)
+        .wasm_component_model(true);
+    if config.engine.cpu == CpuTarget::Portable {
+        set_portable_target(&mut ec)?;
+    }
+    Ok(ec)
+}
+
+/// Compile for a baseline CPU rather than the build machine's, so `.cwasm`
+/// made on one machine loads on QEMU `-cpu max` (TCG) and on real hardware.
+/// docs/precompiled-target.md says why x86-64-v2.
+#[allow(unsafe_code)]
+fn set_portable_target(ec: &mut EngineConfig) -> Result<(), Failure> {
+    let setup = |e: wasmtime::Error| Failure::new(Code::SandboxSetupFailed, format!("engine target: {e}"));
+    if cfg!(target_arch = "x86_64") {
+        ec.target("x86_64-unknown-linux-gnu").map_err(setup)?;
+        // SAFETY: "nehalem" is a Cranelift x86 preset (SSE4.2, POPCNT,
+        // CMPXCHG16B); wasmtime checks at engine creation and at every load
+        // that the running CPU has these features, so code never runs on a
+        // CPU without them.
+        unsafe {
+            ec.cranelift_flag_enable("nehalem");
+        }
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Build the engine and linker for `config` and start the epoch clock.
+    pub fn new(config: &Config) -> Result<Runtime, Failure> {
+        let engine = Engine::new(&engine_config(config)?)
+            .map_err(|e| Failure::new(Code::SandboxSetupFailed, format!("cannot create the wasmtime engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| Failure::new(Code::SandboxSetupFailed, format!("cannot link host interfaces: {e:#}"));
+        host::add_to_linker(&mut linker).map_err(link)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
+        let tick_ms = config.engine.epoch_tick_ms;
+        let (tx, rx) = mpsc::channel::<()>();
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("clawos-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(tick_ms)) {
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| Failure::new(Code::SandboxSetupFailed, format!("cannot start the epoch thread: {e}")))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            limits: config.sandbox.clone(),
+            tick_ms,
+            shared: Arc::new(SharedRegions::default()),
+            _ticker: tx,
+        })
+    }
+
+    /// The engine (for benchmarks and artifact checks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with every bridge and WASI interface.
+    pub fn linker(&self) -> &Linker<Instance> {
+        &self.linker
+    }
+
+    /// Validate `bytes` as a component and precompile it to `.cwasm` bytes.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, Failure> {
+        if wasmtime::Engine::detect_precompiled(bytes).is_some() {
+            return Err(Failure::new(
+                Code::WasmInvalidComponent,
+                "precompiled artifacts are not accepted: install the component's .wasm",
+            ));
+        }
+        self.engine
+            .precompile_component(bytes)
+            .map_err(|e| Failure::new(Code::WasmInvalidComponent, format!("invalid component: {e:#}")))
+    }
+
+    /// Load a `.cwasm` file this runtime wrote, and link it.
+    pub fn load_artifact(&self, path: &Path) -> Result<Prepared, Failure> {
+        let component = load_trusted_artifact(&self.engine, path)?;
+        self.prepare(&component)
+    }
+
+    /// Link `component` against the bridge: every import must be provided
+    /// and `run` exported with the world's type.
+    pub fn prepare(&self, component: &Component) -> Result<Prepared, Failure> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| Failure::new(Code::WasmLinkError, format!("component does not link: {e:#}")))?;
+        let pre = ToolPre::new(pre)
+            .map_err(|e| Failure::new(Code::WasmLinkError, format!("component does not export the tool world: {e:#}")))?;
+        Ok(Prepared { pre })
+    }
+
+    /// The store for one instance of `tool`, with its limits and deadline.
+    fn store(&self, tool: &str, input: &RunInput, deadline_ms: u64, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> Store<Instance> {
+        let sb = &self.limits;
+        let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.stdin(MemoryInputPipe::new(input.input.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&[tool])
+            .envs(&input.env)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let counts = CountLimits {
+            instances: sb.max_core_instances as usize,
+            tables: sb.max_tables as usize,
+            memories: sb.max_memories as usize,
+            table_elements: sb.max_table_elements as usize,
+        };
+        let instance = Instance {
+            handles: Handles::new(sb.max_handles),
+            account: MemoryAccount::new(sb.memory_limit_bytes, counts),
+            wasi: wasi.build(),
+            env: Env::new(input.env.iter().cloned(), sb.max_env_entries, 64 * 1024),
+            log: LogSink::new(tool, id, sb),
+            info: InstanceInfo {
+                tool: tool.to_owned(),
+                id,
+                deadline: Instant::now() + Duration::from_millis(deadline_ms),
+                budget_ms: deadline_ms,
+            },
+            shared: self.shared.clone(),
+        };
+        let mut store = Store::new(&self.engine, instance);
+        store.limiter(|s| &mut s.account);
+        store.set_epoch_deadline(deadline_ms.div_ceil(self.tick_ms));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Instantiate `tool` and call its `run`. Every way the run can end is
+    /// one [`RunOutcome`] with its P1.7 code; none of them harms the runtime.
+    pub fn run(&self, name: &str, tool: &Prepared, input: RunInput) -> RunOutcome {
+        let budget = self.limits.cpu_budget_ms;
+        let (deadline_ms, deadline_code) = match input.timeout_ms {
+            Some(t) if t < budget => (t, Code::Etimeout),
+            _ => (budget, Code::WasmCpuDeadline),
+        };
+        let cap = self.limits.max_output_bytes as usize;
+        let (stdout, stderr) = (MemoryOutputPipe::new(cap), MemoryOutputPipe::new(cap));
+        let mut store = self.store(name, &input, deadline_ms, &stdout, &stderr);
+        let mut out = RunOutcome { instance_id: store.data().info.id, ..RunOutcome::default() };
+
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let instance = tool.pre.instantiate(&mut store);
+            let instantiated = Instant::now();
+            let called = instance.and_then(|t| t.call_run(&mut store, &input.args, &input.input));
+            (instantiated, called)
+        }));
+        let finished = Instant::now();
+
+        match result {
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                tracing::error!(tool = name, instance = out.instance_id, "host function panicked: {what}");
+                out.code = Code::Epanic;
+                out.message = format!("a host function panicked: {what}");
+            }
+            Ok((instantiated, called)) => {
+                out.instantiate_us = instantiated.duration_since(started).as_micros() as u64;
+                out.run_us = finished.duration_since(instantiated).as_micros() as u64;
+                match called {
+                    Ok(Ok(output)) if output.len() > cap => {
+                        out.code = Code::QuotaExceeded;
+                        out.message = format!("output of {} bytes exceeds max_output_bytes = {cap}", output.len());
+                    }
+                    Ok(Ok(output)) => out.output = output,
+                    Ok(Err(code)) => {
+                        out.code = code.into();
+                        out.message = format!("tool returned {}", out.code);
+                    }
+                    Err(err) => {
+                        let ending = classify(&err, deadline_code);
+                        out.code = ending.code;
+                        out.exit_status = ending.exit_status;
+                        out.message = match ending.code {
+                            Code::WasmCpuDeadline => format!("cpu budget of {deadline_ms} ms spent: {}", ending.message),
+                            Code::Etimeout => format!("client timeout of {deadline_ms} ms passed: {}", ending.message),
+                            _ => ending.message,
+                        };
+                    }
+                }
+            }
+        }
+        let data = store.data_mut();
+        out.logs = std::mem::take(&mut data.log.lines);
+        out.logs_dropped = data.log.dropped;
+        out.memory_peak = data.account.peak();
+        drop(store);
+        out.stdout = stdout.contents().to_vec();
+        out.stderr = stderr.contents().to_vec();
+        if out.code != Code::Success {
+            tracing::info!(tool = name, instance = out.instance_id, code = %out.code, "run failed: {}", out.message);
+        }
+        out
+    }
+}
+
+/// Deserialize a `.cwasm` artifact.
+#[allow(unsafe_code)]
+fn load_trusted_artifact(engine: &Engine, path: &Path) -> Result<Component, Failure> {
+    // SAFETY: wasmtime requires that deserialized bytes come from
+    // `Engine::precompile_component` of a compatible engine and were not
+    // tampered with. The registry only loads artifacts it wrote itself into
+    // its state directory (root-owned, 0700), and wasmtime still checks the
+    // header, engine version and target flags before using them.
+    unsafe { Component::deserialize_file(engine, path) }
+        .map_err(|e| Failure::new(Code::WasmInvalidComponent, format!("cannot load artifact {}: {e:#}", path.display())))
+}
