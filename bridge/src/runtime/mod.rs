@@ -263,7 +263,9 @@ impl Runtime {
                         out.code = ending.code;
                         out.exit_status = ending.exit_status;
                         out.message = match ending.code {
-                            Code::WasmCpuDeadline => format!("cpu budget of {deadline_ms} ms spent: {}", ending.message),
+                            Code::WasmCpuDeadline if !ending.message.starts_with("cpu budget") => {
+                                format!("cpu budget of {deadline_ms} ms spent: {}", ending.message)
+                            }
                             Code::Etimeout => format!("client timeout of {deadline_ms} ms passed: {}", ending.message),
                             _ => ending.message,
                         };
@@ -293,6 +295,14 @@ fn load_trusted_artifact(engine: &Engine, path: &Path) -> Result<Component, Fail
     // tampered with. The registry only loads artifacts it wrote itself into
     // its state directory (root-owned, 0700), and wasmtime still checks the
     // header, engine version and target flags before using them.
-    unsafe { Component::deserialize_file(engine, path) }
-        .map_err(|e| Failure::new(Code::WasmInvalidComponent, format!("cannot load artifact {}: {e:#}", path.display())))
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| {
+        // The pooling allocator checks a component's core instance, memory
+        // and table counts when it is loaded; over a count limit is 105.
+        let code = if e.to_string().contains("in the pooling allocator") {
+            Code::WasmResourceLimit
+        } else {
+            Code::WasmInvalidComponent
+        };
+        Failure::new(code, format!("cannot load artifact {}: {e:#}", path.display()))
+    })
 }

@@ -52,7 +52,13 @@ pub struct Ending {
 /// `deadline` is the code an epoch interrupt means for this run:
 /// WASM_CPU_DEADLINE, or ETIMEOUT when the client's own timeout was shorter.
 pub fn classify(err: &wasmtime::Error, deadline: Code) -> Ending {
-    let message = format!("{err:#}");
+    // The error chain without wasmtime's multi-line wasm backtrace.
+    let message = err
+        .chain()
+        .map(ToString::to_string)
+        .filter(|e| !e.starts_with("error while executing at wasm backtrace"))
+        .collect::<Vec<_>>()
+        .join(": ");
     let ending = |code| Ending { code, exit_status: None, message: message.clone() };
     if let Some(trap) = err.downcast_ref::<SandboxTrap>() {
         return match trap {
