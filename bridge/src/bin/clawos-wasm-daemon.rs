@@ -63,17 +63,19 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, before the daemon reports ready, so no signal is missed.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received");
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received");
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,6 +93,9 @@ fn main() -> anyhow::Result<()> {
         .thread_name("clawos-daemon")
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(Arc::new(daemon).serve(shutdown_signal())).map_err(|f| anyhow::anyhow!("{f}"))?;
+    rt.block_on(async {
+        let shutdown = shutdown_signal()?;
+        Arc::new(daemon).serve(shutdown).await.map_err(|f| anyhow::anyhow!("{f}"))
+    })?;
     Ok(())
 }

@@ -1,0 +1,179 @@
+//! Installing, listing, removing and reloading tools, refusing broken
+//! components with their codes, and `clawosctl` end to end.
+
+mod common;
+
+use clawos_bridge::error::Code;
+use clawos_bridge::ipc::proto::{Body, ComponentSource, Request};
+use common::TestDaemon;
+
+fn install_bytes(d: &TestDaemon, name: &str, bytes: Vec<u8>) -> clawos_bridge::ipc::proto::Response {
+    d.request(&Request::Install { name: name.into(), source: ComponentSource::Bytes(bytes), replace: false })
+}
+
+#[test]
+fn broken_components_are_refused_with_their_codes() {
+    let d = TestDaemon::start();
+    // Not wasm at all.
+    let r = install_bytes(&d, "junk", b"\x7fELF not a component".to_vec());
+    assert_eq!(r.code, Code::WasmInvalidComponent, "{}", r.message);
+    // A core module, not a component.
+    let r = install_bytes(&d, "core", wat::parse_str("(module)").unwrap());
+    assert_eq!(r.code, Code::WasmInvalidComponent, "{}", r.message);
+    // A truncated component.
+    let mut hello = clawos_tool_artifacts::bytes("hello");
+    hello.truncate(hello.len() / 2);
+    let r = install_bytes(&d, "half", hello);
+    assert_eq!(r.code, Code::WasmInvalidComponent, "{}", r.message);
+    // Imports an interface the bridge does not provide.
+    let missing = wat::parse_str(r#"(component (import "clawos:bridge/teleport@0.1.0" (instance (export "beam" (func)))))"#).unwrap();
+    let r = install_bytes(&d, "missing", missing);
+    assert_eq!(r.code, Code::WasmLinkError, "{}", r.message);
+    assert!(r.message.contains("teleport"), "{}", r.message);
+    // Links, but does not export `run`.
+    let r = install_bytes(&d, "empty", wat::parse_str("(component)").unwrap());
+    assert_eq!(r.code, Code::WasmLinkError, "{}", r.message);
+    // Nothing of the refused installs is left behind.
+    let Body::Tools(tools) = d.request(&Request::List).body else { panic!() };
+    assert!(tools.is_empty(), "{tools:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(d.state.join("tools")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    d.assert_serving();
+}
+
+#[test]
+fn names_exists_not_found_replace_and_remove() {
+    let d = TestDaemon::start();
+    let r = d.request(&Request::Install { name: "../etc".into(), source: ComponentSource::Bytes(vec![]), replace: false });
+    assert_eq!(r.code, Code::InvalidArgument, "{}", r.message);
+    d.install_ok("hello");
+    let r = d.install("hello");
+    assert_eq!(r.code, Code::ToolExists, "{}", r.message);
+    let r = d.request(&Request::Install {
+        name: "hello".into(),
+        source: ComponentSource::Bytes(clawos_tool_artifacts::bytes("echo")),
+        replace: true,
+    });
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    let (r, out) = d.run("hello", &["now", "echo"]);
+    assert_eq!((r.code, out.output.as_slice()), (Code::Success, &b"now echo"[..]));
+    let r = d.request(&Request::Remove { name: "hello".into() });
+    assert_eq!(r.code, Code::Success);
+    assert!(!d.state.join("tools/hello").exists());
+    let r = d.request(&Request::Remove { name: "hello".into() });
+    assert_eq!(r.code, Code::ToolNotFound);
+    let r = d.request(&Request::Run(clawos_bridge::ipc::proto::RunRequest {
+        name: "hello".into(),
+        args: vec![],
+        input: vec![],
+        env: vec![],
+        timeout_ms: None,
+    }));
+    assert_eq!(r.code, Code::ToolNotFound, "{}", r.message);
+}
+
+#[test]
+fn tools_survive_a_restart_and_stale_artifacts_are_recompiled() {
+    let d = TestDaemon::start();
+    d.install_ok("hello");
+    let (dir, state) = d.into_state();
+    // An artifact this engine cannot load is rebuilt from the component.
+    std::fs::write(state.join("tools/hello/component.cwasm"), b"garbage").unwrap();
+    let mut d = TestDaemon::start_in(dir, state, "");
+    let Body::Tools(tools) = d.request(&Request::List).body else { panic!() };
+    assert_eq!(tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["hello"]);
+    let (r, out) = d.run("hello", &["again"]);
+    assert_eq!((r.code, out.output.as_slice()), (Code::Success, &b"hello, again\n"[..]));
+    assert!(d.log().contains("recompiling from the component"));
+    d.stop();
+}
+
+#[test]
+fn install_by_path_is_root_only_and_works_for_root() {
+    let d = TestDaemon::start();
+    let path = clawos_tool_artifacts::path("hello");
+    let r = d.request(&Request::Install {
+        name: "hello".into(),
+        source: ComponentSource::Path(path.to_string_lossy().into_owned()),
+        replace: false,
+    });
+    // The tests run as root (the appliance's daemon does too).
+    assert_eq!(rustix::process::geteuid().as_raw(), 0, "these tests run as root");
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    let r = d.request(&Request::Install { name: "nope".into(), source: ComponentSource::Path("/nonexistent.wasm".into()), replace: false });
+    assert_eq!(r.code, Code::Enoent, "{}", r.message);
+}
+
+#[test]
+fn clawosctl_end_to_end() {
+    let d = TestDaemon::start();
+    let hello = clawos_tool_artifacts::path("hello");
+    let out = d.ctl(&["install", "hello", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello  sha256:"));
+
+    let out = d.ctl(&["run", "hello", "ClawOS"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"hello, ClawOS\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "[info] greeting ClawOS\n");
+
+    let out = d.ctl(&["--json", "run", "hello"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 0);
+    assert_eq!(v["name"], "SUCCESS");
+    assert_eq!(v["body"]["output"], "hello, world\n");
+
+    let out = d.ctl(&["run", "missing"]);
+    assert_eq!(out.status.code(), Some(202));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TOOL_NOT_FOUND (202)"));
+
+    let misbehave = clawos_tool_artifacts::path("misbehave");
+    d.ctl(&["install", "misbehave", misbehave.to_str().unwrap()]);
+    assert_eq!(d.ctl(&["run", "misbehave", "exit", "42"]).status.code(), Some(42));
+    assert_eq!(d.ctl(&["run", "misbehave", "forge-handle"]).status.code(), Some(206));
+
+    let out = d.ctl(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello") && text.contains("misbehave"), "{text}");
+    let out = d.ctl(&["--json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["body"]["tools"], 2);
+    assert_eq!(v["body"]["memory_limit_bytes"], 268435456u64);
+    assert_eq!(d.ctl(&["remove", "hello"]).status.code(), Some(0));
+    assert_eq!(d.ctl(&["run", "hello"]).status.code(), Some(202));
+
+    let out = d.ctl(&["run", "misbehave", "--env", "NOEQUALS"]);
+    assert_eq!(out.status.code(), Some(208));
+    let out = std::process::Command::new(common::CTL).args(["--socket", "/nonexistent/sock", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is clawos-wasm-daemon running?"));
+}
+
+#[test]
+fn help_says_what_each_binary_does() {
+    let out = std::process::Command::new(common::CTL).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["install", "list", "run", "remove", "status", "--json", "Exit status"] {
+        assert!(text.contains(word), "clawosctl --help lacks {word}:\n{text}");
+    }
+    let out = std::process::Command::new(common::DAEMON).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["--config", "--socket", "--state-dir", "--check-config", "SIGTERM"] {
+        assert!(text.contains(word), "clawos-wasm-daemon --help lacks {word}:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_config_stops_the_daemon_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[sandbox]\nmemory_limit_bytes = 12\n").unwrap();
+    let out = std::process::Command::new(common::DAEMON).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sandbox.memory_limit_bytes = 12"), "{err}");
+    std::fs::write(&cfg, "disable_sandbox = true\n").unwrap();
+    let out = std::process::Command::new(common::DAEMON).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disable_sandbox"));
+}
