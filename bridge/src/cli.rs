@@ -22,7 +22,12 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// The daemon's socket.
-    #[arg(long, env = "CLAWOS_SOCKET", default_value = "/run/clawos/bridge.sock", global = true)]
+    #[arg(
+        long,
+        env = "CLAWOS_SOCKET",
+        default_value = "/run/clawos/bridge.sock",
+        global = true
+    )]
     pub socket: PathBuf,
     /// Print the daemon's answer as JSON.
     #[arg(long, global = true)]
@@ -80,12 +85,21 @@ pub enum Command {
 }
 
 fn request(cli: &Cli) -> Result<Request, Failure> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Failure::io(format_args!("cannot read {}", p.display()), &e));
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| Failure::io(format_args!("cannot read {}", p.display()), &e))
+    };
     Ok(match &cli.command {
-        Command::Install { name, file, replace, by_path } => Request::Install {
+        Command::Install {
+            name,
+            file,
+            replace,
+            by_path,
+        } => Request::Install {
             name: name.clone(),
             source: if *by_path {
-                let abs = std::path::absolute(file).map_err(|e| Failure::io(format_args!("cannot resolve {}", file.display()), &e))?;
+                let abs = std::path::absolute(file).map_err(|e| {
+                    Failure::io(format_args!("cannot resolve {}", file.display()), &e)
+                })?;
                 ComponentSource::Path(abs.to_string_lossy().into_owned())
             } else {
                 ComponentSource::Bytes(read(file)?)
@@ -95,12 +109,21 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
         Command::List => Request::List,
         Command::Remove { name } => Request::Remove { name: name.clone() },
         Command::Status => Request::Status,
-        Command::Run { name, args, input, stdin, env, timeout } => {
+        Command::Run {
+            name,
+            args,
+            input,
+            stdin,
+            env,
+            timeout,
+        } => {
             let input = match (input, stdin) {
                 (Some(p), _) => read(p)?,
                 (None, true) => {
                     let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf).map_err(|e| Failure::io("cannot read standard input", &e))?;
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| Failure::io("cannot read standard input", &e))?;
                     buf
                 }
                 (None, false) => Vec::new(),
@@ -110,10 +133,21 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
                 .map(|kv| {
                     kv.split_once('=')
                         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .ok_or_else(|| Failure::new(Code::InvalidArgument, format!("--env {kv:?} is not NAME=VALUE")))
+                        .ok_or_else(|| {
+                            Failure::new(
+                                Code::InvalidArgument,
+                                format!("--env {kv:?} is not NAME=VALUE"),
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?;
-            Request::Run(RunRequest { name: name.clone(), args: args.clone(), input, env, timeout_ms: *timeout })
+            Request::Run(RunRequest {
+                name: name.clone(),
+                args: args.clone(),
+                input,
+                env,
+                timeout_ms: *timeout,
+            })
         }
     })
 }
@@ -124,7 +158,10 @@ pub fn main(cli: Cli) -> u8 {
     match result {
         Err(f) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "code": f.code.value(), "name": f.code.name(), "message": f.message }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "code": f.code.value(), "name": f.code.name(), "message": f.message })
+                );
             } else {
                 eprintln!("clawosctl: {}: {}", f.code, f.message);
             }
@@ -187,28 +224,66 @@ fn human(resp: &Response) {
                 let _ = writeln!(err, "[{}] {}", line.level, line.message);
             }
             if o.logs_dropped > 0 {
-                let _ = writeln!(err, "clawosctl: {} log lines were dropped by the daemon's limits", o.logs_dropped);
+                let _ = writeln!(
+                    err,
+                    "clawosctl: {} log lines were dropped by the daemon's limits",
+                    o.logs_dropped
+                );
             }
         }
         Body::Tool(t) => {
-            let _ = writeln!(out, "{}  sha256:{}  {} bytes (precompiled {} bytes)", t.name, t.sha256, t.component_bytes, t.artifact_bytes);
+            let _ = writeln!(
+                out,
+                "{}  sha256:{}  {} bytes (precompiled {} bytes)",
+                t.name, t.sha256, t.component_bytes, t.artifact_bytes
+            );
         }
         Body::Tools(tools) => {
             if tools.is_empty() {
                 let _ = writeln!(out, "no tools installed");
             }
             for t in tools {
-                let _ = writeln!(out, "{:<24} {:>10} bytes  sha256:{}", t.name, t.component_bytes, &t.sha256[..16]);
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>10} bytes  sha256:{}",
+                    t.name,
+                    t.component_bytes,
+                    &t.sha256[..16]
+                );
             }
         }
         Body::Status(s) => {
-            let _ = writeln!(out, "clawos-wasm-daemon {} (protocol {}), pid {}, up {:.1} s", s.version, s.protocol, s.pid, s.uptime_ms as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "clawos-wasm-daemon {} (protocol {}), pid {}, up {:.1} s",
+                s.version,
+                s.protocol,
+                s.pid,
+                s.uptime_ms as f64 / 1000.0
+            );
             let _ = writeln!(out, "tools installed:   {}", s.tools);
-            let _ = writeln!(out, "runs in flight:    {} of {}", s.runs_in_flight, s.max_concurrent_runs);
-            let _ = writeln!(out, "runs finished:     {} ({} failed)", s.runs_total, s.runs_failed);
-            let _ = writeln!(out, "requests answered: {} ({} malformed)", s.requests_total, s.protocol_errors);
+            let _ = writeln!(
+                out,
+                "runs in flight:    {} of {}",
+                s.runs_in_flight, s.max_concurrent_runs
+            );
+            let _ = writeln!(
+                out,
+                "runs finished:     {} ({} failed)",
+                s.runs_total, s.runs_failed
+            );
+            let _ = writeln!(
+                out,
+                "requests answered: {} ({} malformed)",
+                s.requests_total, s.protocol_errors
+            );
             let _ = writeln!(out, "connections open:  {}", s.connections);
-            let _ = writeln!(out, "per instance:      memory {} MiB, cpu budget {} ms", s.memory_limit_bytes >> 20, s.cpu_budget_ms);
+            let _ = writeln!(
+                out,
+                "per instance:      memory {} MiB, cpu budget {} ms",
+                s.memory_limit_bytes >> 20,
+                s.cpu_budget_ms
+            );
         }
         Body::Empty => {}
     }

@@ -200,22 +200,29 @@ impl Default for SandboxLimits {
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
-        EngineConfig { cpu: CpuTarget::Portable, epoch_tick_ms: 10 }
+        EngineConfig {
+            cpu: CpuTarget::Portable,
+            epoch_tick_ms: 10,
+        }
     }
 }
 
 impl Config {
     /// Load and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     /// Parse and validate `text`, naming `path` in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -225,15 +232,30 @@ impl Config {
         let ipc = &self.ipc;
         let sb = &self.sandbox;
         range("ipc.max_connections", ipc.max_connections.into(), 1, 4096)?;
-        range("ipc.max_concurrent_runs", ipc.max_concurrent_runs.into(), 1, 1024)?;
-        range("ipc.max_component_bytes", ipc.max_component_bytes, 1024, 1024 * MIB)?;
+        range(
+            "ipc.max_concurrent_runs",
+            ipc.max_concurrent_runs.into(),
+            1,
+            1024,
+        )?;
+        range(
+            "ipc.max_component_bytes",
+            ipc.max_component_bytes,
+            1024,
+            1024 * MIB,
+        )?;
         range("ipc.max_input_bytes", ipc.max_input_bytes, 0, 1024 * MIB)?;
         range("ipc.max_args", ipc.max_args.into(), 0, 65_536)?;
         range("ipc.max_arg_bytes", ipc.max_arg_bytes.into(), 1, 16 * MIB)?;
         range("ipc.frame_timeout_ms", ipc.frame_timeout_ms, 100, 3_600_000)?;
         range("ipc.shutdown_grace_ms", ipc.shutdown_grace_ms, 0, 3_600_000)?;
-        range("sandbox.memory_limit_bytes", sb.memory_limit_bytes, MIB, 4096 * MIB)?;
-        if sb.memory_limit_bytes % WASM_PAGE != 0 {
+        range(
+            "sandbox.memory_limit_bytes",
+            sb.memory_limit_bytes,
+            MIB,
+            4096 * MIB,
+        )?;
+        if !sb.memory_limit_bytes.is_multiple_of(WASM_PAGE) {
             return Err(invalid(
                 "sandbox.memory_limit_bytes",
                 sb.memory_limit_bytes,
@@ -241,23 +263,61 @@ impl Config {
             ));
         }
         range("sandbox.cpu_budget_ms", sb.cpu_budget_ms, 1, 3_600_000)?;
-        range("sandbox.max_core_instances", sb.max_core_instances.into(), 1, 1000)?;
+        range(
+            "sandbox.max_core_instances",
+            sb.max_core_instances.into(),
+            1,
+            1000,
+        )?;
         range("sandbox.max_tables", sb.max_tables.into(), 1, 1000)?;
-        range("sandbox.max_table_elements", sb.max_table_elements.into(), 1, 10_000_000)?;
+        range(
+            "sandbox.max_table_elements",
+            sb.max_table_elements.into(),
+            1,
+            10_000_000,
+        )?;
         range("sandbox.max_memories", sb.max_memories.into(), 1, 100)?;
         range("sandbox.max_handles", sb.max_handles.into(), 1, 1_000_000)?;
-        range("sandbox.max_output_bytes", sb.max_output_bytes, 0, 1024 * MIB)?;
-        range("sandbox.max_log_line_bytes", sb.max_log_line_bytes.into(), 16, MIB)?;
-        range("sandbox.log_lines_per_second", sb.log_lines_per_second.into(), 1, 1_000_000)?;
+        range(
+            "sandbox.max_output_bytes",
+            sb.max_output_bytes,
+            0,
+            1024 * MIB,
+        )?;
+        range(
+            "sandbox.max_log_line_bytes",
+            sb.max_log_line_bytes.into(),
+            16,
+            MIB,
+        )?;
+        range(
+            "sandbox.log_lines_per_second",
+            sb.log_lines_per_second.into(),
+            1,
+            1_000_000,
+        )?;
         range("sandbox.log_burst", sb.log_burst.into(), 1, 1_000_000)?;
         range("sandbox.max_log_bytes", sb.max_log_bytes, 0, 1024 * MIB)?;
-        range("sandbox.max_env_entries", sb.max_env_entries.into(), 0, 65_536)?;
+        range(
+            "sandbox.max_env_entries",
+            sb.max_env_entries.into(),
+            0,
+            65_536,
+        )?;
         range("engine.epoch_tick_ms", self.engine.epoch_tick_ms, 1, 1000)?;
         if !self.socket.is_absolute() {
-            return Err(invalid("socket", self.socket.display(), "must be an absolute path"));
+            return Err(invalid(
+                "socket",
+                self.socket.display(),
+                "must be an absolute path",
+            ));
         }
         if !self.state_dir.is_absolute() {
-            return Err(invalid("state_dir", self.state_dir.display(), "must be an absolute path"));
+            return Err(invalid(
+                "state_dir",
+                self.state_dir.display(),
+                "must be an absolute path",
+            ));
         }
         Ok(())
     }
@@ -266,19 +326,30 @@ impl Config {
     /// or a run) plus room for the other fields.
     pub fn max_frame_bytes(&self) -> u64 {
         let args = u64::from(self.ipc.max_args) * (u64::from(self.ipc.max_arg_bytes) + 8);
-        self.ipc.max_component_bytes.max(self.ipc.max_input_bytes + 2 * args) + MIB
+        self.ipc
+            .max_component_bytes
+            .max(self.ipc.max_input_bytes + 2 * args)
+            + MIB
     }
 }
 
 fn invalid(field: &'static str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
-    ConfigError::Invalid { field, value: value.to_string(), reason: reason.to_owned() }
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.to_owned(),
+    }
 }
 
 fn range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(invalid(field, value, &format!("must be between {min} and {max}")))
+        Err(invalid(
+            field,
+            value,
+            &format!("must be between {min} and {max}"),
+        ))
     }
 }
 
@@ -305,7 +376,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let err = parse("[sandbox]\nmemory_limit = 5\n").unwrap_err().to_string();
+        let err = parse("[sandbox]\nmemory_limit = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("memory_limit"), "{err}");
         let err = parse("no_sandbox = true\n").unwrap_err().to_string();
         assert!(err.contains("no_sandbox"), "{err}");
@@ -313,13 +386,21 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let err = parse("[sandbox]\nmemory_limit_bytes = 1000\n").unwrap_err().to_string();
+        let err = parse("[sandbox]\nmemory_limit_bytes = 1000\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sandbox.memory_limit_bytes = 1000"), "{err}");
-        let err = parse("[sandbox]\nmemory_limit_bytes = 1048577\n").unwrap_err().to_string();
+        let err = parse("[sandbox]\nmemory_limit_bytes = 1048577\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("wasm page"), "{err}");
-        let err = parse("[ipc]\nmax_concurrent_runs = 0\n").unwrap_err().to_string();
+        let err = parse("[ipc]\nmax_concurrent_runs = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ipc.max_concurrent_runs = 0"), "{err}");
-        let err = parse("socket = \"relative.sock\"\n").unwrap_err().to_string();
+        let err = parse("socket = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absolute"), "{err}");
     }
 

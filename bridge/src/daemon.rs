@@ -66,7 +66,10 @@ impl Daemon {
     /// Listen on the configured socket until `shutdown` completes, then stop
     /// accepting, let runs in flight finish within the grace period and
     /// remove the socket.
-    pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+    pub async fn serve(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Failure> {
         let listener = bind(&self.config.socket)?;
         tracing::info!(
             socket = %self.config.socket.display(),
@@ -95,7 +98,10 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.config.socket);
         let all = self.config.ipc.max_concurrent_runs;
         let in_flight = all as usize - self.runs.available_permits();
-        tracing::info!(in_flight, "shutting down: no new connections; waiting for runs in flight");
+        tracing::info!(
+            in_flight,
+            "shutting down: no new connections; waiting for runs in flight"
+        );
         let grace = Duration::from_millis(self.config.ipc.shutdown_grace_ms);
         match tokio::time::timeout(grace, self.runs.acquire_many(all)).await {
             Ok(_) => tracing::info!("shutdown complete"),
@@ -133,7 +139,10 @@ impl Daemon {
         let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
             let f = Failure::new(
                 Code::Eagain,
-                format!("the daemon serves {} connections at once; retry later", self.config.ipc.max_connections),
+                format!(
+                    "the daemon serves {} connections at once; retry later",
+                    self.config.ipc.max_connections
+                ),
             );
             self.refuse(&mut stream, &f).await;
             return;
@@ -147,7 +156,12 @@ impl Daemon {
         };
         let peer_uid = peer.uid();
         if let Err(f) = self.check_peer(peer_uid, peer.gid(), peer.pid()) {
-            tracing::warn!(uid = peer_uid, pid = peer.pid(), "connection refused: {}", f.message);
+            tracing::warn!(
+                uid = peer_uid,
+                pid = peer.pid(),
+                "connection refused: {}",
+                f.message
+            );
             self.refuse(&mut stream, &f).await;
             return;
         }
@@ -155,16 +169,19 @@ impl Daemon {
         let max = self.config.max_frame_bytes();
         let frame_timeout = Duration::from_millis(self.config.ipc.frame_timeout_ms);
         loop {
-            let (response, fatal) = match frame::read_async(&mut stream, max, IDLE, frame_timeout).await {
-                Ok(None) => break,
-                Ok(Some(payload)) => match Request::decode(&payload, &self.config.ipc) {
-                    Ok(request) => (self.clone().handle(request, peer_uid).await, false),
-                    Err(f) => (Response::failure(&f), false),
-                },
-                Err(f) => (Response::failure(&f), true),
-            };
+            let (response, fatal) =
+                match frame::read_async(&mut stream, max, IDLE, frame_timeout).await {
+                    Ok(None) => break,
+                    Ok(Some(payload)) => match Request::decode(&payload, &self.config.ipc) {
+                        Ok(request) => (self.clone().handle(request, peer_uid).await, false),
+                        Err(f) => (Response::failure(&f), false),
+                    },
+                    Err(f) => (Response::failure(&f), true),
+                };
             if matches!(response.code, Code::Eproto | Code::UnsupportedVersion) {
-                self.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(code = %response.code, "bad request: {}", response.message);
             }
             self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -201,13 +218,18 @@ impl Daemon {
         if let Some(pid) = pid
             && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
             && let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:"))
-            && groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()).any(|g| allowed.contains(&g))
+            && groups
+                .split_whitespace()
+                .filter_map(|g| g.parse::<u32>().ok())
+                .any(|g| allowed.contains(&g))
         {
             return Ok(());
         }
         Err(Failure::new(
             Code::Eperm,
-            format!("uid {uid} (gid {gid}) may not use this socket: only root, the daemon's user and allowed_gids"),
+            format!(
+                "uid {uid} (gid {gid}) may not use this socket: only root, the daemon's user and allowed_gids"
+            ),
         ))
     }
 
@@ -216,8 +238,15 @@ impl Daemon {
         let result = match request {
             Request::Status => Ok(Response::ok(Body::Status(self.status()))),
             Request::List => Ok(Response::ok(Body::Tools(self.registry.list()))),
-            Request::Remove { name } => self.registry.remove(&name).map(|i| Response::ok(Body::Tool(i))),
-            Request::Install { name, source, replace } => self.install(name, source, replace, peer_uid).await,
+            Request::Remove { name } => self
+                .registry
+                .remove(&name)
+                .map(|i| Response::ok(Body::Tool(i))),
+            Request::Install {
+                name,
+                source,
+                replace,
+            } => self.install(name, source, replace, peer_uid).await,
             Request::Run(run) => self.run(run).await,
         };
         let response = result.unwrap_or_else(|f| Response::failure(&f));
@@ -227,7 +256,13 @@ impl Daemon {
         response
     }
 
-    async fn install(&self, name: String, source: ComponentSource, replace: bool, peer_uid: u32) -> Result<Response, Failure> {
+    async fn install(
+        &self,
+        name: String,
+        source: ComponentSource,
+        replace: bool,
+        peer_uid: u32,
+    ) -> Result<Response, Failure> {
         let bytes = match source {
             ComponentSource::Bytes(b) => b,
             ComponentSource::Path(path) => {
@@ -241,9 +276,10 @@ impl Daemon {
             }
         };
         let (runtime, registry) = (self.runtime.clone(), self.registry.clone());
-        let info = tokio::task::spawn_blocking(move || registry.install(&runtime, &name, &bytes, replace))
-            .await
-            .map_err(|e| Failure::new(Code::Epanic, format!("install task failed: {e}")))??;
+        let info =
+            tokio::task::spawn_blocking(move || registry.install(&runtime, &name, &bytes, replace))
+                .await
+                .map_err(|e| Failure::new(Code::Epanic, format!("install task failed: {e}")))??;
         Ok(Response::ok(Body::Tool(info)))
     }
 
@@ -252,11 +288,19 @@ impl Daemon {
         let Ok(slot) = self.runs.clone().try_acquire_owned() else {
             return Err(Failure::new(
                 Code::Eagain,
-                format!("{} runs are in flight (max_concurrent_runs); retry later", self.config.ipc.max_concurrent_runs),
+                format!(
+                    "{} runs are in flight (max_concurrent_runs); retry later",
+                    self.config.ipc.max_concurrent_runs
+                ),
             ));
         };
         let runtime = self.runtime.clone();
-        let input = RunInput { args: run.args, input: run.input, env: run.env, timeout_ms: run.timeout_ms };
+        let input = RunInput {
+            args: run.args,
+            input: run.input,
+            env: run.env,
+            timeout_ms: run.timeout_ms,
+        };
         let name = run.name;
         let outcome = tokio::task::spawn_blocking(move || {
             let outcome = runtime.run(&name, &tool.prepared, input);
@@ -269,7 +313,11 @@ impl Daemon {
         if outcome.code != Code::Success {
             self.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Response { code: outcome.code, message: outcome.message.clone(), body: Body::Run(Box::new(outcome)) })
+        Ok(Response {
+            code: outcome.code,
+            message: outcome.message.clone(),
+            body: Body::Run(Box::new(outcome)),
+        })
     }
 }
 
@@ -281,14 +329,22 @@ async fn write_response(stream: &mut UnixStream, response: &Response) -> std::io
 }
 
 fn read_component(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
-    let meta = std::fs::metadata(path).map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))?;
     if !meta.is_file() {
-        return Err(Failure::new(Code::InvalidArgument, format!("{} is not a regular file", path.display())));
+        return Err(Failure::new(
+            Code::InvalidArgument,
+            format!("{} is not a regular file", path.display()),
+        ));
     }
     if meta.len() > max {
         return Err(Failure::new(
             Code::Eproto,
-            format!("{} is {} bytes; max_component_bytes is {max}", path.display(), meta.len()),
+            format!(
+                "{} is {} bytes; max_component_bytes is {max}",
+                path.display(),
+                meta.len()
+            ),
         ));
     }
     std::fs::read(path).map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))
@@ -302,7 +358,12 @@ fn bind(path: &Path) -> Result<UnixListener, Failure> {
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| Failure::io(format_args!("cannot create socket directory {}", dir.display()), &e))?;
+            .map_err(|e| {
+                Failure::io(
+                    format_args!("cannot create socket directory {}", dir.display()),
+                    &e,
+                )
+            })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -311,12 +372,20 @@ fn bind(path: &Path) -> Result<UnixListener, Failure> {
                 format!("another daemon is listening on {}", path.display()),
             ));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| Failure::io(format_args!("cannot remove stale socket {}", path.display()), &e))?;
+        std::fs::remove_file(path).map_err(|e| {
+            Failure::io(
+                format_args!("cannot remove stale socket {}", path.display()),
+                &e,
+            )
+        })?;
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| Failure::io(format_args!("cannot listen on {}", path.display()), &e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| Failure::io(format_args!("cannot set the mode of {}", path.display()), &e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+        Failure::io(
+            format_args!("cannot set the mode of {}", path.display()),
+            &e,
+        )
+    })?;
     Ok(listener)
 }

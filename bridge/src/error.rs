@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A P1.7 code. The discriminant is the wire value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(into = "u16", try_from = "u16")]
 #[repr(u16)]
 pub enum Code {
@@ -149,12 +151,15 @@ impl Code {
             return match e {
                 rustix::io::Errno::AGAIN | rustix::io::Errno::INTR => Code::Eagain,
                 rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR => Code::Enoent,
-                rustix::io::Errno::PERM | rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS => Code::Eperm,
+                rustix::io::Errno::PERM | rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS => {
+                    Code::Eperm
+                }
                 rustix::io::Errno::PROTO | rustix::io::Errno::BADMSG => Code::Eproto,
                 rustix::io::Errno::TIMEDOUT => Code::Etimeout,
-                rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT | rustix::io::Errno::MFILE | rustix::io::Errno::NFILE => {
-                    Code::QuotaExceeded
-                }
+                rustix::io::Errno::NOSPC
+                | rustix::io::Errno::DQUOT
+                | rustix::io::Errno::MFILE
+                | rustix::io::Errno::NFILE => Code::QuotaExceeded,
                 rustix::io::Errno::INVAL | rustix::io::Errno::NAMETOOLONG => Code::InvalidArgument,
                 rustix::io::Errno::BADF => Code::InvalidHandle,
                 _ => Code::Eio,
@@ -206,7 +211,10 @@ pub struct Failure {
 impl Failure {
     /// A failure with `code` and `message`.
     pub fn new(code: Code, message: impl Into<String>) -> Failure {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 
     /// An I/O failure: the code from the errno and `context` before the cause.
@@ -264,7 +272,10 @@ mod tests {
         let doc = include_str!("../../docs/error-codes.md");
         for code in Code::ALL {
             let row = format!("| {} | `{}` |", code.value(), code.name());
-            assert!(doc.contains(&row), "docs/error-codes.md lacks the row starting {row:?}");
+            assert!(
+                doc.contains(&row),
+                "docs/error-codes.md lacks the row starting {row:?}"
+            );
         }
     }
 

@@ -63,18 +63,25 @@ pub fn validate_name(name: &str) -> Result<(), Failure> {
     } else {
         Err(Failure::new(
             Code::InvalidArgument,
-            format!("invalid tool name {name:?}: use 1-{MAX_NAME} of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+            format!(
+                "invalid tool name {name:?}: use 1-{MAX_NAME} of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            ),
         ))
     }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Failure {
@@ -89,16 +96,24 @@ impl Registry {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(io(format_args!("cannot create state directory {}", dir.display())))?;
+            .map_err(io(format_args!(
+                "cannot create state directory {}",
+                dir.display()
+            )))?;
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format_args!("cannot restrict {}", state_dir.display())))?;
-        let registry = Registry { dir, tools: RwLock::new(BTreeMap::new()), installing: Mutex::new(()) };
+        let registry = Registry {
+            dir,
+            tools: RwLock::new(BTreeMap::new()),
+            installing: Mutex::new(()),
+        };
         registry.load_all(runtime)?;
         Ok(registry)
     }
 
     fn load_all(&self, runtime: &Runtime) -> Result<(), Failure> {
-        let entries = std::fs::read_dir(&self.dir).map_err(io(format_args!("cannot list {}", self.dir.display())))?;
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(io(format_args!("cannot list {}", self.dir.display())))?;
         let mut tools = self.tools.write().map_err(|_| poisoned())?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -115,23 +130,43 @@ impl Registry {
                     tracing::info!(tool = %name, sha256 = %tool.info.sha256, "tool loaded");
                     tools.insert(name, Arc::new(tool));
                 }
-                Err(e) => tracing::error!(tool = %name, code = %e.code, "tool not loaded: {}", e.message),
+                Err(e) => {
+                    tracing::error!(tool = %name, code = %e.code, "tool not loaded: {}", e.message)
+                }
             }
         }
         Ok(())
     }
 
     /// Validate, precompile, link and store `bytes` as tool `name`.
-    pub fn install(&self, runtime: &Runtime, name: &str, bytes: &[u8], replace: bool) -> Result<ToolInfo, Failure> {
+    pub fn install(
+        &self,
+        runtime: &Runtime,
+        name: &str,
+        bytes: &[u8],
+        replace: bool,
+    ) -> Result<ToolInfo, Failure> {
         validate_name(name)?;
         let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
-        if !replace && self.tools.read().map_err(|_| poisoned())?.contains_key(name) {
-            return Err(Failure::new(Code::ToolExists, format!("tool {name:?} is already installed (use replace)")));
+        if !replace
+            && self
+                .tools
+                .read()
+                .map_err(|_| poisoned())?
+                .contains_key(name)
+        {
+            return Err(Failure::new(
+                Code::ToolExists,
+                format!("tool {name:?} is already installed (use replace)"),
+            ));
         }
         let artifact = runtime.precompile(bytes)?;
         let staging = self.dir.join(format!(".staging-{name}"));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io(format_args!("cannot create {}", staging.display())))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io(format_args!("cannot create {}", staging.display())))?;
         let staged = (|| {
             let info = ToolInfo {
                 name: name.to_owned(),
@@ -142,7 +177,9 @@ impl Registry {
             };
             write(&staging.join(COMPONENT), bytes)?;
             write(&staging.join(ARTIFACT), &artifact)?;
-            let meta = toml::to_string(&info).map_err(|e| Failure::new(Code::Einternal, format!("cannot encode tool metadata: {e}")))?;
+            let meta = toml::to_string(&info).map_err(|e| {
+                Failure::new(Code::Einternal, format!("cannot encode tool metadata: {e}"))
+            })?;
             write(&staging.join(META), meta.as_bytes())?;
             let prepared = runtime.load_artifact(&staging.join(ARTIFACT))?;
             Ok::<_, Failure>(InstalledTool { info, prepared })
@@ -157,12 +194,19 @@ impl Registry {
         let target = self.dir.join(name);
         let old = self.dir.join(format!(".old-{name}"));
         if target.exists() {
-            std::fs::rename(&target, &old).map_err(io(format_args!("cannot move {} aside", target.display())))?;
+            std::fs::rename(&target, &old)
+                .map_err(io(format_args!("cannot move {} aside", target.display())))?;
         }
-        std::fs::rename(&staging, &target).map_err(io(format_args!("cannot move {} into place", target.display())))?;
+        std::fs::rename(&staging, &target).map_err(io(format_args!(
+            "cannot move {} into place",
+            target.display()
+        )))?;
         let _ = std::fs::remove_dir_all(&old);
         let info = tool.info.clone();
-        self.tools.write().map_err(|_| poisoned())?.insert(name.to_owned(), Arc::new(tool));
+        self.tools
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.to_owned(), Arc::new(tool));
         tracing::info!(tool = %name, sha256 = %info.sha256, bytes = info.component_bytes, "tool installed");
         Ok(info)
     }
@@ -175,12 +219,20 @@ impl Registry {
             .map_err(|_| poisoned())?
             .get(name)
             .cloned()
-            .ok_or_else(|| Failure::new(Code::ToolNotFound, format!("no tool named {name:?} is installed")))
+            .ok_or_else(|| {
+                Failure::new(
+                    Code::ToolNotFound,
+                    format!("no tool named {name:?} is installed"),
+                )
+            })
     }
 
     /// Every installed tool, by name.
     pub fn list(&self) -> Vec<ToolInfo> {
-        self.tools.read().map(|t| t.values().map(|t| t.info.clone()).collect()).unwrap_or_default()
+        self.tools
+            .read()
+            .map(|t| t.values().map(|t| t.info.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Remove the tool called `name`; runs in flight keep their instance.
@@ -192,16 +244,25 @@ impl Registry {
             .write()
             .map_err(|_| poisoned())?
             .remove(name)
-            .ok_or_else(|| Failure::new(Code::ToolNotFound, format!("no tool named {name:?} is installed")))?;
+            .ok_or_else(|| {
+                Failure::new(
+                    Code::ToolNotFound,
+                    format!("no tool named {name:?} is installed"),
+                )
+            })?;
         let path = self.dir.join(name);
-        std::fs::remove_dir_all(&path).map_err(io(format_args!("cannot remove {}", path.display())))?;
+        std::fs::remove_dir_all(&path)
+            .map_err(io(format_args!("cannot remove {}", path.display())))?;
         tracing::info!(tool = %name, "tool removed");
         Ok(tool.info.clone())
     }
 }
 
 fn poisoned() -> Failure {
-    Failure::new(Code::Einternal, "registry lock poisoned by an earlier panic")
+    Failure::new(
+        Code::Einternal,
+        "registry lock poisoned by an earlier panic",
+    )
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
@@ -212,7 +273,9 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
         .mode(0o600)
         .open(path)
         .map_err(io(format_args!("cannot create {}", path.display())))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(format_args!("cannot write {}", path.display())))
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io(format_args!("cannot write {}", path.display())))
 }
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -220,24 +283,34 @@ use std::os::unix::fs::OpenOptionsExt;
 /// Load the tool in `dir`, recompiling its artifact if this engine cannot load it.
 fn load_one(runtime: &Runtime, dir: &Path) -> Result<InstalledTool, Failure> {
     let meta_path = dir.join(META);
-    let text = std::fs::read_to_string(&meta_path).map_err(io(format_args!("cannot read {}", meta_path.display())))?;
-    let mut info: ToolInfo = toml::from_str(&text)
-        .map_err(|e| Failure::new(Code::WasmInvalidComponent, format!("invalid {}: {e}", meta_path.display())))?;
+    let text = std::fs::read_to_string(&meta_path)
+        .map_err(io(format_args!("cannot read {}", meta_path.display())))?;
+    let mut info: ToolInfo = toml::from_str(&text).map_err(|e| {
+        Failure::new(
+            Code::WasmInvalidComponent,
+            format!("invalid {}: {e}", meta_path.display()),
+        )
+    })?;
     let artifact = dir.join(ARTIFACT);
     match runtime.load_artifact(&artifact) {
         Ok(prepared) => Ok(InstalledTool { info, prepared }),
         Err(e) if e.code == Code::WasmInvalidComponent => {
             tracing::warn!(path = %artifact.display(), "artifact does not load ({}); recompiling from the component", e.message);
             let component = dir.join(COMPONENT);
-            let bytes = std::fs::read(&component).map_err(io(format_args!("cannot read {}", component.display())))?;
+            let bytes = std::fs::read(&component)
+                .map_err(io(format_args!("cannot read {}", component.display())))?;
             if sha256_hex(&bytes) != info.sha256 {
-                return Err(Failure::new(Code::WasmInvalidComponent, format!("{} does not match its recorded sha256", component.display())));
+                return Err(Failure::new(
+                    Code::WasmInvalidComponent,
+                    format!("{} does not match its recorded sha256", component.display()),
+                ));
             }
             let compiled = runtime.precompile(&bytes)?;
             let fresh = dir.join(".component.cwasm.new");
             let _ = std::fs::remove_file(&fresh);
             write(&fresh, &compiled)?;
-            std::fs::rename(&fresh, &artifact).map_err(io(format_args!("cannot replace {}", artifact.display())))?;
+            std::fs::rename(&fresh, &artifact)
+                .map_err(io(format_args!("cannot replace {}", artifact.display())))?;
             info.artifact_bytes = compiled.len() as u64;
             let prepared = runtime.load_artifact(&artifact)?;
             Ok(InstalledTool { info, prepared })
@@ -255,7 +328,19 @@ mod tests {
         for ok in ["hello", "a", "echo-2", "x_y", &"a".repeat(64)] {
             validate_name(ok).unwrap();
         }
-        for bad in ["", "..", ".", "a/b", "Hello", "-x", "_x", "a b", "é", &"a".repeat(65), "a\0"] {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "Hello",
+            "-x",
+            "_x",
+            "a b",
+            "é",
+            &"a".repeat(65),
+            "a\0",
+        ] {
             let e = validate_name(bad).unwrap_err();
             assert_eq!(e.code, Code::InvalidArgument, "{bad:?}");
         }
@@ -263,6 +348,9 @@ mod tests {
 
     #[test]
     fn sha256_is_hex() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -7,8 +7,16 @@ use clawos_bridge::error::Code;
 use clawos_bridge::ipc::proto::{Body, ComponentSource, Request};
 use common::TestDaemon;
 
-fn install_bytes(d: &TestDaemon, name: &str, bytes: Vec<u8>) -> clawos_bridge::ipc::proto::Response {
-    d.request(&Request::Install { name: name.into(), source: ComponentSource::Bytes(bytes), replace: false })
+fn install_bytes(
+    d: &TestDaemon,
+    name: &str,
+    bytes: Vec<u8>,
+) -> clawos_bridge::ipc::proto::Response {
+    d.request(&Request::Install {
+        name: name.into(),
+        source: ComponentSource::Bytes(bytes),
+        replace: false,
+    })
 }
 
 #[test]
@@ -26,7 +34,10 @@ fn broken_components_are_refused_with_their_codes() {
     let r = install_bytes(&d, "half", hello);
     assert_eq!(r.code, Code::WasmInvalidComponent, "{}", r.message);
     // Imports an interface the bridge does not provide.
-    let missing = wat::parse_str(r#"(component (import "clawos:bridge/teleport@0.1.0" (instance (export "beam" (func)))))"#).unwrap();
+    let missing = wat::parse_str(
+        r#"(component (import "clawos:bridge/teleport@0.1.0" (instance (export "beam" (func)))))"#,
+    )
+    .unwrap();
     let r = install_bytes(&d, "missing", missing);
     assert_eq!(r.code, Code::WasmLinkError, "{}", r.message);
     assert!(r.message.contains("teleport"), "{}", r.message);
@@ -34,7 +45,9 @@ fn broken_components_are_refused_with_their_codes() {
     let r = install_bytes(&d, "empty", wat::parse_str("(component)").unwrap());
     assert_eq!(r.code, Code::WasmLinkError, "{}", r.message);
     // Nothing of the refused installs is left behind.
-    let Body::Tools(tools) = d.request(&Request::List).body else { panic!() };
+    let Body::Tools(tools) = d.request(&Request::List).body else {
+        panic!()
+    };
     assert!(tools.is_empty(), "{tools:?}");
     let leftovers: Vec<_> = std::fs::read_dir(d.state.join("tools")).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -44,7 +57,11 @@ fn broken_components_are_refused_with_their_codes() {
 #[test]
 fn names_exists_not_found_replace_and_remove() {
     let d = TestDaemon::start();
-    let r = d.request(&Request::Install { name: "../etc".into(), source: ComponentSource::Bytes(vec![]), replace: false });
+    let r = d.request(&Request::Install {
+        name: "../etc".into(),
+        source: ComponentSource::Bytes(vec![]),
+        replace: false,
+    });
     assert_eq!(r.code, Code::InvalidArgument, "{}", r.message);
     d.install_ok("hello");
     let r = d.install("hello");
@@ -56,11 +73,18 @@ fn names_exists_not_found_replace_and_remove() {
     });
     assert_eq!(r.code, Code::Success, "{}", r.message);
     let (r, out) = d.run("hello", &["now", "echo"]);
-    assert_eq!((r.code, out.output.as_slice()), (Code::Success, &b"now echo"[..]));
-    let r = d.request(&Request::Remove { name: "hello".into() });
+    assert_eq!(
+        (r.code, out.output.as_slice()),
+        (Code::Success, &b"now echo"[..])
+    );
+    let r = d.request(&Request::Remove {
+        name: "hello".into(),
+    });
     assert_eq!(r.code, Code::Success);
     assert!(!d.state.join("tools/hello").exists());
-    let r = d.request(&Request::Remove { name: "hello".into() });
+    let r = d.request(&Request::Remove {
+        name: "hello".into(),
+    });
     assert_eq!(r.code, Code::ToolNotFound);
     let r = d.request(&Request::Run(clawos_bridge::ipc::proto::RunRequest {
         name: "hello".into(),
@@ -80,10 +104,18 @@ fn tools_survive_a_restart_and_stale_artifacts_are_recompiled() {
     // An artifact this engine cannot load is rebuilt from the component.
     std::fs::write(state.join("tools/hello/component.cwasm"), b"garbage").unwrap();
     let mut d = TestDaemon::start_in(dir, state, "");
-    let Body::Tools(tools) = d.request(&Request::List).body else { panic!() };
-    assert_eq!(tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["hello"]);
+    let Body::Tools(tools) = d.request(&Request::List).body else {
+        panic!()
+    };
+    assert_eq!(
+        tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["hello"]
+    );
     let (r, out) = d.run("hello", &["again"]);
-    assert_eq!((r.code, out.output.as_slice()), (Code::Success, &b"hello, again\n"[..]));
+    assert_eq!(
+        (r.code, out.output.as_slice()),
+        (Code::Success, &b"hello, again\n"[..])
+    );
     assert!(d.log().contains("recompiling from the component"));
     d.stop();
 }
@@ -98,9 +130,17 @@ fn install_by_path_is_root_only_and_works_for_root() {
         replace: false,
     });
     // The tests run as root (the appliance's daemon does too).
-    assert_eq!(rustix::process::geteuid().as_raw(), 0, "these tests run as root");
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "these tests run as root"
+    );
     assert_eq!(r.code, Code::Success, "{}", r.message);
-    let r = d.request(&Request::Install { name: "nope".into(), source: ComponentSource::Path("/nonexistent.wasm".into()), replace: false });
+    let r = d.request(&Request::Install {
+        name: "nope".into(),
+        source: ComponentSource::Path("/nonexistent.wasm".into()),
+        replace: false,
+    });
     assert_eq!(r.code, Code::Enoent, "{}", r.message);
 }
 
@@ -109,13 +149,21 @@ fn clawosctl_end_to_end() {
     let d = TestDaemon::start();
     let hello = clawos_tool_artifacts::path("hello");
     let out = d.ctl(&["install", "hello", hello.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello  sha256:"));
 
     let out = d.ctl(&["run", "hello", "ClawOS"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"hello, ClawOS\n");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "[info] greeting ClawOS\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "[info] greeting ClawOS\n"
+    );
 
     let out = d.ctl(&["--json", "run", "hello"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -129,12 +177,21 @@ fn clawosctl_end_to_end() {
 
     let misbehave = clawos_tool_artifacts::path("misbehave");
     d.ctl(&["install", "misbehave", misbehave.to_str().unwrap()]);
-    assert_eq!(d.ctl(&["run", "misbehave", "exit", "42"]).status.code(), Some(42));
-    assert_eq!(d.ctl(&["run", "misbehave", "forge-handle"]).status.code(), Some(206));
+    assert_eq!(
+        d.ctl(&["run", "misbehave", "exit", "42"]).status.code(),
+        Some(42)
+    );
+    assert_eq!(
+        d.ctl(&["run", "misbehave", "forge-handle"]).status.code(),
+        Some(206)
+    );
 
     let out = d.ctl(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("hello") && text.contains("misbehave"), "{text}");
+    assert!(
+        text.contains("hello") && text.contains("misbehave"),
+        "{text}"
+    );
     let out = d.ctl(&["--json", "status"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["body"]["tools"], 2);
@@ -144,22 +201,51 @@ fn clawosctl_end_to_end() {
 
     let out = d.ctl(&["run", "misbehave", "--env", "NOEQUALS"]);
     assert_eq!(out.status.code(), Some(208));
-    let out = std::process::Command::new(common::CTL).args(["--socket", "/nonexistent/sock", "status"]).output().unwrap();
+    let out = std::process::Command::new(common::CTL)
+        .args(["--socket", "/nonexistent/sock", "status"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is clawos-wasm-daemon running?"));
 }
 
 #[test]
 fn help_says_what_each_binary_does() {
-    let out = std::process::Command::new(common::CTL).arg("--help").output().unwrap();
+    let out = std::process::Command::new(common::CTL)
+        .arg("--help")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["install", "list", "run", "remove", "status", "--json", "Exit status"] {
-        assert!(text.contains(word), "clawosctl --help lacks {word}:\n{text}");
+    for word in [
+        "install",
+        "list",
+        "run",
+        "remove",
+        "status",
+        "--json",
+        "Exit status",
+    ] {
+        assert!(
+            text.contains(word),
+            "clawosctl --help lacks {word}:\n{text}"
+        );
     }
-    let out = std::process::Command::new(common::DAEMON).arg("--help").output().unwrap();
+    let out = std::process::Command::new(common::DAEMON)
+        .arg("--help")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["--config", "--socket", "--state-dir", "--check-config", "SIGTERM"] {
-        assert!(text.contains(word), "clawos-wasm-daemon --help lacks {word}:\n{text}");
+    for word in [
+        "--config",
+        "--socket",
+        "--state-dir",
+        "--check-config",
+        "SIGTERM",
+    ] {
+        assert!(
+            text.contains(word),
+            "clawos-wasm-daemon --help lacks {word}:\n{text}"
+        );
     }
 }
 
@@ -168,12 +254,22 @@ fn a_bad_config_stops_the_daemon_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[sandbox]\nmemory_limit_bytes = 12\n").unwrap();
-    let out = std::process::Command::new(common::DAEMON).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    let out = std::process::Command::new(common::DAEMON)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sandbox.memory_limit_bytes = 12"), "{err}");
     std::fs::write(&cfg, "disable_sandbox = true\n").unwrap();
-    let out = std::process::Command::new(common::DAEMON).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    let out = std::process::Command::new(common::DAEMON)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("disable_sandbox"));
 }

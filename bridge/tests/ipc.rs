@@ -26,7 +26,10 @@ fn bad_magic_is_eproto_and_closes_only_that_connection() {
     assert_eq!(r.code, Code::Eproto);
     assert!(r.message.starts_with("bad magic"), "{}", r.message);
     // That connection is closed: nothing after a bad header is trusted.
-    assert!(c.request(&Request::Status).is_err(), "the connection still answers after a bad header");
+    assert!(
+        c.request(&Request::Status).is_err(),
+        "the connection still answers after a bad header"
+    );
     d.assert_serving();
 }
 
@@ -46,18 +49,28 @@ fn truncated_frame_is_eproto_with_sizes() {
     c.send_raw(b"CLAW\0").unwrap();
     c.shutdown_write().unwrap();
     let r = c.receive().unwrap();
-    assert_eq!((r.code, r.message.as_str()), (Code::Eproto, "truncated frame: expected 12 bytes, got 5"));
+    assert_eq!(
+        (r.code, r.message.as_str()),
+        (Code::Eproto, "truncated frame: expected 12 bytes, got 5")
+    );
     d.assert_serving();
 }
 
 #[test]
 fn oversized_frame_is_refused_before_reading_it() {
-    let d = TestDaemon::with_config("[ipc]\nmax_component_bytes = 2048\nmax_input_bytes = 1024\nmax_args = 4\nmax_arg_bytes = 64\n");
+    let d = TestDaemon::with_config(
+        "[ipc]\nmax_component_bytes = 2048\nmax_input_bytes = 1024\nmax_args = 4\nmax_arg_bytes = 64\n",
+    );
     let mut c = d.client();
     c.send_raw(&frame::header(50 << 20)).unwrap();
     let r = c.receive().unwrap();
     assert_eq!(r.code, Code::Eproto);
-    assert!(r.message.starts_with("frame payload of 52428800 bytes exceeds the"), "{}", r.message);
+    assert!(
+        r.message
+            .starts_with("frame payload of 52428800 bytes exceeds the"),
+        "{}",
+        r.message
+    );
     d.assert_serving();
 }
 
@@ -65,9 +78,21 @@ fn oversized_frame_is_refused_before_reading_it() {
 fn oversized_field_is_eproto_naming_it_and_the_connection_goes_on() {
     let d = TestDaemon::with_config("[ipc]\nmax_input_bytes = 1024\n");
     let mut c = d.client();
-    let run = Request::Run(RunRequest { name: "hello".into(), args: vec![], input: vec![0; 1025], env: vec![], timeout_ms: None });
+    let run = Request::Run(RunRequest {
+        name: "hello".into(),
+        args: vec![],
+        input: vec![0; 1025],
+        env: vec![],
+        timeout_ms: None,
+    });
     let r = c.request(&run).unwrap();
-    assert_eq!((r.code, r.message.as_str()), (Code::Eproto, "field run.input is 1025 bytes; the limit is 1024"));
+    assert_eq!(
+        (r.code, r.message.as_str()),
+        (
+            Code::Eproto,
+            "field run.input is 1025 bytes; the limit is 1024"
+        )
+    );
     // Same connection: the frame boundary was intact, so it keeps serving.
     assert_eq!(c.request(&Request::Status).unwrap().code, Code::Success);
 }
@@ -79,9 +104,15 @@ fn undecodable_payload_is_eproto_and_the_connection_goes_on() {
     c.send_raw(&frame::encode(&[0xff; 40])).unwrap();
     let r = c.receive().unwrap();
     assert_eq!(r.code, Code::Eproto);
-    assert!(r.message.starts_with("undecodable request (40 bytes)"), "{}", r.message);
+    assert!(
+        r.message.starts_with("undecodable request (40 bytes)"),
+        "{}",
+        r.message
+    );
     assert_eq!(c.request(&Request::List).unwrap().code, Code::Success);
-    let Body::Status(s) = c.request(&Request::Status).unwrap().body else { panic!() };
+    let Body::Status(s) = c.request(&Request::Status).unwrap().body else {
+        panic!()
+    };
     assert_eq!(s.protocol_errors, 1);
 }
 
@@ -94,7 +125,11 @@ fn other_protocol_version_is_209() {
     c.send_raw(&f).unwrap();
     let r = c.receive().unwrap();
     assert_eq!(r.code, Code::UnsupportedVersion);
-    assert!(r.message.contains("version 2 is not supported"), "{}", r.message);
+    assert!(
+        r.message.contains("version 2 is not supported"),
+        "{}",
+        r.message
+    );
     d.assert_serving();
 }
 
@@ -134,7 +169,10 @@ fn peers_other_than_root_the_owner_or_allowed_groups_get_eperm() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("uid 65534 (gid 65534) may not use this socket"), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534 (gid 65534) may not use this socket"),
+        "{stderr}"
+    );
     // An allowed group gets in.
     let d2 = TestDaemon::with_config("allowed_gids = [65534]\n");
     std::fs::set_permissions(d2.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -146,29 +184,55 @@ fn peers_other_than_root_the_owner_or_allowed_groups_get_eperm() {
         .gid(65534)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn runs_past_the_concurrency_bound_get_eagain() {
-    let d = TestDaemon::with_config("[ipc]\nmax_concurrent_runs = 1\n[sandbox]\ncpu_budget_ms = 20000\n");
+    let d = TestDaemon::with_config(
+        "[ipc]\nmax_concurrent_runs = 1\n[sandbox]\ncpu_budget_ms = 20000\n",
+    );
     d.install_ok("spinner");
     d.install_ok("hello");
     std::thread::scope(|s| {
         let long = s.spawn(|| {
-            d.run_with(RunRequest { name: "spinner".into(), args: vec![], input: vec![], env: vec![], timeout_ms: Some(3000) }).0.code
+            d.run_with(RunRequest {
+                name: "spinner".into(),
+                args: vec![],
+                input: vec![],
+                env: vec![],
+                timeout_ms: Some(3000),
+            })
+            .0
+            .code
         });
         // Wait until the spinner holds the only run slot.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let Body::Status(st) = d.request(&Request::Status).body else { panic!() };
+            let Body::Status(st) = d.request(&Request::Status).body else {
+                panic!()
+            };
             if st.runs_in_flight == 1 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the spinner never started");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the spinner never started"
+            );
             std::thread::yield_now();
         }
-        let hello = Request::Run(RunRequest { name: "hello".into(), args: vec![], input: vec![], env: vec![], timeout_ms: None });
+        let hello = Request::Run(RunRequest {
+            name: "hello".into(),
+            args: vec![],
+            input: vec![],
+            env: vec![],
+            timeout_ms: None,
+        });
         let r = d.request(&hello);
         assert_eq!(r.code, Code::Eagain, "{}", r.message);
         assert!(r.message.contains("max_concurrent_runs"), "{}", r.message);

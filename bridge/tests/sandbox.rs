@@ -9,7 +9,13 @@ use clawos_bridge::ipc::proto::RunRequest;
 use common::TestDaemon;
 
 fn req(name: &str, args: &[&str]) -> RunRequest {
-    RunRequest { name: name.into(), args: args.iter().map(|s| s.to_string()).collect(), input: vec![], env: vec![], timeout_ms: None }
+    RunRequest {
+        name: name.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        input: vec![],
+        env: vec![],
+        timeout_ms: None,
+    }
 }
 
 #[test]
@@ -21,9 +27,15 @@ fn hello_greets_and_logs() {
     assert_eq!(out.output, b"hello, ClawOS\n");
     assert_eq!(out.exit_status, None);
     assert_eq!(out.logs.len(), 1);
-    assert_eq!((out.logs[0].level.as_str(), out.logs[0].message.as_str()), ("info", "greeting ClawOS"));
+    assert_eq!(
+        (out.logs[0].level.as_str(), out.logs[0].message.as_str()),
+        ("info", "greeting ClawOS")
+    );
     // The daemon's own log carries the line with the [WASM] prefix, tool and instance.
-    d.wait_for(&format!("[WASM] hello#{}: greeting ClawOS", out.instance_id), std::time::Duration::from_secs(10));
+    d.wait_for(
+        &format!("[WASM] hello#{}: greeting ClawOS", out.instance_id),
+        std::time::Duration::from_secs(10),
+    );
 }
 
 #[test]
@@ -31,10 +43,16 @@ fn echo_returns_input_through_run_and_through_wasi_stdin() {
     let d = TestDaemon::start();
     d.install_ok("echo");
     let input: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    let (r, out) = d.run_with(RunRequest { input: input.clone(), ..req("echo", &[]) });
+    let (r, out) = d.run_with(RunRequest {
+        input: input.clone(),
+        ..req("echo", &[])
+    });
     assert_eq!(r.code, Code::Success, "{}", r.message);
     assert_eq!(out.output, input);
-    let (r, out) = d.run_with(RunRequest { input: b"via stdin".to_vec(), ..req("echo", &["--stdin", "--print", "tail"]) });
+    let (r, out) = d.run_with(RunRequest {
+        input: b"via stdin".to_vec(),
+        ..req("echo", &["--stdin", "--print", "tail"])
+    });
     assert_eq!(r.code, Code::Success, "{}", r.message);
     assert_eq!(out.output, b"via stdintail");
     assert_eq!(out.stdout, b"via stdin");
@@ -44,12 +62,26 @@ fn echo_returns_input_through_run_and_through_wasi_stdin() {
 fn exerciser_checks_every_system_logging_and_memory_function() {
     let d = TestDaemon::start();
     d.install_ok("exerciser");
-    let (r, out) = d.run_with(RunRequest { env: vec![("GREETING".into(), "from-request".into())], ..req("exerciser", &[]) });
+    let (r, out) = d.run_with(RunRequest {
+        env: vec![("GREETING".into(), "from-request".into())],
+        ..req("exerciser", &[])
+    });
     let text = String::from_utf8_lossy(&out.output);
-    assert_eq!(r.code, Code::Success, "{}\n{text}\nlogs: {:?}", r.message, out.logs);
+    assert_eq!(
+        r.code,
+        Code::Success,
+        "{}\n{text}\nlogs: {:?}",
+        r.message,
+        out.logs
+    );
     assert!(text.ends_with("all 23 checks passed\n"), "{text}");
     let levels: Vec<&str> = out.logs.iter().map(|l| l.level.as_str()).collect();
-    assert_eq!(levels, ["trace", "debug", "info", "warn", "error", "debug", "info", "warn", "error"]);
+    assert_eq!(
+        levels,
+        [
+            "trace", "debug", "info", "warn", "error", "debug", "info", "warn", "error"
+        ]
+    );
     // set-env in the tool changed only the instance's environment.
     assert!(std::env::var_os("SCRATCH").is_none());
     assert!(!d.log().contains("SCRATCH"));
@@ -62,8 +94,16 @@ fn memory_cap_traps_with_101_and_the_daemon_keeps_serving() {
     d.install_ok("hello");
     let (r, out) = d.run("memgrow", &["16"]);
     assert_eq!(r.code, Code::WasmMemoryLimit, "{}", r.message);
-    assert!(r.message.contains("memory limit of 268435456 bytes"), "{}", r.message);
-    assert!(out.memory_peak <= 256 << 20 && out.memory_peak > 200 << 20, "peak {}", out.memory_peak);
+    assert!(
+        r.message.contains("memory limit of 268435456 bytes"),
+        "{}",
+        r.message
+    );
+    assert!(
+        out.memory_peak <= 256 << 20 && out.memory_peak > 200 << 20,
+        "peak {}",
+        out.memory_peak
+    );
     // Under the cap the same tool succeeds.
     let (r, out) = d.run("memgrow", &["16", "128"]);
     assert_eq!(r.code, Code::Success, "{}", r.message);
@@ -80,7 +120,12 @@ fn host_regions_count_against_the_same_cap() {
     assert_eq!(r.code, Code::Success, "{}", r.message);
     let text = String::from_utf8_lossy(&out.output);
     // 16 MiB regions on top of ~1 MiB of linear memory: the 16th does not fit.
-    assert!(text.starts_with("host regions refused at 240 MiB with ErrorCode { code: 9, name: \"wasm-memory-limit\""), "{text}");
+    assert!(
+        text.starts_with(
+            "host regions refused at 240 MiB with ErrorCode { code: 9, name: \"wasm-memory-limit\""
+        ),
+        "{text}"
+    );
     assert!(text.contains("limit 256 MiB"), "{text}");
 }
 
@@ -125,9 +170,16 @@ fn sleeping_past_the_budget_is_the_deadline_too() {
 fn client_timeout_shorter_than_the_budget_is_etimeout() {
     let d = TestDaemon::start();
     d.install_ok("spinner");
-    let (r, _) = d.run_with(RunRequest { timeout_ms: Some(200), ..req("spinner", &[]) });
+    let (r, _) = d.run_with(RunRequest {
+        timeout_ms: Some(200),
+        ..req("spinner", &[])
+    });
     assert_eq!(r.code, Code::Etimeout, "{}", r.message);
-    assert!(r.message.contains("client timeout of 200 ms"), "{}", r.message);
+    assert!(
+        r.message.contains("client timeout of 200 ms"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
@@ -136,7 +188,11 @@ fn forged_and_stale_handles_are_refused_with_206() {
     d.install_ok("misbehave");
     let (r, _) = d.run("misbehave", &["forge-handle"]);
     assert_eq!(r.code, Code::InvalidHandle, "{}", r.message);
-    assert!(r.message.contains("unknown handle index 16777200"), "{}", r.message);
+    assert!(
+        r.message.contains("unknown handle index 16777200"),
+        "{}",
+        r.message
+    );
     let (r, _) = d.run("misbehave", &["stale-handle"]);
     assert_eq!(r.code, Code::InvalidHandle, "{}", r.message);
     d.assert_serving();
@@ -166,7 +222,11 @@ fn table_element_cap_refuses_the_component_with_105() {
     let d = TestDaemon::with_config("[sandbox]\nmax_table_elements = 1\n");
     let r = d.install("hello");
     assert_eq!(r.code, Code::WasmResourceLimit, "{}", r.message);
-    assert!(r.message.contains("exceeds the limit of 1"), "{}", r.message);
+    assert!(
+        r.message.contains("exceeds the limit of 1"),
+        "{}",
+        r.message
+    );
     d.assert_serving();
 }
 
@@ -185,7 +245,12 @@ fn panics_traps_exits_and_tool_errors_each_have_their_code() {
     ];
     for (args, code, status) in cases {
         let (r, out) = d.run("misbehave", args);
-        assert_eq!((r.code, out.exit_status), (*code, *status), "{args:?}: {}", r.message);
+        assert_eq!(
+            (r.code, out.exit_status),
+            (*code, *status),
+            "{args:?}: {}",
+            r.message
+        );
     }
     let (r, out) = d.run("misbehave", &["panic"]);
     assert!(r.message.contains("unreachable"), "{}", r.message);
@@ -200,7 +265,11 @@ fn log_flood_is_rate_limited_and_counted() {
     let (r, out) = d.run("misbehave", &["log-flood", "1000"]);
     assert_eq!(r.code, Code::Success, "{}", r.message);
     assert_eq!(out.logs.len() as u64 + out.logs_dropped, 1000);
-    assert!((50..=52).contains(&out.logs.len()), "{} lines kept", out.logs.len());
+    assert!(
+        (50..=52).contains(&out.logs.len()),
+        "{} lines kept",
+        out.logs.len()
+    );
 }
 
 #[test]
@@ -224,7 +293,10 @@ fn concurrent_runs_all_complete() {
                 let d = &d;
                 s.spawn(move || {
                     let payload = format!("run {i}").into_bytes();
-                    let (r, out) = d.run_with(RunRequest { input: payload.clone(), ..req("echo", &[]) });
+                    let (r, out) = d.run_with(RunRequest {
+                        input: payload.clone(),
+                        ..req("echo", &[])
+                    });
                     assert_eq!(r.code, Code::Success, "{}", r.message);
                     assert_eq!(out.output, payload);
                     out.instance_id
@@ -237,6 +309,8 @@ fn concurrent_runs_all_complete() {
         assert_eq!(ids.len(), 16, "every run had its own instance");
     });
     let status = d.request(&clawos_bridge::ipc::proto::Request::Status);
-    let clawos_bridge::ipc::proto::Body::Status(s) = status.body else { panic!() };
+    let clawos_bridge::ipc::proto::Body::Status(s) = status.body else {
+        panic!()
+    };
     assert_eq!((s.runs_in_flight, s.runs_total, s.runs_failed), (0, 16, 0));
 }

@@ -31,5 +31,7 @@ pub mod bindings {
     });
 }
 
+pub use bindings::clawos::bridge::{
+    cgroup, device, filesystem, logging, memory, network, system, types,
+};
 pub use bindings::{Guest, export};
-pub use bindings::clawos::bridge::{cgroup, device, filesystem, logging, memory, network, system, types};

@@ -5,17 +5,30 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.join("../..").canonicalize().expect("repository root");
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("repository root");
     let tools = root.join("tests/tools");
     for watched in ["tests/tools", "sdk", "bridge/wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let target_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("target");
+    let target_dir =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&tools)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // The outer build's flags and target are for the host; the tools build
     // for wasm32-wasip2 with their own profile.
@@ -30,11 +43,16 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo to build the sample tools");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the sample tools");
     assert!(
         status.success(),
         "building the sample tools in {} for wasm32-wasip2 failed ({status}); is the wasm32-wasip2 target installed (rust-toolchain.toml lists it)?",
         tools.display()
     );
-    println!("cargo:rustc-env=CLAWOS_TOOLS_DIR={}", target_dir.join("wasm32-wasip2/release").display());
+    println!(
+        "cargo:rustc-env=CLAWOS_TOOLS_DIR={}",
+        target_dir.join("wasm32-wasip2/release").display()
+    );
 }

@@ -40,7 +40,9 @@ struct Args {
 fn load_config(args: &Args) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => Config::load(DEFAULT_CONFIG.as_ref())?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(DEFAULT_CONFIG.as_ref())?
+        }
         None => Config::default(),
     };
     if let Some(s) = &args.socket {
@@ -54,9 +56,13 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -95,7 +101,10 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let shutdown = shutdown_signal()?;
-        Arc::new(daemon).serve(shutdown).await.map_err(|f| anyhow::anyhow!("{f}"))
+        Arc::new(daemon)
+            .serve(shutdown)
+            .await
+            .map_err(|f| anyhow::anyhow!("{f}"))
     })?;
     Ok(())
 }

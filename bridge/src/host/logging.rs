@@ -79,11 +79,17 @@ impl LogSink {
         let message = truncate(message, self.max_line);
         let (tool, id) = (&self.tool, self.instance);
         match level {
-            Level::Trace => tracing::trace!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}"),
-            Level::Debug => tracing::debug!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}"),
+            Level::Trace => {
+                tracing::trace!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}")
+            }
             Level::Info => tracing::info!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}"),
             Level::Warn => tracing::warn!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}"),
-            Level::Error => tracing::error!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}"),
+            Level::Error => {
+                tracing::error!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}")
+            }
         }
         let size = message.len() as u64;
         if self.kept_bytes + size > self.max_bytes {
@@ -91,7 +97,10 @@ impl LogSink {
             return;
         }
         self.kept_bytes += size;
-        self.lines.push(LogLine { level: level_name(level).to_owned(), message: message.to_owned() });
+        self.lines.push(LogLine {
+            level: level_name(level).to_owned(),
+            message: message.to_owned(),
+        });
     }
 }
 

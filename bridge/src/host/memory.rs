@@ -16,6 +16,8 @@ const MAX_REGION_NAME: usize = 64;
 const MAX_TRANSFER: u64 = 16 << 20;
 
 type Bytes = Arc<Mutex<Vec<u8>>>;
+/// (tool, region name) to the region, while some instance holds it.
+type SharedMap = HashMap<(String, String), Weak<Mutex<Vec<u8>>>>;
 
 /// A host-backed region held through a handle.
 #[derive(Debug)]
@@ -28,7 +30,7 @@ pub struct Region {
 /// weak references: a region lives while some instance holds a handle to it.
 #[derive(Debug, Default)]
 pub struct SharedRegions {
-    map: Mutex<HashMap<(String, String), Weak<Mutex<Vec<u8>>>>>,
+    map: Mutex<SharedMap>,
 }
 
 impl SharedRegions {
@@ -39,9 +41,18 @@ impl SharedRegions {
         let key = (tool.to_owned(), name.to_owned());
         if let Some(bytes) = map.get(&key).and_then(Weak::upgrade) {
             let len = bytes.lock().map_err(|_| ErrorCode::Einternal)?.len() as u64;
-            return if len == size { Ok(bytes) } else { Err(ErrorCode::InvalidArgument) };
+            return if len == size {
+                Ok(bytes)
+            } else {
+                Err(ErrorCode::InvalidArgument)
+            };
         }
-        let bytes = Arc::new(Mutex::new(vec![0; usize::try_from(size).map_err(|_| ErrorCode::InvalidArgument)?]));
+        let bytes = Arc::new(Mutex::new(vec![
+            0;
+            usize::try_from(size).map_err(|_| {
+                ErrorCode::InvalidArgument
+            })?
+        ]));
         map.insert(key, Arc::downgrade(&bytes));
         Ok(bytes)
     }
@@ -73,7 +84,13 @@ pub struct MemoryAccount {
 impl MemoryAccount {
     /// An empty account with `limit` bytes.
     pub fn new(limit: u64, counts: CountLimits) -> MemoryAccount {
-        MemoryAccount { limit, linear: 0, host: 0, peak: 0, counts }
+        MemoryAccount {
+            limit,
+            linear: 0,
+            host: 0,
+            peak: 0,
+            counts,
+        }
     }
 
     /// The most linear plus host bytes held at once.
@@ -96,19 +113,38 @@ impl MemoryAccount {
 }
 
 impl wasmtime::ResourceLimiter for MemoryAccount {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let linear = self.linear - current as u64 + desired as u64;
         if linear + self.host > self.limit {
-            return Err(SandboxTrap::MemoryLimit { limit: self.limit, linear, host: self.host }.into());
+            return Err(SandboxTrap::MemoryLimit {
+                limit: self.limit,
+                linear,
+                host: self.host,
+            }
+            .into());
         }
         self.linear = linear;
         self.peak = self.peak.max(self.linear + self.host);
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.counts.table_elements {
-            return Err(SandboxTrap::TableLimit { limit: self.counts.table_elements as u64, desired: desired as u64 }.into());
+            return Err(SandboxTrap::TableLimit {
+                limit: self.counts.table_elements as u64,
+                desired: desired as u64,
+            }
+            .into());
         }
         Ok(true)
     }
@@ -150,7 +186,9 @@ type R<T> = wasmtime::Result<Result<T, ErrorCode>>;
 impl MemoryView<'_> {
     fn hold(&mut self, bytes: Bytes, size: u64) -> Result<Resource<Region>, ErrorCode> {
         self.account.charge_host(size)?;
-        self.handles.push(Region { bytes, size }).inspect_err(|_| self.account.release_host(size))
+        self.handles
+            .push(Region { bytes, size })
+            .inspect_err(|_| self.account.release_host(size))
     }
 
     fn region(&self, handle: &Resource<Region>) -> Result<&Region, ErrorCode> {
@@ -185,11 +223,17 @@ impl Host for MemoryView<'_> {
         if self.account.linear + self.account.host + size > self.account.limit {
             return Ok(Err(ErrorCode::WasmMemoryLimit));
         }
-        Ok(self.shared.open(self.tool, &name, size).and_then(|bytes| self.hold(bytes, size)))
+        Ok(self
+            .shared
+            .open(self.tool, &name, size)
+            .and_then(|bytes| self.hold(bytes, size)))
     }
 
     fn get_usage(&mut self) -> wasmtime::Result<Usage> {
-        Ok(Usage { linear: self.account.linear, host: self.account.host })
+        Ok(Usage {
+            linear: self.account.linear,
+            host: self.account.host,
+        })
     }
 
     fn get_limit(&mut self) -> wasmtime::Result<u64> {
@@ -213,7 +257,10 @@ impl HostSharedRegion for MemoryView<'_> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let bytes = region.bytes.lock().map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
+        let bytes = region
+            .bytes
+            .lock()
+            .map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
         Ok(Ok(bytes[range].to_vec()))
     }
 
@@ -226,7 +273,10 @@ impl HostSharedRegion for MemoryView<'_> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let mut bytes = region.bytes.lock().map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
+        let mut bytes = region
+            .bytes
+            .lock()
+            .map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
         bytes[range].copy_from_slice(&data);
         Ok(Ok(()))
     }
@@ -243,7 +293,12 @@ mod tests {
     use super::*;
     use wasmtime::ResourceLimiter;
 
-    const COUNTS: CountLimits = CountLimits { instances: 4, tables: 4, memories: 2, table_elements: 100 };
+    const COUNTS: CountLimits = CountLimits {
+        instances: 4,
+        tables: 4,
+        memories: 2,
+        table_elements: 100,
+    };
 
     #[test]
     fn linear_and_host_share_one_limit() {
@@ -254,7 +309,11 @@ mod tests {
         let err = account.memory_growing(600, 700, None).unwrap_err();
         assert_eq!(
             err.downcast_ref::<SandboxTrap>(),
-            Some(&SandboxTrap::MemoryLimit { limit: 1000, linear: 700, host: 400 })
+            Some(&SandboxTrap::MemoryLimit {
+                limit: 1000,
+                linear: 700,
+                host: 400
+            })
         );
         account.release_host(400);
         assert!(account.memory_growing(600, 1000, None).unwrap());
@@ -266,7 +325,13 @@ mod tests {
         let mut account = MemoryAccount::new(1000, COUNTS);
         assert!(account.table_growing(0, 100, None).unwrap());
         let err = account.table_growing(100, 101, None).unwrap_err();
-        assert_eq!(err.downcast_ref::<SandboxTrap>(), Some(&SandboxTrap::TableLimit { limit: 100, desired: 101 }));
+        assert_eq!(
+            err.downcast_ref::<SandboxTrap>(),
+            Some(&SandboxTrap::TableLimit {
+                limit: 100,
+                desired: 101
+            })
+        );
     }
 
     #[test]
@@ -284,7 +349,10 @@ mod tests {
         a.lock().unwrap()[0] = 42;
         let b = shared.open("t", "r", 8).unwrap();
         assert_eq!(b.lock().unwrap()[0], 42);
-        assert_eq!(shared.open("t", "r", 9).unwrap_err(), ErrorCode::InvalidArgument);
+        assert_eq!(
+            shared.open("t", "r", 9).unwrap_err(),
+            ErrorCode::InvalidArgument
+        );
         let other = shared.open("u", "r", 8).unwrap();
         assert_eq!(other.lock().unwrap()[0], 0);
         drop((a, b));

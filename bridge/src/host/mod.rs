@@ -31,7 +31,10 @@ mod generated {
 }
 
 pub use generated::clawos::bridge::types::ErrorCode;
-pub use generated::clawos::bridge::{cgroup, device, filesystem, logging as wit_logging, memory as wit_memory, network, system as wit_system, types};
+pub use generated::clawos::bridge::{
+    cgroup, device, filesystem, logging as wit_logging, memory as wit_memory, network,
+    system as wit_system, types,
+};
 pub use generated::{Tool, ToolPre};
 
 use crate::runtime::state::Instance;
@@ -41,7 +44,9 @@ use crate::runtime::state::Instance;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SandboxTrap {
     /// Linear memory would pass the instance's memory limit.
-    #[error("memory limit of {limit} bytes reached: linear memory would grow to {linear} bytes with {host} bytes of host regions")]
+    #[error(
+        "memory limit of {limit} bytes reached: linear memory would grow to {linear} bytes with {host} bytes of host regions"
+    )]
     MemoryLimit {
         /// The instance's limit.
         limit: u64,
@@ -167,7 +172,11 @@ pub struct Handles {
 impl Handles {
     /// An empty table allowing `max` live handles.
     pub fn new(max: u32) -> Handles {
-        Handles { table: ResourceTable::new(), live: 0, max }
+        Handles {
+            table: ResourceTable::new(),
+            live: 0,
+            max,
+        }
     }
 
     /// Push `value`, refusing with WASM_RESOURCE_LIMIT past the limit.
@@ -202,13 +211,34 @@ impl Handles {
 /// Link every interface of the `tool` world, each with its narrow view, into `linker`.
 pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
     generated::clawos::bridge::types::add_to_linker::<Instance, Unit>(linker, |_| Unit)?;
-    generated::clawos::bridge::logging::add_to_linker::<Instance, logging::LoggingHost>(linker, |s| s.logging_view())?;
-    generated::clawos::bridge::system::add_to_linker::<Instance, system::SystemHost>(linker, |s| s.system_view())?;
-    generated::clawos::bridge::memory::add_to_linker::<Instance, memory::MemoryHost>(linker, |s| s.memory_view())?;
-    generated::clawos::bridge::filesystem::add_to_linker::<Instance, unavailable::UnavailableHost>(linker, |s| s.unavailable_view())?;
-    generated::clawos::bridge::network::add_to_linker::<Instance, unavailable::UnavailableHost>(linker, |s| s.unavailable_view())?;
-    generated::clawos::bridge::cgroup::add_to_linker::<Instance, unavailable::UnavailableHost>(linker, |s| s.unavailable_view())?;
-    generated::clawos::bridge::device::add_to_linker::<Instance, unavailable::UnavailableHost>(linker, |s| s.unavailable_view())?;
+    generated::clawos::bridge::logging::add_to_linker::<Instance, logging::LoggingHost>(
+        linker,
+        |s| s.logging_view(),
+    )?;
+    generated::clawos::bridge::system::add_to_linker::<Instance, system::SystemHost>(
+        linker,
+        |s| s.system_view(),
+    )?;
+    generated::clawos::bridge::memory::add_to_linker::<Instance, memory::MemoryHost>(
+        linker,
+        |s| s.memory_view(),
+    )?;
+    generated::clawos::bridge::filesystem::add_to_linker::<Instance, unavailable::UnavailableHost>(
+        linker,
+        |s| s.unavailable_view(),
+    )?;
+    generated::clawos::bridge::network::add_to_linker::<Instance, unavailable::UnavailableHost>(
+        linker,
+        |s| s.unavailable_view(),
+    )?;
+    generated::clawos::bridge::cgroup::add_to_linker::<Instance, unavailable::UnavailableHost>(
+        linker,
+        |s| s.unavailable_view(),
+    )?;
+    generated::clawos::bridge::device::add_to_linker::<Instance, unavailable::UnavailableHost>(
+        linker,
+        |s| s.unavailable_view(),
+    )?;
     Ok(())
 }
 
@@ -237,9 +267,27 @@ mod tests {
 
     #[test]
     fn traps_map_to_their_codes() {
-        assert_eq!(SandboxTrap::MemoryLimit { limit: 1, linear: 2, host: 0 }.code(), Code::WasmMemoryLimit);
-        assert_eq!(SandboxTrap::TableLimit { limit: 1, desired: 2 }.code(), Code::WasmResourceLimit);
-        assert_eq!(SandboxTrap::Deadline { budget_ms: 1 }.code(), Code::WasmCpuDeadline);
+        assert_eq!(
+            SandboxTrap::MemoryLimit {
+                limit: 1,
+                linear: 2,
+                host: 0
+            }
+            .code(),
+            Code::WasmMemoryLimit
+        );
+        assert_eq!(
+            SandboxTrap::TableLimit {
+                limit: 1,
+                desired: 2
+            }
+            .code(),
+            Code::WasmResourceLimit
+        );
+        assert_eq!(
+            SandboxTrap::Deadline { budget_ms: 1 }.code(),
+            Code::WasmCpuDeadline
+        );
         assert_eq!(SandboxTrap::Exit(3).code(), Code::Success);
     }
 

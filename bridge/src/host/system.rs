@@ -31,8 +31,16 @@ pub struct Env {
 impl Env {
     /// An environment holding `vars`, with room for `max_entries` entries of
     /// at most `max_bytes` per name or value.
-    pub fn new(vars: impl IntoIterator<Item = (String, String)>, max_entries: u32, max_bytes: u32) -> Env {
-        Env { vars: vars.into_iter().collect(), max_entries: max_entries as usize, max_bytes: max_bytes as usize }
+    pub fn new(
+        vars: impl IntoIterator<Item = (String, String)>,
+        max_entries: u32,
+        max_bytes: u32,
+    ) -> Env {
+        Env {
+            vars: vars.into_iter().collect(),
+            max_entries: max_entries as usize,
+            max_bytes: max_bytes as usize,
+        }
     }
 
     /// The value of `name`.
@@ -79,7 +87,10 @@ impl HasData for SystemHost {
 }
 
 fn timestamp(d: Duration) -> Timestamp {
-    Timestamp { seconds: d.as_secs(), nanoseconds: d.subsec_nanos() }
+    Timestamp {
+        seconds: d.as_secs(),
+        nanoseconds: d.subsec_nanos(),
+    }
 }
 
 impl Host for SystemView<'_> {
@@ -102,10 +113,17 @@ impl Host for SystemView<'_> {
 
     fn get_time(&mut self, clock: Clock) -> wasmtime::Result<Timestamp> {
         Ok(match clock {
-            Clock::Realtime => timestamp(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()),
+            Clock::Realtime => timestamp(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
             Clock::Monotonic => {
                 let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-                Timestamp { seconds: t.tv_sec as u64, nanoseconds: t.tv_nsec as u32 }
+                Timestamp {
+                    seconds: t.tv_sec as u64,
+                    nanoseconds: t.tv_nsec as u32,
+                }
             }
         })
     }
@@ -115,7 +133,10 @@ impl Host for SystemView<'_> {
         let left = self.info.deadline.saturating_duration_since(Instant::now());
         if wanted > left {
             std::thread::sleep(left);
-            return Err(SandboxTrap::Deadline { budget_ms: self.info.budget_ms }.into());
+            return Err(SandboxTrap::Deadline {
+                budget_ms: self.info.budget_ms,
+            }
+            .into());
         }
         std::thread::sleep(wanted);
         Ok(Ok(()))
@@ -125,7 +146,11 @@ impl Host for SystemView<'_> {
         Ok(self.env.get(&name).map(str::to_owned))
     }
 
-    fn set_env(&mut self, name: String, value: Option<String>) -> wasmtime::Result<Result<(), ErrorCode>> {
+    fn set_env(
+        &mut self,
+        name: String,
+        value: Option<String>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
         Ok(self.env.set(name, value))
     }
 
@@ -150,10 +175,14 @@ mod tests {
     fn env_is_the_instances_own() {
         let mut env = Env::new([("A".to_owned(), "1".to_owned())], 2, 8);
         assert_eq!(env.get("A"), Some("1"));
-        env.set("CLAWOS_TEST_VAR".to_owned(), Some("x".to_owned())).unwrap_err();
+        env.set("CLAWOS_TEST_VAR".to_owned(), Some("x".to_owned()))
+            .unwrap_err();
         env.set("B".to_owned(), Some("2".to_owned())).unwrap();
         assert!(std::env::var_os("B").is_none() || std::env::var("B").unwrap() != "2");
-        assert_eq!(env.set("C".to_owned(), Some("3".to_owned())), Err(ErrorCode::QuotaExceeded));
+        assert_eq!(
+            env.set("C".to_owned(), Some("3".to_owned())),
+            Err(ErrorCode::QuotaExceeded)
+        );
         env.set("A".to_owned(), Some("9".to_owned())).unwrap();
         env.set("A".to_owned(), None).unwrap();
         assert_eq!(env.get("A"), None);
@@ -163,9 +192,19 @@ mod tests {
     fn env_refuses_bad_names_and_values() {
         let mut env = Env::new([], 10, 8);
         for name in ["", "A=B", "A\0", "123456789"] {
-            assert_eq!(env.set(name.to_owned(), Some("v".to_owned())), Err(ErrorCode::InvalidArgument), "{name:?}");
+            assert_eq!(
+                env.set(name.to_owned(), Some("v".to_owned())),
+                Err(ErrorCode::InvalidArgument),
+                "{name:?}"
+            );
         }
-        assert_eq!(env.set("A".to_owned(), Some("123456789".to_owned())), Err(ErrorCode::InvalidArgument));
-        assert_eq!(env.set("A".to_owned(), Some("a\0".to_owned())), Err(ErrorCode::InvalidArgument));
+        assert_eq!(
+            env.set("A".to_owned(), Some("123456789".to_owned())),
+            Err(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            env.set("A".to_owned(), Some("a\0".to_owned())),
+            Err(ErrorCode::InvalidArgument)
+        );
     }
 }

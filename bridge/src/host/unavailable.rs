@@ -27,7 +27,11 @@ impl HasData for UnavailableHost {
 type R<T> = wasmtime::Result<Result<T, ErrorCode>>;
 
 fn unavailable<T>(interface: &str, function: &str) -> R<T> {
-    tracing::debug!(interface, function, "call to an interface not available in this build");
+    tracing::debug!(
+        interface,
+        function,
+        "call to an interface not available in this build"
+    );
     Ok(Err(ErrorCode::InterfaceUnavailable))
 }
 

@@ -23,7 +23,10 @@ impl Client {
     pub fn connect(socket: &Path) -> Result<Client, Failure> {
         let stream = UnixStream::connect(socket).map_err(|e| {
             Failure::io(
-                format_args!("cannot connect to the daemon at {} (is clawos-wasm-daemon running?)", socket.display()),
+                format_args!(
+                    "cannot connect to the daemon at {} (is clawos-wasm-daemon running?)",
+                    socket.display()
+                ),
                 &e,
             )
         })?;
@@ -38,7 +41,9 @@ impl Client {
 
     /// Send raw bytes (tests use this for malformed frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.stream.write_all(bytes).map_err(|e| Failure::io("cannot send to the daemon", &e))
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| Failure::io("cannot send to the daemon", &e))
     }
 
     /// Close the sending half, so the daemon sees the end of the stream.
@@ -52,7 +57,10 @@ impl Client {
     pub fn receive(&mut self) -> Result<Response, Failure> {
         match frame::read_blocking(&mut self.stream, MAX_RESPONSE)? {
             Some(payload) => Response::decode(&payload),
-            None => Err(Failure::new(Code::Eproto, "the daemon closed the connection without a response")),
+            None => Err(Failure::new(
+                Code::Eproto,
+                "the daemon closed the connection without a response",
+            )),
         }
     }
 }

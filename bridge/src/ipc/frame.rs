@@ -99,12 +99,18 @@ pub fn parse_header(h: &[u8; HEADER_LEN], max: u64) -> Result<usize, FrameError>
 /// Decode one whole frame from `buf` (which must hold exactly one frame).
 pub fn decode(buf: &[u8], max: u64) -> Result<&[u8], FrameError> {
     let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
-        return Err(FrameError::Truncated { expected: HEADER_LEN as u64, got: buf.len() as u64 });
+        return Err(FrameError::Truncated {
+            expected: HEADER_LEN as u64,
+            got: buf.len() as u64,
+        });
     };
     let len = parse_header(h, max)?;
     let body = &buf[HEADER_LEN..];
     if body.len() < len {
-        return Err(FrameError::Truncated { expected: len as u64, got: body.len() as u64 });
+        return Err(FrameError::Truncated {
+            expected: len as u64,
+            got: body.len() as u64,
+        });
     }
     Ok(&body[..len])
 }
@@ -131,13 +137,22 @@ pub fn read_blocking(r: &mut impl std::io::Read, max: u64) -> Result<Option<Vec<
         return Ok(None);
     }
     if got < HEADER_LEN {
-        return Err(FrameError::Truncated { expected: HEADER_LEN as u64, got: got as u64 }.into());
+        return Err(FrameError::Truncated {
+            expected: HEADER_LEN as u64,
+            got: got as u64,
+        }
+        .into());
     }
     let len = parse_header(&h, max)?;
     let mut payload = vec![0u8; len];
-    let got = read_full(r, &mut payload).map_err(|e| Failure::io("cannot read frame payload", &e))?;
+    let got =
+        read_full(r, &mut payload).map_err(|e| Failure::io("cannot read frame payload", &e))?;
     if got < len {
-        return Err(FrameError::Truncated { expected: len as u64, got: got as u64 }.into());
+        return Err(FrameError::Truncated {
+            expected: len as u64,
+            got: got as u64,
+        }
+        .into());
     }
     Ok(Some(payload))
 }
@@ -161,8 +176,18 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
     let rest = async {
         let mut got = 1;
         while got < HEADER_LEN {
-            match r.read(&mut h[got..]).await.map_err(|e| Failure::io("cannot read frame header", &e))? {
-                0 => return Err(FrameError::Truncated { expected: HEADER_LEN as u64, got: got as u64 }.into()),
+            match r
+                .read(&mut h[got..])
+                .await
+                .map_err(|e| Failure::io("cannot read frame header", &e))?
+            {
+                0 => {
+                    return Err(FrameError::Truncated {
+                        expected: HEADER_LEN as u64,
+                        got: got as u64,
+                    }
+                    .into());
+                }
                 n => got += n,
             }
         }
@@ -170,8 +195,18 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
         let mut payload = vec![0u8; len];
         let mut got = 0;
         while got < len {
-            match r.read(&mut payload[got..]).await.map_err(|e| Failure::io("cannot read frame payload", &e))? {
-                0 => return Err(FrameError::Truncated { expected: len as u64, got: got as u64 }.into()),
+            match r
+                .read(&mut payload[got..])
+                .await
+                .map_err(|e| Failure::io("cannot read frame payload", &e))?
+            {
+                0 => {
+                    return Err(FrameError::Truncated {
+                        expected: len as u64,
+                        got: got as u64,
+                    }
+                    .into());
+                }
                 n => got += n,
             }
         }
@@ -209,24 +244,49 @@ mod tests {
         let mut f = encode(b"x");
         f[5] = 2;
         assert_eq!(decode(&f, 100), Err(FrameError::UnsupportedVersion(2)));
-        assert_eq!(FrameError::UnsupportedVersion(2).code(), Code::UnsupportedVersion);
+        assert_eq!(
+            FrameError::UnsupportedVersion(2).code(),
+            Code::UnsupportedVersion
+        );
         let mut f = encode(b"x");
         f[7] = 1;
         assert_eq!(decode(&f, 100), Err(FrameError::Flags(1)));
         let f = encode(&[0; 101]);
-        assert_eq!(decode(&f, 100), Err(FrameError::Oversized { len: 101, max: 100 }));
-        assert_eq!(FrameError::Oversized { len: 101, max: 100 }.code(), Code::Eproto);
+        assert_eq!(
+            decode(&f, 100),
+            Err(FrameError::Oversized { len: 101, max: 100 })
+        );
+        assert_eq!(
+            FrameError::Oversized { len: 101, max: 100 }.code(),
+            Code::Eproto
+        );
     }
 
     #[test]
     fn truncation_is_reported_with_sizes() {
         let f = encode(b"hello");
-        assert_eq!(decode(&f[..5], 100), Err(FrameError::Truncated { expected: 12, got: 5 }));
-        assert_eq!(decode(&f[..14], 100), Err(FrameError::Truncated { expected: 5, got: 2 }));
+        assert_eq!(
+            decode(&f[..5], 100),
+            Err(FrameError::Truncated {
+                expected: 12,
+                got: 5
+            })
+        );
+        assert_eq!(
+            decode(&f[..14], 100),
+            Err(FrameError::Truncated {
+                expected: 5,
+                got: 2
+            })
+        );
         let mut r = &f[..14];
         let e = read_blocking(&mut r, 100).unwrap_err();
         assert_eq!(e.code, Code::Eproto);
-        assert!(e.message.contains("expected 5 bytes, got 2"), "{}", e.message);
+        assert!(
+            e.message.contains("expected 5 bytes, got 2"),
+            "{}",
+            e.message
+        );
     }
 
     proptest! {

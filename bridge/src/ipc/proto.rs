@@ -126,28 +126,47 @@ pub struct DaemonStatus {
 impl Response {
     /// A failure response.
     pub fn failure(f: &Failure) -> Response {
-        Response { code: f.code, message: f.message.clone(), body: Body::Empty }
+        Response {
+            code: f.code,
+            message: f.message.clone(),
+            body: Body::Empty,
+        }
     }
 
     /// A success response with `body`.
     pub fn ok(body: Body) -> Response {
-        Response { code: Code::Success, message: String::new(), body }
+        Response {
+            code: Code::Success,
+            message: String::new(),
+            body,
+        }
     }
 }
 
 fn too_big(field: &str, len: usize, max: u64) -> Failure {
-    Failure::new(Code::Eproto, format!("field {field} is {len} bytes; the limit is {max}"))
+    Failure::new(
+        Code::Eproto,
+        format!("field {field} is {len} bytes; the limit is {max}"),
+    )
 }
 
 fn check_len(field: &str, len: usize, max: u64) -> Result<(), Failure> {
-    if len as u64 > max { Err(too_big(field, len, max)) } else { Ok(()) }
+    if len as u64 > max {
+        Err(too_big(field, len, max))
+    } else {
+        Ok(())
+    }
 }
 
 impl Request {
     /// Decode a request from a frame payload and check every field.
     pub fn decode(payload: &[u8], limits: &IpcLimits) -> Result<Request, Failure> {
-        let request: Request = postcard::from_bytes(payload)
-            .map_err(|e| Failure::new(Code::Eproto, format!("undecodable request ({} bytes): {e}", payload.len())))?;
+        let request: Request = postcard::from_bytes(payload).map_err(|e| {
+            Failure::new(
+                Code::Eproto,
+                format!("undecodable request ({} bytes): {e}", payload.len()),
+            )
+        })?;
         request.validate(limits)?;
         Ok(request)
     }
@@ -159,7 +178,9 @@ impl Request {
             Request::Install { name, source, .. } => {
                 check_len("install.name", name.len(), MAX_NAME as u64)?;
                 match source {
-                    ComponentSource::Bytes(b) => check_len("install.component", b.len(), limits.max_component_bytes),
+                    ComponentSource::Bytes(b) => {
+                        check_len("install.component", b.len(), limits.max_component_bytes)
+                    }
                     ComponentSource::Path(p) => check_len("install.path", p.len(), MAX_PATH as u64),
                 }
             }
@@ -170,7 +191,11 @@ impl Request {
                 if run.args.len() > limits.max_args as usize {
                     return Err(Failure::new(
                         Code::Eproto,
-                        format!("field run.args has {} entries; the limit is {}", run.args.len(), limits.max_args),
+                        format!(
+                            "field run.args has {} entries; the limit is {}",
+                            run.args.len(),
+                            limits.max_args
+                        ),
                     ));
                 }
                 for (i, a) in run.args.iter().enumerate() {
@@ -180,14 +205,20 @@ impl Request {
                 if run.env.len() > MAX_ENV {
                     return Err(Failure::new(
                         Code::Eproto,
-                        format!("field run.env has {} entries; the limit is {MAX_ENV}", run.env.len()),
+                        format!(
+                            "field run.env has {} entries; the limit is {MAX_ENV}",
+                            run.env.len()
+                        ),
                     ));
                 }
                 for (i, (k, v)) in run.env.iter().enumerate() {
                     check_len(&format!("run.env[{i}].name"), k.len(), arg_max)?;
                     check_len(&format!("run.env[{i}].value"), v.len(), arg_max)?;
                     if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-                        return Err(Failure::new(Code::Eproto, format!("field run.env[{i}] is not NAME=VALUE")));
+                        return Err(Failure::new(
+                            Code::Eproto,
+                            format!("field run.env[{i}] is not NAME=VALUE"),
+                        ));
                     }
                 }
                 if let Some(t) = run.timeout_ms
@@ -228,7 +259,8 @@ impl Response {
 
     /// Decode a response payload.
     pub fn decode(payload: &[u8]) -> Result<Response, Failure> {
-        postcard::from_bytes(payload).map_err(|e| Failure::new(Code::Eproto, format!("undecodable response: {e}")))
+        postcard::from_bytes(payload)
+            .map_err(|e| Failure::new(Code::Eproto, format!("undecodable response: {e}")))
     }
 }
 
@@ -238,13 +270,25 @@ mod tests {
     use proptest::prelude::*;
 
     fn run(f: impl FnOnce(&mut RunRequest)) -> Request {
-        let mut r = RunRequest { name: "hello".into(), args: vec![], input: vec![], env: vec![], timeout_ms: None };
+        let mut r = RunRequest {
+            name: "hello".into(),
+            args: vec![],
+            input: vec![],
+            env: vec![],
+            timeout_ms: None,
+        };
         f(&mut r);
         Request::Run(r)
     }
 
     fn refused(req: Request) -> String {
-        let limits = IpcLimits { max_args: 4, max_arg_bytes: 8, max_input_bytes: 16, max_component_bytes: 32, ..IpcLimits::default() };
+        let limits = IpcLimits {
+            max_args: 4,
+            max_arg_bytes: 8,
+            max_input_bytes: 16,
+            max_component_bytes: 32,
+            ..IpcLimits::default()
+        };
         let e = Request::decode(&req.encode(), &limits).unwrap_err();
         assert_eq!(e.code, Code::Eproto);
         e.message
@@ -253,7 +297,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let req = run(|r| r.args = vec!["a".into()]);
-        assert_eq!(Request::decode(&req.encode(), &IpcLimits::default()).unwrap(), req);
+        assert_eq!(
+            Request::decode(&req.encode(), &IpcLimits::default()).unwrap(),
+            req
+        );
         let resp = Response::ok(Body::Tools(vec![]));
         assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
     }
@@ -264,22 +311,45 @@ mod tests {
         assert!(refused(run(|r| r.args = vec!["a".into(); 5])).contains("run.args has 5 entries"));
         assert!(refused(run(|r| r.args = vec!["123456789".into()])).contains("run.args[0]"));
         assert!(refused(run(|r| r.input = vec![0; 17])).contains("run.input is 17 bytes"));
-        assert!(refused(run(|r| r.env = vec![("A".into(), "123456789".into())])).contains("run.env[0].value"));
+        assert!(
+            refused(run(|r| r.env = vec![("A".into(), "123456789".into())]))
+                .contains("run.env[0].value")
+        );
         assert!(refused(run(|r| r.env = vec![("A=B".into(), "v".into())])).contains("run.env[0]"));
-        assert!(refused(run(|r| r.env = vec![("A".into(), "v".into()); 129])).contains("run.env has 129"));
+        assert!(
+            refused(run(|r| r.env = vec![("A".into(), "v".into()); 129]))
+                .contains("run.env has 129")
+        );
         assert!(refused(run(|r| r.timeout_ms = Some(0))).contains("run.timeout_ms"));
-        let install = Request::Install { name: "x".into(), source: ComponentSource::Bytes(vec![0; 33]), replace: false };
+        let install = Request::Install {
+            name: "x".into(),
+            source: ComponentSource::Bytes(vec![0; 33]),
+            replace: false,
+        };
         assert!(refused(install).contains("install.component is 33 bytes"));
-        let install = Request::Install { name: "x".into(), source: ComponentSource::Path("p".repeat(4097)), replace: false };
+        let install = Request::Install {
+            name: "x".into(),
+            source: ComponentSource::Path("p".repeat(4097)),
+            replace: false,
+        };
         assert!(refused(install).contains("install.path"));
-        assert!(refused(Request::Remove { name: "n".repeat(65) }).contains("remove.name"));
+        assert!(
+            refused(Request::Remove {
+                name: "n".repeat(65)
+            })
+            .contains("remove.name")
+        );
     }
 
     #[test]
     fn garbage_is_eproto() {
         let e = Request::decode(&[0xff, 0xff, 0xff], &IpcLimits::default()).unwrap_err();
         assert_eq!(e.code, Code::Eproto);
-        assert!(e.message.starts_with("undecodable request"), "{}", e.message);
+        assert!(
+            e.message.starts_with("undecodable request"),
+            "{}",
+            e.message
+        );
     }
 
     proptest! {

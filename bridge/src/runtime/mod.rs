@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 /// Ids of instances, unique per process.
@@ -87,7 +89,8 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, Failure> {
 /// docs/precompiled-target.md says why x86-64-v2.
 #[allow(unsafe_code)]
 fn set_portable_target(ec: &mut EngineConfig) -> Result<(), Failure> {
-    let setup = |e: wasmtime::Error| Failure::new(Code::SandboxSetupFailed, format!("engine target: {e}"));
+    let setup =
+        |e: wasmtime::Error| Failure::new(Code::SandboxSetupFailed, format!("engine target: {e}"));
     if cfg!(target_arch = "x86_64") {
         ec.target("x86_64-unknown-linux-gnu").map_err(setup)?;
         // SAFETY: "nehalem" is a Cranelift x86 preset (SSE4.2, POPCNT,
@@ -104,10 +107,19 @@ fn set_portable_target(ec: &mut EngineConfig) -> Result<(), Failure> {
 impl Runtime {
     /// Build the engine and linker for `config` and start the epoch clock.
     pub fn new(config: &Config) -> Result<Runtime, Failure> {
-        let engine = Engine::new(&engine_config(config)?)
-            .map_err(|e| Failure::new(Code::SandboxSetupFailed, format!("cannot create the wasmtime engine: {e:#}")))?;
+        let engine = Engine::new(&engine_config(config)?).map_err(|e| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("cannot create the wasmtime engine: {e:#}"),
+            )
+        })?;
         let mut linker = Linker::new(&engine);
-        let link = |e: wasmtime::Error| Failure::new(Code::SandboxSetupFailed, format!("cannot link host interfaces: {e:#}"));
+        let link = |e: wasmtime::Error| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("cannot link host interfaces: {e:#}"),
+            )
+        };
         host::add_to_linker(&mut linker).map_err(link)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
         let tick_ms = config.engine.epoch_tick_ms;
@@ -116,11 +128,18 @@ impl Runtime {
         std::thread::Builder::new()
             .name("clawos-epoch".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(tick_ms)) {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(Duration::from_millis(tick_ms))
+                {
                     ticking.increment_epoch();
                 }
             })
-            .map_err(|e| Failure::new(Code::SandboxSetupFailed, format!("cannot start the epoch thread: {e}")))?;
+            .map_err(|e| {
+                Failure::new(
+                    Code::SandboxSetupFailed,
+                    format!("cannot start the epoch thread: {e}"),
+                )
+            })?;
         Ok(Runtime {
             engine,
             linker,
@@ -149,9 +168,12 @@ impl Runtime {
                 "precompiled artifacts are not accepted: install the component's .wasm",
             ));
         }
-        self.engine
-            .precompile_component(bytes)
-            .map_err(|e| Failure::new(Code::WasmInvalidComponent, format!("invalid component: {e:#}")))
+        self.engine.precompile_component(bytes).map_err(|e| {
+            Failure::new(
+                Code::WasmInvalidComponent,
+                format!("invalid component: {e:#}"),
+            )
+        })
     }
 
     /// Load a `.cwasm` file this runtime wrote, and link it.
@@ -163,17 +185,30 @@ impl Runtime {
     /// Link `component` against the bridge: every import must be provided
     /// and `run` exported with the world's type.
     pub fn prepare(&self, component: &Component) -> Result<Prepared, Failure> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| Failure::new(Code::WasmLinkError, format!("component does not link: {e:#}")))?;
-        let pre = ToolPre::new(pre)
-            .map_err(|e| Failure::new(Code::WasmLinkError, format!("component does not export the tool world: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            Failure::new(
+                Code::WasmLinkError,
+                format!("component does not link: {e:#}"),
+            )
+        })?;
+        let pre = ToolPre::new(pre).map_err(|e| {
+            Failure::new(
+                Code::WasmLinkError,
+                format!("component does not export the tool world: {e:#}"),
+            )
+        })?;
         Ok(Prepared { pre })
     }
 
     /// The store for one instance of `tool`, with its limits and deadline.
-    fn store(&self, tool: &str, input: &RunInput, deadline_ms: u64, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> Store<Instance> {
+    fn store(
+        &self,
+        tool: &str,
+        input: &RunInput,
+        deadline_ms: u64,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) -> Store<Instance> {
         let sb = &self.limits;
         let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         let mut wasi = wasmtime_wasi::WasiCtx::builder();
@@ -225,7 +260,10 @@ impl Runtime {
         let cap = self.limits.max_output_bytes as usize;
         let (stdout, stderr) = (MemoryOutputPipe::new(cap), MemoryOutputPipe::new(cap));
         let mut store = self.store(name, &input, deadline_ms, &stdout, &stderr);
-        let mut out = RunOutcome { instance_id: store.data().info.id, ..RunOutcome::default() };
+        let mut out = RunOutcome {
+            instance_id: store.data().info.id,
+            ..RunOutcome::default()
+        };
 
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -243,7 +281,11 @@ impl Runtime {
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("unknown panic");
-                tracing::error!(tool = name, instance = out.instance_id, "host function panicked: {what}");
+                tracing::error!(
+                    tool = name,
+                    instance = out.instance_id,
+                    "host function panicked: {what}"
+                );
                 out.code = Code::Epanic;
                 out.message = format!("a host function panicked: {what}");
             }
@@ -253,7 +295,10 @@ impl Runtime {
                 match called {
                     Ok(Ok(output)) if output.len() > cap => {
                         out.code = Code::QuotaExceeded;
-                        out.message = format!("output of {} bytes exceeds max_output_bytes = {cap}", output.len());
+                        out.message = format!(
+                            "output of {} bytes exceeds max_output_bytes = {cap}",
+                            output.len()
+                        );
                     }
                     Ok(Ok(output)) => out.output = output,
                     Ok(Err(code)) => {
@@ -268,7 +313,10 @@ impl Runtime {
                             Code::WasmCpuDeadline if !ending.message.starts_with("cpu budget") => {
                                 format!("cpu budget of {deadline_ms} ms spent: {}", ending.message)
                             }
-                            Code::Etimeout => format!("client timeout of {deadline_ms} ms passed: {}", ending.message),
+                            Code::Etimeout => format!(
+                                "client timeout of {deadline_ms} ms passed: {}",
+                                ending.message
+                            ),
                             _ => ending.message,
                         };
                     }
@@ -305,6 +353,9 @@ fn load_trusted_artifact(engine: &Engine, path: &Path) -> Result<Component, Fail
         } else {
             Code::WasmInvalidComponent
         };
-        Failure::new(code, format!("cannot load artifact {}: {e:#}", path.display()))
+        Failure::new(
+            code,
+            format!("cannot load artifact {}: {e:#}", path.display()),
+        )
     })
 }

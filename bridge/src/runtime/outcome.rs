@@ -59,17 +59,29 @@ pub fn classify(err: &wasmtime::Error, deadline: Code) -> Ending {
         .filter(|e| !e.starts_with("error while executing at wasm backtrace"))
         .collect::<Vec<_>>()
         .join(": ");
-    let ending = |code| Ending { code, exit_status: None, message: message.clone() };
+    let ending = |code| Ending {
+        code,
+        exit_status: None,
+        message: message.clone(),
+    };
     if let Some(trap) = err.downcast_ref::<SandboxTrap>() {
         return match trap {
-            SandboxTrap::Exit(status) => Ending { code: Code::Success, exit_status: Some(*status), message: String::new() },
+            SandboxTrap::Exit(status) => Ending {
+                code: Code::Success,
+                exit_status: Some(*status),
+                message: String::new(),
+            },
             SandboxTrap::Deadline { .. } => ending(deadline),
             other => ending(other.code()),
         };
     }
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
         let status = u8::try_from(exit.0).unwrap_or(u8::MAX);
-        return Ending { code: Code::Success, exit_status: Some(status), message: String::new() };
+        return Ending {
+            code: Code::Success,
+            exit_status: Some(status),
+            message: String::new(),
+        };
     }
     if let Some(trap) = err.downcast_ref::<Trap>() {
         return ending(match trap {
@@ -79,7 +91,10 @@ pub fn classify(err: &wasmtime::Error, deadline: Code) -> Ending {
             _ => Code::WasmTrap,
         });
     }
-    if err.downcast_ref::<wasmtime::component::ResourceTableError>().is_some() {
+    if err
+        .downcast_ref::<wasmtime::component::ResourceTableError>()
+        .is_some()
+    {
         return ending(Code::InvalidHandle);
     }
     // The component ABI checks handles before any host code sees them and
@@ -87,7 +102,9 @@ pub fn classify(err: &wasmtime::Error, deadline: Code) -> Ending {
     // are reported as "resource limit exceeded: ..." (wasmtime 50 wording,
     // pinned by the tests in bridge/tests).
     let root = err.root_cause().to_string();
-    if root.contains("unknown handle index") || root.contains("handle index") && root.contains("not") {
+    if root.contains("unknown handle index")
+        || root.contains("handle index") && root.contains("not")
+    {
         return ending(Code::InvalidHandle);
     }
     if root.starts_with("resource limit exceeded") {
@@ -105,8 +122,15 @@ mod tests {
 
     #[test]
     fn sandbox_traps() {
-        let e = wasmtime::Error::new(SandboxTrap::MemoryLimit { limit: 1, linear: 2, host: 0 });
-        assert_eq!(classify(&e, Code::WasmCpuDeadline).code, Code::WasmMemoryLimit);
+        let e = wasmtime::Error::new(SandboxTrap::MemoryLimit {
+            limit: 1,
+            linear: 2,
+            host: 0,
+        });
+        assert_eq!(
+            classify(&e, Code::WasmCpuDeadline).code,
+            Code::WasmMemoryLimit
+        );
         let e = wasmtime::Error::new(SandboxTrap::Deadline { budget_ms: 5 });
         assert_eq!(classify(&e, Code::Etimeout).code, Code::Etimeout);
         let e = wasmtime::Error::new(SandboxTrap::Exit(7));
@@ -141,10 +165,19 @@ mod tests {
     #[test]
     fn messages_from_the_component_abi() {
         let e = wasmtime::format_err!("unknown handle index 12345");
-        assert_eq!(classify(&e, Code::WasmCpuDeadline).code, Code::InvalidHandle);
+        assert_eq!(
+            classify(&e, Code::WasmCpuDeadline).code,
+            Code::InvalidHandle
+        );
         let e = wasmtime::format_err!("resource limit exceeded: instance count too high at 33");
-        assert_eq!(classify(&e, Code::WasmCpuDeadline).code, Code::WasmResourceLimit);
+        assert_eq!(
+            classify(&e, Code::WasmCpuDeadline).code,
+            Code::WasmResourceLimit
+        );
         let e = wasmtime::Error::new(wasmtime::component::ResourceTableError::NotPresent);
-        assert_eq!(classify(&e, Code::WasmCpuDeadline).code, Code::InvalidHandle);
+        assert_eq!(
+            classify(&e, Code::WasmCpuDeadline).code,
+            Code::InvalidHandle
+        );
     }
 }

@@ -1,11 +1,11 @@
 //! The store data of one tool instance, and the narrow view each WIT
 //! interface gets of it.
 
+use crate::host::Handles;
 use crate::host::logging::LogSink;
 use crate::host::memory::{MemoryAccount, MemoryView, SharedRegions};
 use crate::host::system::{Env, InstanceInfo, SystemView};
 use crate::host::unavailable::UnavailableView;
-use crate::host::Handles;
 use std::sync::Arc;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -26,7 +26,10 @@ impl Instance {
     }
 
     pub(crate) fn system_view(&mut self) -> SystemView<'_> {
-        SystemView { env: &mut self.env, info: &self.info }
+        SystemView {
+            env: &mut self.env,
+            info: &self.info,
+        }
     }
 
     pub(crate) fn memory_view(&mut self) -> MemoryView<'_> {
@@ -39,12 +42,17 @@ impl Instance {
     }
 
     pub(crate) fn unavailable_view(&mut self) -> UnavailableView<'_> {
-        UnavailableView { handles: &mut self.handles }
+        UnavailableView {
+            handles: &mut self.handles,
+        }
     }
 }
 
 impl WasiView for Instance {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.handles.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.handles.table,
+        }
     }
 }

@@ -69,7 +69,14 @@ impl TestDaemon {
                 let _ = tx.send(line);
             }
         });
-        let d = TestDaemon { dir, socket, state, child: Some(child), log, lines: Mutex::new(lines) };
+        let d = TestDaemon {
+            dir,
+            socket,
+            state,
+            child: Some(child),
+            log,
+            lines: Mutex::new(lines),
+        };
         d.wait_for(READY_MARKER, Duration::from_secs(60));
         d
     }
@@ -82,7 +89,10 @@ impl TestDaemon {
             match self.lines.lock().unwrap().recv_timeout(left) {
                 Ok(line) if line.contains(marker) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("daemon never logged {marker:?} within {timeout:?}; log:\n{}", self.log()),
+                Err(_) => panic!(
+                    "daemon never logged {marker:?} within {timeout:?}; log:\n{}",
+                    self.log()
+                ),
             }
         }
     }
@@ -139,13 +149,22 @@ impl TestDaemon {
 
     /// Run clawosctl against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(CTL).args(args).env("CLAWOS_SOCKET", &self.socket).output().expect("run clawosctl")
+        Command::new(CTL)
+            .args(args)
+            .env("CLAWOS_SOCKET", &self.socket)
+            .output()
+            .expect("run clawosctl")
     }
 
     /// The daemon still answers a status request.
     pub fn assert_serving(&self) {
         let r = self.request(&Request::Status);
-        assert_eq!(r.code, Code::Success, "status after the previous request: {}", r.message);
+        assert_eq!(
+            r.code,
+            Code::Success,
+            "status after the previous request: {}",
+            r.message
+        );
     }
 
     /// SIGTERM the daemon and wait for it; its exit status.
@@ -158,7 +177,11 @@ impl TestDaemon {
 
     /// Stop the daemon and hand back its directory and state, for a restart.
     pub fn into_state(mut self) -> (tempfile::TempDir, PathBuf) {
-        assert!(self.stop().success(), "daemon did not exit cleanly; log:\n{}", self.log());
+        assert!(
+            self.stop().success(),
+            "daemon did not exit cleanly; log:\n{}",
+            self.log()
+        );
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::rename(&self.state, &state).unwrap();
@@ -169,7 +192,10 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- daemon log ----\n{}\n---- end of daemon log ----", self.log());
+            eprintln!(
+                "---- daemon log ----\n{}\n---- end of daemon log ----",
+                self.log()
+            );
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

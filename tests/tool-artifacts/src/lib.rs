@@ -4,7 +4,14 @@
 use std::path::PathBuf;
 
 /// Every sample tool.
-pub const ALL: [&str; 6] = ["hello", "echo", "memgrow", "spinner", "exerciser", "misbehave"];
+pub const ALL: [&str; 6] = [
+    "hello",
+    "echo",
+    "memgrow",
+    "spinner",
+    "exerciser",
+    "misbehave",
+];
 
 /// Where the built components are.
 pub const DIR: &str = env!("CLAWOS_TOOLS_DIR");

@@ -6,7 +6,9 @@
 //! With `calls N` it instead makes N `system.get-pid` calls (a host call
 //! round trip benchmark).
 
-use clawos_tool::{Guest, cgroup, device, export, filesystem, logging, memory, network, system, types::ErrorCode};
+use clawos_tool::{
+    Guest, cgroup, device, export, filesystem, logging, memory, network, system, types::ErrorCode,
+};
 use std::fmt::Write;
 
 struct Exerciser;
@@ -14,7 +16,12 @@ struct Exerciser;
 struct Report(String);
 
 impl Report {
-    fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Display) -> Result<(), ErrorCode> {
+    fn check(
+        &mut self,
+        name: &str,
+        ok: bool,
+        detail: impl std::fmt::Display,
+    ) -> Result<(), ErrorCode> {
         if ok {
             let _ = writeln!(self.0, "ok {name}: {detail}");
             Ok(())
@@ -43,24 +50,65 @@ impl Guest for Exerciser {
 
         // system
         let info = system::get_info();
-        r.check("get-info", info.tool_name == "exerciser" && info.instance_id > 0 && info.cpus >= 1 && info.kernel.starts_with("Linux"),
-            format_args!("{} on {} {} cpus={} instance={}", info.tool_name, info.kernel, info.machine, info.cpus, info.instance_id))?;
+        r.check(
+            "get-info",
+            info.tool_name == "exerciser"
+                && info.instance_id > 0
+                && info.cpus >= 1
+                && info.kernel.starts_with("Linux"),
+            format_args!(
+                "{} on {} {} cpus={} instance={}",
+                info.tool_name, info.kernel, info.machine, info.cpus, info.instance_id
+            ),
+        )?;
         let wall = system::get_time(system::Clock::Realtime);
-        r.check("get-time realtime", wall.seconds > 1_700_000_000, wall.seconds)?;
+        r.check(
+            "get-time realtime",
+            wall.seconds > 1_700_000_000,
+            wall.seconds,
+        )?;
         let t0 = system::get_time(system::Clock::Monotonic);
-        system::sleep(2_000_000).map_err(|e| { logging::error("sleep failed"); e })?;
+        system::sleep(2_000_000).inspect_err(|_| logging::error("sleep failed"))?;
         let t1 = system::get_time(system::Clock::Monotonic);
         let slept = nanos(t1).saturating_sub(nanos(t0));
-        r.check("sleep 2 ms", slept >= 2_000_000, format_args!("{slept} ns by the monotonic clock"))?;
-        r.check("get-env", system::get_env("GREETING").as_deref() == Some("from-request"), "GREETING=from-request")?;
-        r.check("wasi env", std::env::var("GREETING").as_deref() == Ok("from-request"), "std::env sees the same")?;
+        r.check(
+            "sleep 2 ms",
+            slept >= 2_000_000,
+            format_args!("{slept} ns by the monotonic clock"),
+        )?;
+        r.check(
+            "get-env",
+            system::get_env("GREETING").as_deref() == Some("from-request"),
+            "GREETING=from-request",
+        )?;
+        r.check(
+            "wasi env",
+            std::env::var("GREETING").as_deref() == Ok("from-request"),
+            "std::env sees the same",
+        )?;
         system::set_env("SCRATCH", Some("1"))?;
-        r.check("set-env", system::get_env("SCRATCH").as_deref() == Some("1"), "SCRATCH=1")?;
+        r.check(
+            "set-env",
+            system::get_env("SCRATCH").as_deref() == Some("1"),
+            "SCRATCH=1",
+        )?;
         system::set_env("SCRATCH", None)?;
-        r.check("unset-env", system::get_env("SCRATCH").is_none(), "SCRATCH removed")?;
-        r.check("set-env bad name", system::set_env("A=B", Some("x")) == Err(ErrorCode::InvalidArgument), "A=B refused")?;
+        r.check(
+            "unset-env",
+            system::get_env("SCRATCH").is_none(),
+            "SCRATCH removed",
+        )?;
+        r.check(
+            "set-env bad name",
+            system::set_env("A=B", Some("x")) == Err(ErrorCode::InvalidArgument),
+            "A=B refused",
+        )?;
         let (pid, ppid) = (system::get_pid(), system::get_ppid());
-        r.check("get-pid get-ppid", pid > 0 && ppid > 0, format_args!("pid={pid} ppid={ppid}"))?;
+        r.check(
+            "get-pid get-ppid",
+            pid > 0 && ppid > 0,
+            format_args!("pid={pid} ppid={ppid}"),
+        )?;
 
         // logging
         logging::log(logging::Level::Trace, "log trace");
@@ -79,27 +127,81 @@ impl Guest for Exerciser {
         r.check("get-limit", limit > 0, limit)?;
         let before = memory::get_usage();
         let region = memory::allocate(1 << 20)?;
-        r.check("allocate", region.size() == 1 << 20 && memory::get_usage().host == before.host + (1 << 20), "1 MiB counted as host memory")?;
+        r.check(
+            "allocate",
+            region.size() == 1 << 20 && memory::get_usage().host == before.host + (1 << 20),
+            "1 MiB counted as host memory",
+        )?;
         region.write(4096, b"clawos")?;
-        r.check("region read/write", region.read(4096, 6)? == b"clawos" && region.read(0, 4)? == [0; 4], "bytes round-trip, rest zeroed")?;
-        r.check("region bounds", region.read((1 << 20) - 2, 4) == Err(ErrorCode::InvalidArgument) && region.write(u64::MAX, b"x") == Err(ErrorCode::InvalidArgument), "out-of-range access refused")?;
+        r.check(
+            "region read/write",
+            region.read(4096, 6)? == b"clawos" && region.read(0, 4)? == [0; 4],
+            "bytes round-trip, rest zeroed",
+        )?;
+        r.check(
+            "region bounds",
+            region.read((1 << 20) - 2, 4) == Err(ErrorCode::InvalidArgument)
+                && region.write(u64::MAX, b"x") == Err(ErrorCode::InvalidArgument),
+            "out-of-range access refused",
+        )?;
         let a = memory::open_shared("board", 4096)?;
         let b = memory::open_shared("board", 4096)?;
         a.write(0, b"shared")?;
-        r.check("open-shared", b.read(0, 6)? == b"shared", "a write through one handle is seen through the other")?;
-        r.check("open-shared size mismatch", memory::open_shared("board", 8192).err() == Some(ErrorCode::InvalidArgument), "refused")?;
-        r.check("get-usage", memory::get_usage().host == before.host + (1 << 20) + 8192 && memory::get_usage().linear > 0,
-            format_args!("linear={} host={}", memory::get_usage().linear, memory::get_usage().host))?;
+        r.check(
+            "open-shared",
+            b.read(0, 6)? == b"shared",
+            "a write through one handle is seen through the other",
+        )?;
+        r.check(
+            "open-shared size mismatch",
+            memory::open_shared("board", 8192).err() == Some(ErrorCode::InvalidArgument),
+            "refused",
+        )?;
+        r.check(
+            "get-usage",
+            memory::get_usage().host == before.host + (1 << 20) + 8192
+                && memory::get_usage().linear > 0,
+            format_args!(
+                "linear={} host={}",
+                memory::get_usage().linear,
+                memory::get_usage().host
+            ),
+        )?;
         drop((region, a, b));
-        r.check("drop frees", memory::get_usage().host == before.host, "host bytes back to where they were")?;
-        r.check("allocate over limit", memory::allocate(limit).err() == Some(ErrorCode::WasmMemoryLimit), "WASM_MEMORY_LIMIT")?;
+        r.check(
+            "drop frees",
+            memory::get_usage().host == before.host,
+            "host bytes back to where they were",
+        )?;
+        r.check(
+            "allocate over limit",
+            memory::allocate(limit).err() == Some(ErrorCode::WasmMemoryLimit),
+            "WASM_MEMORY_LIMIT",
+        )?;
 
         // interfaces not in this build
         let u = Some(ErrorCode::InterfaceUnavailable);
-        r.check("filesystem unavailable", filesystem::stat("x").err() == u && filesystem::open("x", filesystem::OpenFlags::READ, 0).err() == u, "INTERFACE_UNAVAILABLE")?;
-        r.check("network unavailable", network::gethostname().err() == u && network::socket("127.0.0.1", 5432).err() == u, "INTERFACE_UNAVAILABLE")?;
-        r.check("cgroup unavailable", cgroup::open("x").err() == u && cgroup::delete("x").err() == u, "INTERFACE_UNAVAILABLE")?;
-        r.check("device unavailable", device::open("null", false).err() == u, "INTERFACE_UNAVAILABLE")?;
+        r.check(
+            "filesystem unavailable",
+            filesystem::stat("x").err() == u
+                && filesystem::open("x", filesystem::OpenFlags::READ, 0).err() == u,
+            "INTERFACE_UNAVAILABLE",
+        )?;
+        r.check(
+            "network unavailable",
+            network::gethostname().err() == u && network::socket("127.0.0.1", 5432).err() == u,
+            "INTERFACE_UNAVAILABLE",
+        )?;
+        r.check(
+            "cgroup unavailable",
+            cgroup::open("x").err() == u && cgroup::delete("x").err() == u,
+            "INTERFACE_UNAVAILABLE",
+        )?;
+        r.check(
+            "device unavailable",
+            device::open("null", false).err() == u,
+            "INTERFACE_UNAVAILABLE",
+        )?;
 
         let n = r.0.lines().count();
         let _ = writeln!(r.0, "all {n} checks passed");

@@ -6,7 +6,10 @@ struct Spinner;
 
 impl Guest for Spinner {
     fn run(args: Vec<String>, _input: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
-        let n: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(u64::MAX);
+        let n: u64 = args
+            .first()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(u64::MAX);
         let mut x: u64 = 0;
         let mut i = 0;
         while i < n {
