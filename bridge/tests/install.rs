@@ -209,44 +209,41 @@ fn clawosctl_end_to_end() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is clawos-wasm-daemon running?"));
 }
 
+fn assert_help_mentions(binary: &str, words: &[&str]) {
+    let out = std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in words {
+        assert!(text.contains(word), "{binary} --help lacks {word}:\n{text}");
+    }
+}
+
 #[test]
 fn help_says_what_each_binary_does() {
-    let out = std::process::Command::new(common::CTL)
-        .arg("--help")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    for word in [
-        "install",
-        "list",
-        "run",
-        "remove",
-        "status",
-        "--json",
-        "Exit status",
-    ] {
-        assert!(
-            text.contains(word),
-            "clawosctl --help lacks {word}:\n{text}"
-        );
-    }
-    let out = std::process::Command::new(common::DAEMON)
-        .arg("--help")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    for word in [
-        "--config",
-        "--socket",
-        "--state-dir",
-        "--check-config",
-        "SIGTERM",
-    ] {
-        assert!(
-            text.contains(word),
-            "clawos-wasm-daemon --help lacks {word}:\n{text}"
-        );
-    }
+    assert_help_mentions(
+        common::CTL,
+        &[
+            "install",
+            "list",
+            "run",
+            "remove",
+            "status",
+            "--json",
+            "Exit status",
+        ],
+    );
+    assert_help_mentions(
+        common::DAEMON,
+        &[
+            "--config",
+            "--socket",
+            "--state-dir",
+            "--check-config",
+            "SIGTERM",
+        ],
+    );
 }
 
 #[test]

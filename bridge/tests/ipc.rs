@@ -152,21 +152,25 @@ fn several_requests_on_one_connection_get_one_answer_each() {
     assert!(c.receive().is_err(), "a sixth answer");
 }
 
-#[test]
-fn peers_other_than_root_the_owner_or_allowed_groups_get_eperm() {
-    let d = TestDaemon::start();
-    // Let anyone reach the socket, so the daemon's own check is what refuses.
+/// `clawosctl status` as uid/gid 65534, with the socket opened to everyone
+/// so that the daemon's own credential check is what decides.
+fn status_as_nobody(d: &TestDaemon) -> std::process::Output {
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(common::CTL)
+    std::process::Command::new(common::CTL)
         .args(["status"])
         .env("CLAWOS_SOCKET", &d.socket)
         .uid(65534)
         .gid(65534)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn peers_other_than_root_the_owner_or_allowed_groups_get_eperm() {
+    let out = status_as_nobody(&TestDaemon::start());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
@@ -174,22 +178,14 @@ fn peers_other_than_root_the_owner_or_allowed_groups_get_eperm() {
         "{stderr}"
     );
     // An allowed group gets in.
-    let d2 = TestDaemon::with_config("allowed_gids = [65534]\n");
-    std::fs::set_permissions(d2.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d2.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = std::process::Command::new(common::CTL)
-        .args(["status"])
-        .env("CLAWOS_SOCKET", &d2.socket)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = status_as_nobody(&TestDaemon::with_config("allowed_gids = [65534]\n"));
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("clawos-wasm-daemon 0.1.0"));
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Instance>,
     limits: SandboxLimits,
+    /// Longest environment name or value: the same limit as a request's.
+    env_bytes: u32,
     tick_ms: u64,
     shared: Arc<SharedRegions>,
     // Dropping the sender stops the epoch thread.
@@ -144,6 +146,7 @@ impl Runtime {
             engine,
             linker,
             limits: config.sandbox.clone(),
+            env_bytes: config.ipc.max_arg_bytes,
             tick_ms,
             shared: Arc::new(SharedRegions::default()),
             _ticker: tx,
@@ -230,7 +233,11 @@ impl Runtime {
             handles: Handles::new(sb.max_handles),
             account: MemoryAccount::new(sb.memory_limit_bytes, counts),
             wasi: wasi.build(),
-            env: Env::new(input.env.iter().cloned(), sb.max_env_entries, 64 * 1024),
+            env: Env::new(
+                input.env.iter().cloned(),
+                sb.max_env_entries,
+                self.env_bytes,
+            ),
             log: LogSink::new(tool, id, sb),
             info: InstanceInfo {
                 tool: tool.to_owned(),
