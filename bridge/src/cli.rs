@@ -59,7 +59,9 @@ pub enum Command {
     Run {
         /// The tool.
         name: String,
-        /// Arguments passed to the tool's `run`.
+        /// Arguments passed to the tool's `run`. Everything after the first of
+        /// them goes to the tool: put clawosctl's options before, and `--`
+        /// before tool arguments that start with '-'.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
         /// Pass this file's contents as the tool's input.
