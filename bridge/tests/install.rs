@@ -250,23 +250,19 @@ fn help_says_what_each_binary_does() {
 fn a_bad_config_stops_the_daemon_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[sandbox]\nmemory_limit_bytes = 12\n").unwrap();
-    let out = std::process::Command::new(common::DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::process::Command::new(common::DAEMON)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("[sandbox]\nmemory_limit_bytes = 12\n");
     assert!(err.contains("sandbox.memory_limit_bytes = 12"), "{err}");
-    std::fs::write(&cfg, "disable_sandbox = true\n").unwrap();
-    let out = std::process::Command::new(common::DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("disable_sandbox"));
+    let err = refused("disable_sandbox = true\n");
+    assert!(err.contains("disable_sandbox"), "{err}");
 }
