@@ -184,10 +184,18 @@ impl HasData for MemoryHost {
 type R<T> = wasmtime::Result<Result<T, ErrorCode>>;
 
 impl MemoryView<'_> {
-    fn hold(&mut self, bytes: Bytes, size: u64) -> Result<Resource<Region>, ErrorCode> {
+    /// Charge `size` bytes to the account, then make the region's bytes with
+    /// `make` and hand out a handle; the charge is undone if either fails, so
+    /// nothing is allocated past the limit.
+    fn hold(
+        &mut self,
+        size: u64,
+        make: impl FnOnce(&Self) -> Result<Bytes, ErrorCode>,
+    ) -> Result<Resource<Region>, ErrorCode> {
         self.account.charge_host(size)?;
-        self.handles
-            .push(Region { bytes, size })
+        let region = make(self).map(|bytes| Region { bytes, size });
+        region
+            .and_then(|r| self.handles.push(r))
             .inspect_err(|_| self.account.release_host(size))
     }
 
@@ -207,26 +215,17 @@ fn range(size: u64, offset: u64, len: u64) -> Result<std::ops::Range<usize>, Err
 
 impl Host for MemoryView<'_> {
     fn allocate(&mut self, size: u64) -> R<Resource<Region>> {
-        if self.account.linear + self.account.host + size > self.account.limit {
-            return Ok(Err(ErrorCode::WasmMemoryLimit));
-        }
-        let Ok(len) = usize::try_from(size) else {
-            return Ok(Err(ErrorCode::InvalidArgument));
-        };
-        Ok(self.hold(Arc::new(Mutex::new(vec![0; len])), size))
+        Ok(self.hold(size, |_| {
+            let len = usize::try_from(size).map_err(|_| ErrorCode::InvalidArgument)?;
+            Ok(Arc::new(Mutex::new(vec![0; len])))
+        }))
     }
 
     fn open_shared(&mut self, name: String, size: u64) -> R<Resource<Region>> {
         if name.is_empty() || name.len() > MAX_REGION_NAME {
             return Ok(Err(ErrorCode::InvalidArgument));
         }
-        if self.account.linear + self.account.host + size > self.account.limit {
-            return Ok(Err(ErrorCode::WasmMemoryLimit));
-        }
-        Ok(self
-            .shared
-            .open(self.tool, &name, size)
-            .and_then(|bytes| self.hold(bytes, size)))
+        Ok(self.hold(size, |view| view.shared.open(view.tool, &name, size)))
     }
 
     fn get_usage(&mut self) -> wasmtime::Result<Usage> {

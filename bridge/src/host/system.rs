@@ -173,12 +173,19 @@ mod tests {
 
     #[test]
     fn env_is_the_instances_own() {
-        let mut env = Env::new([("A".to_owned(), "1".to_owned())], 2, 8);
+        const NAME: &str = "CLAWOS_ENV_PROBE";
+        assert!(
+            std::env::var_os(NAME).is_none(),
+            "{NAME} set in the test environment"
+        );
+        let mut env = Env::new([("A".to_owned(), "1".to_owned())], 2, 64);
         assert_eq!(env.get("A"), Some("1"));
-        env.set("CLAWOS_TEST_VAR".to_owned(), Some("x".to_owned()))
-            .unwrap_err();
-        env.set("B".to_owned(), Some("2".to_owned())).unwrap();
-        assert!(std::env::var_os("B").is_none() || std::env::var("B").unwrap() != "2");
+        env.set(NAME.to_owned(), Some("2".to_owned())).unwrap();
+        assert_eq!(env.get(NAME), Some("2"));
+        assert!(
+            std::env::var_os(NAME).is_none(),
+            "set-env reached the process environment"
+        );
         assert_eq!(
             env.set("C".to_owned(), Some("3".to_owned())),
             Err(ErrorCode::QuotaExceeded)

@@ -157,6 +157,22 @@ pub fn read_blocking(r: &mut impl std::io::Read, max: u64) -> Result<Option<Vec<
     Ok(Some(payload))
 }
 
+/// [`read_full`] for async readers.
+async fn read_full_async<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]).await? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
 /// Async read of one frame's payload; `None` at a clean end of stream
 /// before the first byte. `first_byte` bounds the wait for a frame to start
 /// (an idle peer is dropped quietly); `whole_frame` bounds the rest.
@@ -174,41 +190,27 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
         Ok(Ok(_)) => {}
     }
     let rest = async {
-        let mut got = 1;
-        while got < HEADER_LEN {
-            match r
-                .read(&mut h[got..])
-                .await
-                .map_err(|e| Failure::io("cannot read frame header", &e))?
-            {
-                0 => {
-                    return Err(FrameError::Truncated {
-                        expected: HEADER_LEN as u64,
-                        got: got as u64,
-                    }
-                    .into());
-                }
-                n => got += n,
+        let got = 1 + read_full_async(r, &mut h[1..])
+            .await
+            .map_err(|e| Failure::io("cannot read frame header", &e))?;
+        if got < HEADER_LEN {
+            return Err(FrameError::Truncated {
+                expected: HEADER_LEN as u64,
+                got: got as u64,
             }
+            .into());
         }
         let len = parse_header(&h, max)?;
         let mut payload = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match r
-                .read(&mut payload[got..])
-                .await
-                .map_err(|e| Failure::io("cannot read frame payload", &e))?
-            {
-                0 => {
-                    return Err(FrameError::Truncated {
-                        expected: len as u64,
-                        got: got as u64,
-                    }
-                    .into());
-                }
-                n => got += n,
+        let got = read_full_async(r, &mut payload)
+            .await
+            .map_err(|e| Failure::io("cannot read frame payload", &e))?;
+        if got < len {
+            return Err(FrameError::Truncated {
+                expected: len as u64,
+                got: got as u64,
             }
+            .into());
         }
         Ok(payload)
     };

@@ -102,9 +102,7 @@ pub fn classify(err: &wasmtime::Error, deadline: Code) -> Ending {
     // are reported as "resource limit exceeded: ..." (wasmtime 50 wording,
     // pinned by the tests in bridge/tests).
     let root = err.root_cause().to_string();
-    if root.contains("unknown handle index")
-        || root.contains("handle index") && root.contains("not")
-    {
+    if root.contains("unknown handle index") {
         return ending(Code::InvalidHandle);
     }
     if root.starts_with("resource limit exceeded") {

@@ -10,7 +10,7 @@ use clawos_bridge::ipc::client::Client;
 use clawos_bridge::ipc::proto::{Body, ComponentSource, Request, Response, RunRequest};
 use clawos_bridge::runtime::outcome::RunOutcome;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -202,8 +202,4 @@ impl Drop for TestDaemon {
             let _ = child.wait();
         }
     }
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
