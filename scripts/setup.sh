@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing the bridge needs on a fresh Debian 12
-# machine: a C toolchain and make from Debian, and the pinned Rust toolchain
+# machine: a C toolchain and make from Debian, PostgreSQL (the network tests
+# start their own throwaway server), and the pinned Rust toolchain
 # (rust-toolchain.toml) with its wasm32-wasip2 target through rustup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,11 +12,18 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v git >/dev/null 2>&1 || missing+=(git)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if ((${#missing[@]})); then
     say "installing Debian packages: ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then
         say "need root to install packages (run as root or install ${missing[*]} yourself)" >&2
         exit 1
+    fi
+    # The tests run their own server on 127.0.0.1:5432; Debian's default
+    # cluster would take that port, so none is created.
+    mkdir -p /etc/postgresql-common
+    if ! grep -qs '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf; then
+        echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -12,9 +12,12 @@
 //! | [`daemon`] | the server |
 //! | [`cli`] | `clawosctl` |
 
+pub mod cgroup;
+pub mod clawfs;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod egress;
 pub mod error;
 pub mod host;
 pub mod ipc;

@@ -6,12 +6,16 @@
 //! Guest-visible failures are `error-code` values; host bugs and sandbox
 //! breaches (memory cap, deadline, `exit`) are traps ([`SandboxTrap`]).
 
+pub mod cgroup;
+pub mod device;
+pub mod filesystem;
 pub mod logging;
 pub mod memory;
+pub mod network;
 pub mod system;
-pub mod unavailable;
+pub mod wasi_fs;
 
-use crate::error::Code;
+use crate::error::{Code, Failure};
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 mod generated {
@@ -21,19 +25,20 @@ mod generated {
         imports: { default: trappable },
         with: {
             "clawos:bridge/memory.shared-region": crate::host::memory::Region,
-            "clawos:bridge/filesystem.file": crate::host::unavailable::Never,
-            "clawos:bridge/filesystem.directory": crate::host::unavailable::Never,
-            "clawos:bridge/network.connection": crate::host::unavailable::Never,
-            "clawos:bridge/cgroup.group": crate::host::unavailable::Never,
-            "clawos:bridge/device.device": crate::host::unavailable::Never,
+            "clawos:bridge/filesystem.file": crate::host::filesystem::File,
+            "clawos:bridge/filesystem.directory": crate::host::filesystem::Directory,
+            "clawos:bridge/network.connection": crate::host::network::Connection,
+            "clawos:bridge/cgroup.group": crate::cgroup::Group,
+            "clawos:bridge/device.device": crate::host::device::Device,
         },
     });
 }
 
 pub use generated::clawos::bridge::types::ErrorCode;
 pub use generated::clawos::bridge::{
-    cgroup, device, filesystem, logging as wit_logging, memory as wit_memory, network,
-    system as wit_system, types,
+    cgroup as wit_cgroup, device as wit_device, filesystem as wit_filesystem,
+    logging as wit_logging, memory as wit_memory, network as wit_network, system as wit_system,
+    types,
 };
 pub use generated::{Tool, ToolPre};
 
@@ -160,6 +165,20 @@ pub fn table_error(err: &wasmtime::component::ResourceTableError) -> ErrorCode {
     }
 }
 
+/// Turn a refused call into the code the tool gets, and log it: denials
+/// by policy at warn (they are what an attacker's probing looks like),
+/// internal errors at error, the rest at debug.
+pub fn refuse(interface: &str, op: &str, tool: &str, f: Failure) -> ErrorCode {
+    match f.code {
+        Code::PolicyDenied | Code::Eperm => {
+            tracing::warn!(tool, interface, op, code = %f.code, "denied: {}", f.message)
+        }
+        Code::Einternal => tracing::error!(tool, interface, op, "internal error: {}", f.message),
+        _ => tracing::debug!(tool, interface, op, code = %f.code, "{}", f.message),
+    }
+    ErrorCode::try_from(f.code).unwrap_or(ErrorCode::Einternal)
+}
+
 /// Live handles an instance holds, against its `max_handles` limit.
 #[derive(Debug)]
 pub struct Handles {
@@ -223,21 +242,21 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
         linker,
         |s| s.memory_view(),
     )?;
-    generated::clawos::bridge::filesystem::add_to_linker::<Instance, unavailable::UnavailableHost>(
+    generated::clawos::bridge::filesystem::add_to_linker::<Instance, filesystem::FilesystemHost>(
         linker,
-        |s| s.unavailable_view(),
+        |s| s.filesystem_view(),
     )?;
-    generated::clawos::bridge::network::add_to_linker::<Instance, unavailable::UnavailableHost>(
+    generated::clawos::bridge::network::add_to_linker::<Instance, network::NetworkHost>(
         linker,
-        |s| s.unavailable_view(),
+        |s| s.network_view(),
     )?;
-    generated::clawos::bridge::cgroup::add_to_linker::<Instance, unavailable::UnavailableHost>(
+    generated::clawos::bridge::cgroup::add_to_linker::<Instance, cgroup::CgroupHost>(
         linker,
-        |s| s.unavailable_view(),
+        |s| s.cgroup_view(),
     )?;
-    generated::clawos::bridge::device::add_to_linker::<Instance, unavailable::UnavailableHost>(
+    generated::clawos::bridge::device::add_to_linker::<Instance, device::DeviceHost>(
         linker,
-        |s| s.unavailable_view(),
+        |s| s.device_view(),
     )?;
     Ok(())
 }

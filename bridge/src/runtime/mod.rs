@@ -7,15 +7,20 @@
 pub mod outcome;
 pub mod state;
 
-use crate::config::{Config, CpuTarget, SandboxLimits};
+use crate::clawfs::Root;
+use crate::config::{CgroupPolicy, ClawfsPolicy, Config, CpuTarget, DevicePolicy, SandboxLimits};
+use crate::egress::Egress;
 use crate::error::{Code, Failure};
+use crate::host::cgroup::CgroupState;
+use crate::host::filesystem::FsState;
 use crate::host::logging::LogSink;
 use crate::host::memory::{CountLimits, MemoryAccount, SharedRegions};
+use crate::host::network::NetState;
 use crate::host::system::{Env, InstanceInfo};
 use crate::host::{self, Handles, ToolPre};
 use outcome::{RunOutcome, classify};
 use state::Instance;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -57,6 +62,11 @@ pub struct Runtime {
     env_bytes: u32,
     tick_ms: u64,
     shared: Arc<SharedRegions>,
+    clawfs_root: PathBuf,
+    clawfs: Arc<ClawfsPolicy>,
+    egress: Arc<Egress>,
+    devices: Arc<DevicePolicy>,
+    cgroup: Arc<CgroupPolicy>,
     // Dropping the sender stops the epoch thread.
     _ticker: mpsc::Sender<()>,
 }
@@ -123,7 +133,7 @@ impl Runtime {
             )
         };
         host::add_to_linker(&mut linker).map_err(link)?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
+        host::wasi_fs::add_to_linker(&mut linker).map_err(link)?;
         let tick_ms = config.engine.epoch_tick_ms;
         let (tx, rx) = mpsc::channel::<()>();
         let ticking = engine.clone();
@@ -149,6 +159,11 @@ impl Runtime {
             env_bytes: config.ipc.max_arg_bytes,
             tick_ms,
             shared: Arc::new(SharedRegions::default()),
+            clawfs_root: config.clawfs_root(),
+            clawfs: Arc::new(config.clawfs.clone()),
+            egress: Arc::new(Egress::new(config.network.clone())),
+            devices: Arc::new(config.devices.clone()),
+            cgroup: Arc::new(config.cgroup.clone()),
             _ticker: tx,
         })
     }
@@ -211,10 +226,22 @@ impl Runtime {
         deadline_ms: u64,
         stdout: &MemoryOutputPipe,
         stderr: &MemoryOutputPipe,
-    ) -> Store<Instance> {
+    ) -> Result<Store<Instance>, Failure> {
         let sb = &self.limits;
         let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let root = Arc::new(Root::open(
+            &self.clawfs_root.join(tool),
+            self.clawfs.max_link_scan,
+        )?);
+        let deadline = Instant::now() + Duration::from_millis(deadline_ms);
         let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.preopened_dir(root.path(), "/", wasmtime_wasi::FsPerms::ReadWrite)
+            .map_err(|e| {
+                Failure::new(
+                    Code::SandboxSetupFailed,
+                    format!("cannot preopen {} for WASI: {e:#}", root.path().display()),
+                )
+            })?;
         wasi.stdin(MemoryInputPipe::new(input.input.clone()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -242,10 +269,14 @@ impl Runtime {
             info: InstanceInfo {
                 tool: tool.to_owned(),
                 id,
-                deadline: Instant::now() + Duration::from_millis(deadline_ms),
+                deadline,
                 budget_ms: deadline_ms,
             },
             shared: self.shared.clone(),
+            fs: FsState::new(root, self.clawfs.clone(), tool.to_owned()),
+            net: NetState::new(self.egress.clone(), deadline, tool.to_owned()),
+            cg: CgroupState::new(self.cgroup.clone(), id, tool.to_owned()),
+            devices: self.devices.clone(),
         };
         let mut store = Store::new(&self.engine, instance);
         store.limiter(|s| &mut s.account);
@@ -253,7 +284,7 @@ impl Runtime {
         // period: one tick more makes the budget a minimum, not a maximum.
         store.set_epoch_deadline(deadline_ms.div_ceil(self.tick_ms) + 1);
         store.epoch_deadline_trap();
-        store
+        Ok(store)
     }
 
     /// Instantiate `tool` and call its `run`. Every way the run can end is
@@ -266,7 +297,17 @@ impl Runtime {
         };
         let cap = self.limits.max_output_bytes as usize;
         let (stdout, stderr) = (MemoryOutputPipe::new(cap), MemoryOutputPipe::new(cap));
-        let mut store = self.store(name, &input, deadline_ms, &stdout, &stderr);
+        let mut store = match self.store(name, &input, deadline_ms, &stdout, &stderr) {
+            Ok(store) => store,
+            Err(f) => {
+                tracing::error!(tool = name, "cannot set up the instance: {}", f.message);
+                return RunOutcome {
+                    code: f.code,
+                    message: f.message,
+                    ..RunOutcome::default()
+                };
+            }
+        };
         let mut out = RunOutcome {
             instance_id: store.data().info.id,
             ..RunOutcome::default()

@@ -1,11 +1,15 @@
 //! The store data of one tool instance, and the narrow view each WIT
 //! interface gets of it.
 
+use crate::config::DevicePolicy;
 use crate::host::Handles;
+use crate::host::cgroup::{CgroupState, CgroupView};
+use crate::host::device::DeviceView;
+use crate::host::filesystem::{FilesystemView, FsState};
 use crate::host::logging::LogSink;
 use crate::host::memory::{MemoryAccount, MemoryView, SharedRegions};
+use crate::host::network::{NetState, NetworkView};
 use crate::host::system::{Env, InstanceInfo, SystemView};
-use crate::host::unavailable::UnavailableView;
 use std::sync::Arc;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -18,6 +22,10 @@ pub struct Instance {
     pub(crate) log: LogSink,
     pub(crate) info: InstanceInfo,
     pub(crate) shared: Arc<SharedRegions>,
+    pub(crate) fs: FsState,
+    pub(crate) net: NetState,
+    pub(crate) cg: CgroupState,
+    pub(crate) devices: Arc<DevicePolicy>,
 }
 
 impl Instance {
@@ -41,9 +49,32 @@ impl Instance {
         }
     }
 
-    pub(crate) fn unavailable_view(&mut self) -> UnavailableView<'_> {
-        UnavailableView {
+    pub(crate) fn filesystem_view(&mut self) -> FilesystemView<'_> {
+        FilesystemView {
             handles: &mut self.handles,
+            fs: &mut self.fs,
+        }
+    }
+
+    pub(crate) fn network_view(&mut self) -> NetworkView<'_> {
+        NetworkView {
+            handles: &mut self.handles,
+            net: &mut self.net,
+        }
+    }
+
+    pub(crate) fn cgroup_view(&mut self) -> CgroupView<'_> {
+        CgroupView {
+            handles: &mut self.handles,
+            cg: &mut self.cg,
+        }
+    }
+
+    pub(crate) fn device_view(&mut self) -> DeviceView<'_> {
+        DeviceView {
+            handles: &mut self.handles,
+            policy: &self.devices,
+            who: &self.info.tool,
         }
     }
 }

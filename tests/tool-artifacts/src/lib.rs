@@ -1,16 +1,21 @@
 //! The sample tools of tests/tools, built for wasm32-wasip2 by this crate's
-//! build script: paths and bytes for the tests and benchmarks.
+//! build script: paths and bytes for the tests and benchmarks; and a real
+//! PostgreSQL server for the network tests ([`postgres`]).
+
+pub mod postgres;
 
 use std::path::PathBuf;
 
 /// Every sample tool.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 8] = [
     "hello",
     "echo",
     "memgrow",
     "spinner",
     "exerciser",
     "misbehave",
+    "probe",
+    "hostio",
 ];
 
 /// Where the built components are.

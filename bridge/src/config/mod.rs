@@ -2,6 +2,9 @@
 //! value range-checked at start. `config/daemon.toml` in the repository is the
 //! documented default; a missing file means these defaults.
 
+mod policy;
+
+pub use policy::{CgroupPolicy, ClawfsPolicy, DevicePolicy, DeviceRule, EgressRule, NetworkPolicy};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -59,6 +62,14 @@ pub struct Config {
     pub sandbox: SandboxLimits,
     /// Engine settings.
     pub engine: EngineConfig,
+    /// ClawFS root and filesystem quotas.
+    pub clawfs: ClawfsPolicy,
+    /// Devices tools may open by name.
+    pub devices: DevicePolicy,
+    /// The egress proxy's allow-lists and quotas.
+    pub network: NetworkPolicy,
+    /// The cgroup subtree delegated to instances.
+    pub cgroup: CgroupPolicy,
 }
 
 /// Log output format.
@@ -159,6 +170,10 @@ impl Default for Config {
             ipc: IpcLimits::default(),
             sandbox: SandboxLimits::default(),
             engine: EngineConfig::default(),
+            clawfs: ClawfsPolicy::default(),
+            devices: DevicePolicy::default(),
+            network: NetworkPolicy::default(),
+            cgroup: CgroupPolicy::default(),
         }
     }
 }
@@ -319,7 +334,15 @@ impl Config {
                 "must be an absolute path",
             ));
         }
-        Ok(())
+        policy::validate(&self.clawfs, &self.devices, &self.network, &self.cgroup)
+    }
+
+    /// The ClawFS root: `clawfs.root`, or `<state_dir>/clawfs`.
+    pub fn clawfs_root(&self) -> PathBuf {
+        self.clawfs
+            .root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("clawfs"))
     }
 
     /// The largest frame the daemon reads: the largest request (an install
@@ -363,7 +386,7 @@ mod tests {
 
     #[test]
     fn repository_default_file_equals_built_in_defaults() {
-        let text = include_str!("../../config/daemon.toml");
+        let text = include_str!("../../../config/daemon.toml");
         assert_eq!(parse(text).unwrap(), Config::default());
     }
 
@@ -402,6 +425,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("absolute"), "{err}");
+        let err = parse("[[devices.allow]]\nname = \"/dev/mem\"\npath = \"/dev/mem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("devices.allow.name"), "{err}");
+        let err = parse("[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = [0]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("network.allow.ports"), "{err}");
+        let err = parse("[network]\nallow_names = [\"Evil Name\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("network.allow_names"), "{err}");
+        let err = parse("[[network.allow]]\ncidr = \"10.0.0.300/8\"\nports = [5432]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cidr"), "{err}");
+    }
+
+    #[test]
+    fn policy_defaults_match_the_documented_ones() {
+        let c = Config::default();
+        let names: Vec<_> = c.devices.allow.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["null", "zero", "urandom"]);
+        assert!(
+            c.devices
+                .allow
+                .iter()
+                .all(|d| d.write == (d.name == "null"))
+        );
+        assert!(c.network.allow.iter().all(|r| r.ports == [5432]));
+        assert_eq!(c.clawfs_root(), PathBuf::from("/var/lib/clawos/clawfs"));
     }
 
     #[test]

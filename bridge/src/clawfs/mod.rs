@@ -1,0 +1,460 @@
+//! ClawFS confinement: every path a tool names is resolved by the kernel
+//! beneath the tool's root directory, never by string checks alone.
+//!
+//! Whole paths are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+//! relative to the root's descriptor, so `..`, absolute paths and symlinks
+//! that lead outside fail with EXDEV inside the kernel, and there is no window
+//! between a check and its use. Operations on a last component (mkdir, unlink,
+//! rename, link, symlink, readlink) first resolve the parent that way and then
+//! act on one plain name relative to the parent's descriptor, so they never
+//! follow a symlink in that name. A regular file with more than one link is
+//! used only when every link is found inside the root ([`links`]), which
+//! refuses hard links planted to files outside it.
+
+pub mod links;
+
+use crate::error::{Code, Failure};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// Longest path a tool may pass (PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+
+/// The permission bits a tool may set: no setuid, setgid or sticky bits.
+pub const ALLOWED_MODE_BITS: u32 = 0o777;
+
+/// One tool's root directory, held open.
+#[derive(Debug)]
+pub struct Root {
+    path: PathBuf,
+    fd: OwnedFd,
+    dev: u64,
+    max_link_scan: u32,
+}
+
+/// The parent directory of a last component, and that component.
+#[derive(Debug)]
+pub struct Leaf {
+    /// The parent, resolved beneath the root.
+    pub dir: OwnedFd,
+    /// One plain name: not empty, `.` or `..`, no `/`.
+    pub name: String,
+}
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+}
+
+/// A failure of path resolution: EXDEV means the path led outside the root.
+fn resolve_error(path: &str, err: Errno) -> Failure {
+    match err {
+        Errno::XDEV => Failure::new(
+            Code::PolicyDenied,
+            format!("path {path:?} leads outside the tool's root"),
+        ),
+        Errno::LOOP => Failure::new(
+            Code::InvalidArgument,
+            format!("path {path:?}: too many symbolic links, or a symbolic link where none may be"),
+        ),
+        e => Failure::io(format_args!("path {path:?}"), &e.into()),
+    }
+}
+
+/// Check a tool's path before the kernel resolves it. Absolute paths are
+/// refused here with the same code the kernel gives an escape.
+pub fn check_path(path: &str) -> Result<&str, Failure> {
+    if path.len() > MAX_PATH {
+        return Err(Failure::new(
+            Code::InvalidArgument,
+            format!("path of {} bytes is longer than {MAX_PATH}", path.len()),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(Failure::new(
+            Code::InvalidArgument,
+            "path contains a NUL byte",
+        ));
+    }
+    if path.starts_with('/') {
+        return Err(Failure::new(
+            Code::PolicyDenied,
+            format!("absolute path {path:?} is outside the tool's root: paths are relative to it"),
+        ));
+    }
+    Ok(if path.is_empty() { "." } else { path })
+}
+
+/// Split `path` into its parent and last component.
+pub fn split(path: &str) -> Result<(&str, &str), Failure> {
+    let path = check_path(path)?;
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "." } else { p }, n),
+        None => (".", trimmed),
+    };
+    match name {
+        ".." => Err(Failure::new(
+            Code::PolicyDenied,
+            format!("path {path:?} ends in '..', which may lead outside the tool's root"),
+        )),
+        "" | "." => Err(Failure::new(
+            Code::InvalidArgument,
+            format!("path {path:?} does not name an entry"),
+        )),
+        n => Ok((parent, n)),
+    }
+}
+
+/// Check a mode a tool asks for: permission bits only.
+pub fn check_mode(mode: u32) -> Result<Mode, Failure> {
+    if mode & !ALLOWED_MODE_BITS != 0 {
+        return Err(Failure::new(
+            Code::Eperm,
+            format!(
+                "mode {mode:#o} sets bits other than rwx (setuid, setgid, sticky or type bits)"
+            ),
+        ));
+    }
+    Ok(Mode::from_raw_mode(mode))
+}
+
+impl Root {
+    /// Open `path` as a root, creating it (0700) and its parents if missing.
+    pub fn open(path: &Path, max_link_scan: u32) -> Result<Root, Failure> {
+        let setup = |what: &str, e: &std::io::Error| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("clawfs root {}: cannot {what}: {e}", path.display()),
+            )
+        };
+        if !path.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| setup("create it", &e))?;
+        }
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| setup("open it", &e.into()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| setup("stat it", &e.into()))?;
+        Ok(Root {
+            path: path.to_owned(),
+            fd,
+            dev: st.st_dev,
+            max_link_scan,
+        })
+    }
+
+    /// The root's host path (for logs and the WASI preopen).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open `path` beneath the root with `flags` (CLOEXEC is added). Only
+    /// regular files and directories are opened, and a multiply linked file
+    /// only when all its links are inside the root. The entry is resolved
+    /// once as O_PATH, checked, then reopened through its descriptor, so
+    /// nothing is truncated or opened before the checks and nothing can be
+    /// swapped in between.
+    pub fn open_at(&self, path: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Failure> {
+        let rel = check_path(path)?;
+        let create = flags.contains(OFlags::CREATE);
+        let exclusive = flags.contains(OFlags::EXCL);
+        for _ in 0..2 {
+            let found = rustix::fs::openat2(
+                &self.fd,
+                rel,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve_flags(),
+            );
+            match found {
+                Ok(_) if create && exclusive => {
+                    return Err(Failure::new(
+                        Code::InvalidArgument,
+                        format!("{path:?} exists and exclusive creation was asked for"),
+                    ));
+                }
+                Ok(entry) => return self.reopen(&entry, path, flags),
+                Err(Errno::NOENT) if create => {
+                    // A new file: nothing to check, and O_EXCL makes sure it is new.
+                    match rustix::fs::openat2(
+                        &self.fd,
+                        rel,
+                        flags | OFlags::EXCL | OFlags::CLOEXEC,
+                        mode,
+                        resolve_flags(),
+                    ) {
+                        Ok(fd) => return Ok(fd),
+                        // Made by someone else since, or a dangling symlink: look again.
+                        Err(Errno::EXIST) if !exclusive => continue,
+                        Err(e) => return Err(resolve_error(path, e)),
+                    }
+                }
+                Err(e) => return Err(resolve_error(path, e)),
+            }
+        }
+        Err(Failure::new(
+            Code::InvalidArgument,
+            format!("{path:?} is a dangling symbolic link: create its target instead"),
+        ))
+    }
+
+    /// Check the O_PATH `entry` and reopen it with `flags`.
+    fn reopen(&self, entry: &OwnedFd, path: &str, flags: OFlags) -> Result<OwnedFd, Failure> {
+        let st = self.check_links(entry, path)?;
+        let kind = file_type(&st);
+        if kind != FileType::RegularFile && kind != FileType::Directory {
+            return Err(Failure::new(
+                Code::PolicyDenied,
+                format!(
+                    "{path:?} is a {kind:?}: only regular files and directories are opened here (devices by name through the device interface)"
+                ),
+            ));
+        }
+        if flags.contains(OFlags::PATH) {
+            return rustix::io::fcntl_dupfd_cloexec(entry, 0)
+                .map_err(|e| Failure::io(format_args!("open {path:?}"), &e.into()));
+        }
+        let keep = flags
+            & !(OFlags::CREATE | OFlags::EXCL | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::NOCTTY);
+        let fd = rustix::fs::open(
+            proc_fd(entry).as_str(),
+            keep | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Failure::io(format_args!("open {path:?}"), &e.into()))?;
+        if flags.contains(OFlags::TRUNC) && kind == FileType::RegularFile {
+            rustix::fs::ftruncate(&fd, 0)
+                .map_err(|e| Failure::io(format_args!("truncate {path:?}"), &e.into()))?;
+        }
+        Ok(fd)
+    }
+
+    /// Resolve `path` to an O_PATH descriptor of the entry itself, following
+    /// symlinks only beneath the root, and check its links.
+    pub fn entry(&self, path: &str) -> Result<OwnedFd, Failure> {
+        self.open_at(path, OFlags::PATH, Mode::empty())
+    }
+
+    /// The parent of `path`'s last component, resolved beneath the root.
+    pub fn leaf(&self, path: &str) -> Result<Leaf, Failure> {
+        let (parent, name) = split(path)?;
+        let dir = rustix::fs::openat2(
+            &self.fd,
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(|e| resolve_error(path, e))?;
+        Ok(Leaf {
+            dir,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Refuse a non-directory whose links are not all inside the root.
+    pub fn check_links(&self, fd: &impl AsFd, path: &str) -> Result<Stat, Failure> {
+        let st = rustix::fs::fstat(fd)
+            .map_err(|e| Failure::io(format_args!("stat {path:?}"), &e.into()))?;
+        if st.st_nlink > 1 && FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            let found = links::count_inside(
+                &self.fd,
+                self.dev,
+                st.st_ino,
+                st.st_nlink,
+                self.max_link_scan,
+            )?;
+            if st.st_dev != self.dev || found < st.st_nlink {
+                tracing::warn!(root = %self.path.display(), path, links = st.st_nlink, found, "refused a file linked from outside the tool's root");
+                return Err(Failure::new(
+                    Code::PolicyDenied,
+                    format!(
+                        "{path:?} has {} links and only {found} are inside the tool's root: a hard link to a file outside it",
+                        st.st_nlink
+                    ),
+                ));
+            }
+        }
+        Ok(st)
+    }
+
+    /// `mkdir` of the last component.
+    pub fn mkdir(&self, path: &str, mode: u32) -> Result<(), Failure> {
+        let mode = check_mode(mode)?;
+        let leaf = self.leaf(path)?;
+        rustix::fs::mkdirat(&leaf.dir, leaf.name.as_str(), mode)
+            .map_err(|e| op_error("mkdir", path, e))
+    }
+
+    /// `rmdir` of the last component.
+    pub fn rmdir(&self, path: &str) -> Result<(), Failure> {
+        let leaf = self.leaf(path)?;
+        rustix::fs::unlinkat(&leaf.dir, leaf.name.as_str(), AtFlags::REMOVEDIR)
+            .map_err(|e| op_error("rmdir", path, e))
+    }
+
+    /// `unlink` of the last component (a symlink itself, never its target).
+    pub fn unlink(&self, path: &str) -> Result<(), Failure> {
+        let leaf = self.leaf(path)?;
+        rustix::fs::unlinkat(&leaf.dir, leaf.name.as_str(), AtFlags::empty())
+            .map_err(|e| op_error("unlink", path, e))
+    }
+
+    /// `rename`: both parents are resolved beneath the root, so nothing can
+    /// be moved across its boundary.
+    pub fn rename(&self, old: &str, new: &str) -> Result<(), Failure> {
+        let from = self.leaf(old)?;
+        let to = self.leaf(new)?;
+        rustix::fs::renameat(&from.dir, from.name.as_str(), &to.dir, to.name.as_str())
+            .map_err(|e| op_error("rename", old, e))
+    }
+
+    /// A hard link `new` to `existing`. `existing` is not followed if it is
+    /// a symlink, and it must itself be a file whose links are all inside.
+    pub fn link(&self, existing: &str, new: &str) -> Result<(), Failure> {
+        let from = self.leaf(existing)?;
+        let probe = rustix::fs::openat2(
+            &from.dir,
+            from.name.as_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(|e| resolve_error(existing, e))?;
+        self.check_links(&probe, existing)?;
+        let to = self.leaf(new)?;
+        rustix::fs::linkat(
+            &from.dir,
+            from.name.as_str(),
+            &to.dir,
+            to.name.as_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| op_error("link", new, e))
+    }
+
+    /// A symlink at `link_path` to `target`. The target must stay inside
+    /// the root when read from the link's directory: not absolute, and its
+    /// `..` never above the root. (Following it is confined by the kernel
+    /// anyway; this refuses to make one that could only fail.)
+    pub fn symlink(&self, target: &str, link_path: &str) -> Result<(), Failure> {
+        check_path(target)?;
+        let (parent, _) = split(link_path)?;
+        let depth = lexical_depth(parent).and_then(|d| lexical_depth_from(d, target));
+        if depth.is_none() {
+            return Err(Failure::new(
+                Code::PolicyDenied,
+                format!("symlink target {target:?} at {link_path:?} leads outside the tool's root"),
+            ));
+        }
+        let leaf = self.leaf(link_path)?;
+        rustix::fs::symlinkat(target, &leaf.dir, leaf.name.as_str())
+            .map_err(|e| op_error("symlink", link_path, e))
+    }
+
+    /// The target of the symlink at `path`.
+    pub fn readlink(&self, path: &str) -> Result<String, Failure> {
+        let leaf = self.leaf(path)?;
+        let target = rustix::fs::readlinkat(&leaf.dir, leaf.name.as_str(), Vec::new())
+            .map_err(|e| op_error("readlink", path, e))?;
+        target.into_string().map_err(|_| {
+            Failure::new(
+                Code::InvalidArgument,
+                format!("symlink {path:?} has a target that is not UTF-8"),
+            )
+        })
+    }
+
+    /// `stat` of the entry `path` resolves to.
+    pub fn stat(&self, path: &str) -> Result<Stat, Failure> {
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            check_path(path)?,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(|e| resolve_error(path, e))?;
+        self.check_links(&fd, path)
+    }
+
+    /// `chmod` of the entry `path` resolves to; permission bits only.
+    pub fn chmod(&self, path: &str, mode: u32) -> Result<(), Failure> {
+        let mode = check_mode(mode)?;
+        let fd = self.entry(path)?;
+        // fchmod does not take O_PATH descriptors and fchmodat2 is newer
+        // than 6.6; the descriptor's /proc/self/fd entry names exactly the
+        // inode resolved above.
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            proc_fd(&fd).as_str(),
+            mode,
+            AtFlags::empty(),
+        )
+        .map_err(|e| op_error("chmod", path, e))
+    }
+
+    /// `chown` of the entry `path` resolves to (policy is the caller's).
+    pub fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), Failure> {
+        let fd = self.entry(path)?;
+        rustix::fs::chownat(
+            &fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH,
+        )
+        .map_err(|e| op_error("chown", path, e))
+    }
+}
+
+/// A failure of an operation on an already-resolved name.
+fn op_error(op: &str, path: &str, err: Errno) -> Failure {
+    match err {
+        Errno::XDEV => Failure::new(
+            Code::PolicyDenied,
+            format!("{op} {path:?}: crosses a filesystem boundary"),
+        ),
+        e => Failure::io(format_args!("{op} {path:?}"), &e.into()),
+    }
+}
+
+/// How many directories below the root a relative directory path is, or
+/// None if its `..` ever climb above the root.
+fn lexical_depth(path: &str) -> Option<usize> {
+    lexical_depth_from(0, path)
+}
+
+/// The depth reached walking `path` from `depth`, or None above the root.
+fn lexical_depth_from(depth: usize, path: &str) -> Option<usize> {
+    if path.starts_with('/') {
+        return None;
+    }
+    path.split('/').try_fold(depth, |d, c| match c {
+        "" | "." => Some(d),
+        ".." => d.checked_sub(1),
+        _ => Some(d + 1),
+    })
+}
+
+/// The /proc/self/fd path of `fd`: the magic link to exactly its inode.
+fn proc_fd(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))
+}
+
+/// A file's type from its stat.
+pub fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+#[cfg(test)]
+mod tests;

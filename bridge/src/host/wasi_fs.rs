@@ -1,0 +1,100 @@
+//! The restricted WASI a tool built with Rust std sees: stdio, clocks and
+//! random from wasmtime-wasi, no sockets, and one filesystem preopen, `/`,
+//! which is the tool's ClawFS root. wasmtime-wasi resolves paths beneath the
+//! preopen with cap-std (`..`, absolute symlinks and symlinks out of it are
+//! refused), but like every path resolver it cannot see that a regular file
+//! inside the root is a hard link to one outside. So `open-at` is wrapped:
+//! after wasmtime-wasi opens a file, the bridge applies ClawFS's rules to the
+//! open descriptor (only regular files and directories, every link of a
+//! multiply linked file inside the root) and closes it with `not-permitted`
+//! if they fail, before the tool can read or write a byte.
+
+use crate::runtime::state::Instance;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::sync::filesystem::types::{
+    self as fst, DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+};
+
+/// The WASI filesystem interface name wasmtime-wasi 50 links.
+pub const TYPES_INTERFACE: &str = "wasi:filesystem/types@0.2.12";
+
+/// Link wasmtime-wasi's p2 interfaces, with sockets answering
+/// `access-denied` (the WasiCtx allows no TCP, UDP or name lookup) and
+/// `open-at` wrapped as described above.
+pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "[method]descriptor.open-at",
+        |mut store,
+         (dir, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            let instance: &mut Instance = store.data_mut();
+            // Truncation waits until the file has passed the checks.
+            let truncate = open_flags.contains(OpenFlags::TRUNCATE);
+            let open_flags = open_flags & !OpenFlags::TRUNCATE;
+            let opened = {
+                let mut view = instance.filesystem();
+                match HostDescriptor::open_at(&mut view, dir, path_flags, path.clone(), open_flags, flags) {
+                    Ok(fd) => Ok(fd),
+                    Err(e) => Err(fst::Host::convert_error_code(&mut view, e)?),
+                }
+            };
+            let fd = match opened {
+                Ok(fd) => fd,
+                Err(code) => return Ok((Err(code),)),
+            };
+            if let Err(refusal) = instance.check_wasi_open(&fd, &path) {
+                tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path, "wasi open refused: {}", refusal.message);
+                let mut view = instance.filesystem();
+                HostDescriptor::drop(&mut view, fd)?;
+                return Ok((Err(ErrorCode::NotPermitted),));
+            }
+            if truncate {
+                let mut view = instance.filesystem();
+                let borrowed = Resource::new_borrow(fd.rep());
+                if let Err(e) = HostDescriptor::set_size(&mut view, borrowed, 0) {
+                    let code = fst::Host::convert_error_code(&mut view, e)?;
+                    HostDescriptor::drop(&mut view, fd)?;
+                    return Ok((Err(code),));
+                }
+            }
+            Ok((Ok(fd),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+impl Instance {
+    /// ClawFS's rules for a descriptor wasmtime-wasi has just opened.
+    fn check_wasi_open(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        path: &str,
+    ) -> Result<(), crate::error::Failure> {
+        let root = self.fs.root().clone();
+        let descriptor = self.handles.table.get(fd).map_err(|e| {
+            crate::error::Failure::new(crate::error::Code::Einternal, e.to_string())
+        })?;
+        match descriptor {
+            Descriptor::File(f) => {
+                let st = root.check_links(&*f.file, path)?;
+                if crate::clawfs::file_type(&st) != rustix::fs::FileType::RegularFile {
+                    return Err(crate::error::Failure::new(
+                        crate::error::Code::PolicyDenied,
+                        format!("{path:?} is not a regular file or directory"),
+                    ));
+                }
+                Ok(())
+            }
+            Descriptor::Dir(_) => Ok(()),
+        }
+    }
+}

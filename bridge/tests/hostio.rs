@@ -1,0 +1,363 @@
+//! The filesystem, device, network and cgroup interfaces through the real
+//! daemon: the hostio sample tool uses every function (against a real
+//! PostgreSQL for the network), and the escape suite makes one hostile
+//! attempt per run with the probe tool, checking the exact P1.7 code and
+//! that nothing outside the tool's root was read, written or created.
+
+mod common;
+
+use clawos_bridge::error::Code;
+use clawos_bridge::ipc::proto::RunRequest;
+use clawos_tool_artifacts::postgres::{self, Postgres};
+use common::TestDaemon;
+use serial_test::serial;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A daemon with probe installed, a secret beside the ClawFS root (another
+/// tool's directory) and one outside ClawFS altogether.
+struct Suite {
+    d: TestDaemon,
+    root: PathBuf,
+    secrets: Vec<PathBuf>,
+}
+
+const SECRET: &[u8] = b"secret bytes";
+
+impl Suite {
+    fn new() -> Suite {
+        Suite::with_config("")
+    }
+
+    fn with_config(config: &str) -> Suite {
+        let d = TestDaemon::with_config(config);
+        d.install_ok("probe");
+        // The tool's root exists once it has run.
+        let (r, _) = d.run("probe", &["stat", ""]);
+        assert_eq!(r.code, Code::Success, "{}", r.message);
+        let root = d.state.join("clawfs/probe");
+        assert!(root.is_dir(), "{}", root.display());
+        let other = d.state.join("clawfs/other");
+        fs::create_dir_all(&other).unwrap();
+        let secrets = vec![d.dir.path().join("secret"), other.join("secret")];
+        for s in &secrets {
+            fs::write(s, SECRET).unwrap();
+        }
+        Suite { d, root, secrets }
+    }
+
+    /// Run probe with `args` and `input`; returns its output line.
+    fn probe_with(&self, args: &[&str], input: &[u8]) -> String {
+        let mut all = vec!["probe"];
+        all.extend_from_slice(args);
+        let (r, out) = self.d.run_with(RunRequest {
+            name: "probe".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            input: input.to_vec(),
+            env: vec![],
+            timeout_ms: None,
+        });
+        assert_eq!(
+            r.code,
+            Code::Success,
+            "{all:?}: {}\n{}",
+            r.message,
+            self.d.log()
+        );
+        String::from_utf8(out.output).unwrap().trim_end().to_owned()
+    }
+
+    fn probe(&self, args: &[&str]) -> String {
+        self.probe_with(args, b"")
+    }
+
+    /// Expect `args` to be refused with `code`.
+    fn refused(&self, args: &[&str], code: Code) {
+        let got = self.probe_with(args, b"overwritten!");
+        let want = format!("err {}", code.value());
+        assert!(
+            got.starts_with(&want),
+            "{args:?}: expected {want} ({code}), got {got:?}"
+        );
+        self.intact();
+    }
+
+    /// Nothing outside the root changed: the secrets hold their bytes and
+    /// no new entry appeared beside the root or the daemon's files.
+    fn intact(&self) {
+        for s in &self.secrets {
+            assert_eq!(fs::read(s).unwrap(), SECRET, "{} changed", s.display());
+        }
+        let names = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&self.d.state.join("clawfs")), ["other", "probe"]);
+        assert_eq!(names(&self.d.state.join("clawfs/other")), ["secret"]);
+        assert!(
+            names(self.d.dir.path()).iter().all(|n| [
+                "bridge.sock",
+                "daemon.toml",
+                "secret",
+                "state"
+            ]
+            .contains(&n.as_str())),
+            "{:?}",
+            names(self.d.dir.path())
+        );
+    }
+}
+
+#[test]
+#[serial(postgres)]
+fn hostio_uses_every_function_against_a_real_postgres() {
+    let pg = Postgres::start(postgres::PORT);
+    let d = TestDaemon::start();
+    d.install_ok("hostio");
+    let v2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
+    let cgroup = if v2 {
+        "cgroup=available"
+    } else {
+        "cgroup=unavailable"
+    };
+    let pg_arg = format!("pg=127.0.0.1:{}", pg.port);
+    let (r, out) = d.run("hostio", &[cgroup, &pg_arg]);
+    let text = String::from_utf8_lossy(&out.output);
+    assert_eq!(
+        r.code,
+        Code::Success,
+        "{}\n{text}\nlogs: {:?}\n{}",
+        r.message,
+        out.logs,
+        d.log()
+    );
+    assert!(
+        text.contains("ok postgres query: [\"42\", \"postgres\"] from 15"),
+        "{text}"
+    );
+    let checks = if v2 { 37 } else { 32 };
+    assert!(
+        text.ends_with(&format!("all {checks} checks passed\n")),
+        "{text}"
+    );
+    // The proxy logged the connection it opened and the ones it refused.
+    let log = d.log();
+    assert!(log.contains("egress connection opened"), "{log}");
+    assert!(
+        log.contains("\"127.0.0.1\" port 80 is outside the egress allow-list"),
+        "{log}"
+    );
+    drop(pg);
+}
+
+#[test]
+fn filesystem_escapes_are_refused() {
+    let s = Suite::new();
+    let planted_out = s.d.dir.path().join("secret");
+    let abs = planted_out.to_str().unwrap();
+    fs::create_dir(s.root.join("a")).unwrap();
+    // `..` chains and absolute paths, for every kind of call.
+    for p in [
+        "../other/secret",
+        "../../secret",
+        "a/../../other/secret",
+        "./../probe/../other/secret",
+    ] {
+        s.refused(&["read", p], Code::PolicyDenied);
+        s.refused(&["write", p], Code::PolicyDenied);
+        s.refused(&["stat", p], Code::PolicyDenied);
+        s.refused(&["chmod", p, "777"], Code::PolicyDenied);
+        s.refused(&["truncate", p, "0"], Code::PolicyDenied);
+        s.refused(&["unlink", p], Code::PolicyDenied);
+    }
+    s.refused(&["read", abs], Code::PolicyDenied);
+    s.refused(&["write", "/etc/clawos-escape"], Code::PolicyDenied);
+    s.refused(&["mkdir", "../escaped", "493"], Code::PolicyDenied);
+    s.refused(&["opendir", ".."], Code::PolicyDenied);
+    // Symlinks made by the tool.
+    s.refused(&["symlink", abs, "abs-link"], Code::PolicyDenied);
+    s.refused(
+        &["symlink", "../other/secret", "rel-link"],
+        Code::PolicyDenied,
+    );
+    // Symlinks planted from outside.
+    std::os::unix::fs::symlink(&planted_out, s.root.join("planted-abs")).unwrap();
+    std::os::unix::fs::symlink("../other/secret", s.root.join("planted-rel")).unwrap();
+    std::os::unix::fs::symlink("/", s.root.join("planted-slash")).unwrap();
+    for p in ["planted-abs", "planted-rel", "planted-slash/etc/passwd"] {
+        s.refused(&["read", p], Code::PolicyDenied);
+        s.refused(&["write", p], Code::PolicyDenied);
+        s.refused(&["append", p], Code::PolicyDenied);
+        s.refused(&["chmod", p, "777"], Code::PolicyDenied);
+    }
+    s.refused(
+        &["write", "planted-slash/tmp/clawos-escape"],
+        Code::PolicyDenied,
+    );
+    // Hard links: made by the tool to a file outside, and planted.
+    s.refused(&["link", "../other/secret", "mine"], Code::PolicyDenied);
+    fs::hard_link(&planted_out, s.root.join("planted-hard")).unwrap();
+    fs::hard_link(s.secrets[1].as_path(), s.root.join("planted-hard-2")).unwrap();
+    for p in ["planted-hard", "planted-hard-2"] {
+        s.refused(&["read", p], Code::PolicyDenied);
+        s.refused(&["write", p], Code::PolicyDenied);
+        s.refused(&["append", p], Code::PolicyDenied);
+        s.refused(&["stat", p], Code::PolicyDenied);
+        s.refused(&["truncate", p, "0"], Code::PolicyDenied);
+        s.refused(&["chmod", p, "666"], Code::PolicyDenied);
+        s.refused(&["link", p, "again"], Code::PolicyDenied);
+    }
+    // Rename out of the root, or of a file outside into it.
+    assert_eq!(s.probe_with(&["write", "mine.txt"], b"mine"), "ok 4");
+    s.refused(&["rename", "mine.txt", "../moved"], Code::PolicyDenied);
+    s.refused(&["rename", "../other/secret", "stolen"], Code::PolicyDenied);
+    s.refused(
+        &["rename", "mine.txt", "planted-slash/tmp/moved"],
+        Code::PolicyDenied,
+    );
+    // setuid/setgid through chmod, and owners beyond policy.
+    s.refused(&["chmod", "mine.txt", "4755"], Code::Eperm);
+    s.refused(&["chmod", "mine.txt", "2755"], Code::Eperm);
+    s.refused(&["chown", "mine.txt", "4242", "0"], Code::Eperm);
+    s.refused(&["chown", "mine.txt", "0", "4242"], Code::Eperm);
+    let mode = fs::metadata(s.root.join("mine.txt")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7000,
+        0
+    );
+    // Forged handles trap; the run's code says so.
+    let (r, _) = s.d.run("probe", &["forge-file"]);
+    assert_eq!(r.code, Code::InvalidHandle, "{}", r.message);
+    s.intact();
+    s.d.assert_serving();
+}
+
+#[test]
+fn devices_are_opened_by_allow_listed_name_only() {
+    let s = Suite::new();
+    assert_eq!(
+        s.probe(&["device", "null", "w"]),
+        "ok DeviceKind::Character 1:3"
+    );
+    assert_eq!(
+        s.probe(&["device", "urandom"]),
+        "ok DeviceKind::Character 1:9"
+    );
+    for name in [
+        "/dev/mem",
+        "mem",
+        "kmem",
+        "/dev/null",
+        "../../dev/null",
+        "sda",
+        "vda",
+        "port",
+    ] {
+        s.refused(&["device", name], Code::Eperm);
+    }
+    s.refused(&["device", "zero", "w"], Code::Eperm);
+    // A device node planted in ClawFS is not opened as a file either (the
+    // numbers of /dev/zero: opening it has no side effect, so the refusal
+    // seen is ClawFS's own, through the interface and through WASI).
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        s.root.join("planted-dev").as_path(),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 5),
+    )
+    .unwrap();
+    s.refused(&["read", "planted-dev"], Code::PolicyDenied);
+    s.refused(&["wasi-read", "/planted-dev"], Code::Eperm);
+}
+
+#[test]
+fn egress_is_postgres_only_and_resolution_is_policed() {
+    let s = Suite::new();
+    for port in ["80", "22", "443", "5433", "6379"] {
+        s.refused(&["connect", "127.0.0.1", port], Code::PolicyDenied);
+        s.refused(&["connect", "localhost", port], Code::PolicyDenied);
+    }
+    s.refused(&["connect", "example.com", "5432"], Code::PolicyDenied);
+    s.refused(&["resolve", "example.com"], Code::PolicyDenied);
+    s.refused(&["resolve", "exfil.attacker.example"], Code::PolicyDenied);
+    assert!(
+        s.probe(&["resolve", "localhost"]).starts_with("ok"),
+        "localhost resolves"
+    );
+    // WASI sockets are not linked to the network: no socket of the tool's own.
+    // (WASI's access-denied, EACCES, which the probe reports as EPERM.)
+    s.refused(&["wasi-connect", "127.0.0.1", "5432"], Code::Eperm);
+    let log = s.d.log();
+    assert!(
+        log.contains("\"exfil.attacker.example\" is not in network.allow_names"),
+        "{log}"
+    );
+}
+
+#[test]
+#[serial(postgres)]
+fn closed_connections_and_quotas_answer_their_codes() {
+    let pg = Postgres::start(postgres::PORT);
+    let s = Suite::with_config(
+        "[clawfs]\nmax_open_files = 3\nmax_write_bytes = 10\n[network]\nmax_connections = 0\n",
+    );
+    // Handles: the fourth open file is over the limit.
+    assert_eq!(s.probe(&["open-files", "f"]), "err 105 after 3");
+    // Bytes written: 10 per instance; the first 10 are accepted.
+    assert_eq!(s.probe_with(&["write", "q"], b"0123456789abc"), "ok 10");
+    assert_eq!(s.probe_with(&["write", "q"], b"0123456789"), "ok 10");
+    s.refused(&["truncate", "q", "1000"], Code::QuotaExceeded);
+    // Connections: none allowed by this config.
+    s.refused(&["connect", "127.0.0.1", "5432"], Code::QuotaExceeded);
+    drop(s);
+    let d = TestDaemon::start();
+    d.install_ok("probe");
+    let (r, out) = d.run("probe", &["closed-conn", "127.0.0.1", &pg.port.to_string()]);
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    assert_eq!(String::from_utf8_lossy(&out.output), "err 206\n");
+}
+
+#[test]
+fn wasi_file_io_is_confined_to_the_same_root() {
+    let s = Suite::new();
+    fs::create_dir(s.root.join("sub")).unwrap();
+    // Ordinary std::fs works inside the root, which is the guest's "/".
+    assert_eq!(s.probe_with(&["wasi-write", "notes.txt"], b"kept"), "ok");
+    assert_eq!(fs::read(s.root.join("notes.txt")).unwrap(), b"kept");
+    assert_eq!(s.probe(&["wasi-read", "/notes.txt"]), "ok kept");
+    assert_eq!(s.probe(&["wasi-mkdir", "dir"]), "ok");
+    assert_eq!(
+        s.probe(&["wasi-rename", "notes.txt", "dir/notes.txt"]),
+        "ok"
+    );
+    assert_eq!(s.probe(&["wasi-readdir", "dir"]), "ok 1 entries");
+    // The same escapes, through WASI: EPERM (WASI's not-permitted).
+    for p in ["../other/secret", "../../secret", "sub/../../other/secret"] {
+        s.refused(&["wasi-read", p], Code::Eperm);
+        s.refused(&["wasi-write", p], Code::Eperm);
+        s.refused(&["wasi-stat", p], Code::Eperm);
+        s.refused(&["wasi-mkdir", p], Code::Eperm);
+    }
+    // An absolute path names a file in the tool's own root, not the host's.
+    s.refused(&["wasi-read", "/etc/passwd"], Code::Enoent);
+    s.refused(&["wasi-read", s.secrets[0].to_str().unwrap()], Code::Enoent);
+    s.refused(&["wasi-link", "../other/secret", "hard"], Code::Eperm);
+    s.refused(&["wasi-rename", "dir/notes.txt", "../moved"], Code::Eperm);
+    std::os::unix::fs::symlink(&s.secrets[0], s.root.join("planted-abs")).unwrap();
+    std::os::unix::fs::symlink("../other/secret", s.root.join("planted-rel")).unwrap();
+    fs::hard_link(&s.secrets[1], s.root.join("planted-hard")).unwrap();
+    for p in ["planted-abs", "planted-rel", "planted-hard"] {
+        s.refused(&["wasi-read", p], Code::Eperm);
+        s.refused(&["wasi-open-read", p], Code::Eperm);
+        s.refused(&["wasi-write", p], Code::Eperm);
+        s.refused(&["wasi-trunc", p], Code::Eperm);
+        s.refused(&["wasi-append", p], Code::Eperm);
+    }
+    let log = s.d.log();
+    assert!(log.contains("wasi open refused"), "{log}");
+}

@@ -1,0 +1,197 @@
+//! Makes one host call named by its arguments and prints what came back:
+//! `ok <detail>` or `err <P1.7 code>`. The escape suite drives it, one
+//! attempt per run, and checks the exact code. WASI calls (`wasi-*`) go
+//! through Rust's std::fs and report the P1.7 code nearest the io error.
+//!
+//! `forge-file` and `closed-conn HOST PORT` use handles the tool does not
+//! own; the first traps (the run ends with INVALID_HANDLE), the second gets
+//! INVALID_HANDLE back from the call.
+
+use clawos_tool::{Guest, device, export, filesystem, network, types::ErrorCode};
+use std::io::{Read, Write};
+
+struct Probe;
+
+fn code(e: ErrorCode) -> String {
+    let n: u16 = match e {
+        ErrorCode::Eagain => 1,
+        ErrorCode::Eio => 2,
+        ErrorCode::Enoent => 3,
+        ErrorCode::Eperm => 4,
+        ErrorCode::Eproto => 5,
+        ErrorCode::Etimeout => 6,
+        ErrorCode::Einternal => 7,
+        ErrorCode::Epanic => 8,
+        ErrorCode::WasmTrap => 100,
+        ErrorCode::WasmMemoryLimit => 101,
+        ErrorCode::WasmCpuDeadline => 102,
+        ErrorCode::WasmInvalidComponent => 103,
+        ErrorCode::WasmLinkError => 104,
+        ErrorCode::WasmResourceLimit => 105,
+        ErrorCode::PolicyDenied => 200,
+        ErrorCode::QuotaExceeded => 201,
+        ErrorCode::ToolNotFound => 202,
+        ErrorCode::SandboxSetupFailed => 203,
+        ErrorCode::InstanceKilled => 204,
+        ErrorCode::InterfaceUnavailable => 205,
+        ErrorCode::InvalidHandle => 206,
+        ErrorCode::ToolExists => 207,
+        ErrorCode::InvalidArgument => 208,
+        ErrorCode::UnsupportedVersion => 209,
+    };
+    format!("err {n}")
+}
+
+/// The P1.7 code nearest a WASI io error.
+fn io_code(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let n = match e.kind() {
+        K::NotFound => 3,
+        K::PermissionDenied => 4,
+        K::InvalidInput | K::AlreadyExists | K::IsADirectory | K::NotADirectory => 208,
+        K::StorageFull | K::QuotaExceeded => 201,
+        _ => 2,
+    };
+    format!("err {n} ({e})")
+}
+
+fn arg(args: &[String], i: usize) -> &str {
+    args.get(i).map(String::as_str).unwrap_or("")
+}
+
+fn show<T>(r: Result<T, ErrorCode>, ok: impl FnOnce(T) -> String) -> String {
+    match r {
+        Ok(v) => format!("ok {}", ok(v)),
+        Err(e) => code(e),
+    }
+}
+
+fn read_all(f: &filesystem::File) -> Result<Vec<u8>, ErrorCode> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = f.read(65536)?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk);
+    }
+}
+
+fn wasi<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
+    match r {
+        Ok(v) => format!("ok {}", ok(v)),
+        Err(e) => io_code(&e),
+    }
+}
+
+impl Guest for Probe {
+    fn run(args: Vec<String>, input: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
+        use filesystem::OpenFlags as F;
+        let (a, b, c) = (arg(&args, 1), arg(&args, 2), arg(&args, 3));
+        let num = |s: &str| s.parse::<u32>().unwrap_or(0);
+        let out = match arg(&args, 0) {
+            "read" => show(
+                filesystem::open(a, F::READ, 0).and_then(|f| read_all(&f)),
+                |d| String::from_utf8_lossy(&d).into_owned(),
+            ),
+            "write" => show(
+                filesystem::open(a, F::WRITE | F::CREATE | F::TRUNCATE, 0o644)
+                    .and_then(|f| f.write(&input)),
+                |n| n.to_string(),
+            ),
+            "append" => show(
+                filesystem::open(a, F::WRITE | F::APPEND, 0).and_then(|f| f.write(&input)),
+                |n| n.to_string(),
+            ),
+            "stat" => show(filesystem::stat(a), |s| {
+                format!("size={} mode={:o}", s.size, s.mode)
+            }),
+            "mkdir" => show(filesystem::mkdir(a, num(b)), |_| String::new()),
+            "rmdir" => show(filesystem::rmdir(a), |_| String::new()),
+            "unlink" => show(filesystem::unlink(a), |_| String::new()),
+            "rename" => show(filesystem::rename(a, b), |_| String::new()),
+            "link" => show(filesystem::link(a, b), |_| String::new()),
+            "symlink" => show(filesystem::symlink(a, b), |_| String::new()),
+            "readlink" => show(filesystem::readlink(a), |t| t),
+            "chmod" => show(
+                filesystem::chmod(a, u32::from_str_radix(b, 8).unwrap_or(0)),
+                |_| String::new(),
+            ),
+            "chown" => show(filesystem::chown(a, num(b), num(c)), |_| String::new()),
+            "truncate" => show(filesystem::truncate(a, u64::from(num(b))), |_| {
+                String::new()
+            }),
+            "opendir" => show(filesystem::opendir(a), |_| String::new()),
+            "device" => show(device::open(a, b == "w"), |d| {
+                let i = device::get_info(&d).expect("info of an open device");
+                format!("{:?} {}:{}", i.kind, i.major, i.minor)
+            }),
+            "connect" => show(network::socket(a, b.parse().unwrap_or(0)), |_| {
+                String::new()
+            }),
+            "resolve" => show(network::resolve(a), |ips| {
+                format!("{} addresses", ips.len())
+            }),
+            "open-files" => {
+                // Hold files open until the limit answers.
+                let mut held = Vec::new();
+                loop {
+                    match filesystem::open(a, F::READ | F::CREATE | F::WRITE, 0o644) {
+                        Ok(f) => held.push(f),
+                        Err(e) => break format!("{} after {}", code(e), held.len()),
+                    }
+                }
+            }
+            "forge-file" => {
+                // SAFETY of the tool's own making: a handle index it was never given.
+                let forged = unsafe { filesystem::File::from_handle(0x7fff_0000) };
+                show(forged.read(1), |d| format!("{} bytes", d.len()))
+            }
+            "closed-conn" => match network::socket(a, b.parse().unwrap_or(0)) {
+                Ok(conn) => {
+                    conn.close()?;
+                    show(conn.send(b"after close"), |n| n.to_string())
+                }
+                Err(e) => code(e),
+            },
+            "wasi-read" => wasi(std::fs::read(a), |d| {
+                String::from_utf8_lossy(&d).into_owned()
+            }),
+            "wasi-write" => wasi(std::fs::write(a, &input), |_| String::new()),
+            "wasi-trunc" => wasi(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(a),
+                |_| String::new(),
+            ),
+            "wasi-append" => wasi(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(a)
+                    .and_then(|mut f| f.write_all(&input)),
+                |_| String::new(),
+            ),
+            "wasi-stat" => wasi(std::fs::metadata(a), |m| format!("size={}", m.len())),
+            "wasi-mkdir" => wasi(std::fs::create_dir(a), |_| String::new()),
+            "wasi-link" => wasi(std::fs::hard_link(a, b), |_| String::new()),
+            "wasi-rename" => wasi(std::fs::rename(a, b), |_| String::new()),
+            "wasi-readdir" => wasi(std::fs::read_dir(a), |d| format!("{} entries", d.count())),
+            "wasi-open-read" => wasi(
+                std::fs::File::open(a).and_then(|mut f| {
+                    let mut s = String::new();
+                    f.read_to_string(&mut s).map(|_| s)
+                }),
+                |s| s,
+            ),
+            "wasi-connect" => wasi(
+                std::net::TcpStream::connect((a, b.parse().unwrap_or(0))),
+                |_| String::new(),
+            ),
+            other => format!("unknown probe {other:?}"),
+        };
+        Ok(format!("{out}\n").into_bytes())
+    }
+}
+
+export!(Probe);
