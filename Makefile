@@ -49,6 +49,7 @@ test: lint
 
 bench: setup
 	$(CARGO) bench --locked -p clawos-bridge --bench runtime
+	$(CARGO) bench --locked -p clawos-bridge --bench hostio
 
 clean:
 	rm -rf build
