@@ -37,13 +37,21 @@ fn run_tool(runtime: &Runtime, tool: &clawos_bridge::runtime::Prepared, args: &[
             ..RunInput::default()
         },
     );
-    assert_eq!(out.code, clawos_bridge::error::Code::Success, "{}", out.message);
+    assert_eq!(
+        out.code,
+        clawos_bridge::error::Code::Success,
+        "{}",
+        out.message
+    );
     String::from_utf8(out.output).unwrap()
 }
 
 fn field(text: &str, name: &str) -> f64 {
     let words: Vec<&str> = text.split_whitespace().collect();
-    let i = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{name} in {text}"));
+    let i = words
+        .iter()
+        .position(|w| *w == name)
+        .unwrap_or_else(|| panic!("{name} in {text}"));
     words[i + 1].parse().unwrap()
 }
 
@@ -51,7 +59,13 @@ fn field(text: &str, name: &str) -> f64 {
 fn native_fs(dir: &std::path::Path) -> (f64, f64) {
     let path = dir.join("native.dat");
     let block = vec![0x5au8; BLOCK];
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     let t0 = Instant::now();
     let mut done = 0;
     while done < FILE_BYTES {
@@ -89,7 +103,12 @@ fn direct_pg(port: u16, n: u32) -> f64 {
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut rest = vec![0u8; len - 4];
         s.read_exact(&mut rest).unwrap();
-        assert_ne!(head[0], b'E', "server error: {}", String::from_utf8_lossy(&rest));
+        assert_ne!(
+            head[0],
+            b'E',
+            "server error: {}",
+            String::from_utf8_lossy(&rest)
+        );
         if head[0] == b'Z' {
             return;
         }
@@ -114,14 +133,19 @@ fn main() {
     config.clawfs.max_write_bytes = FILE_BYTES * 2;
     config.sandbox.cpu_budget_ms = 120_000;
     let runtime = Runtime::new(&config).expect("runtime");
-    let cwasm = runtime.precompile(&clawos_tool_artifacts::bytes("hostio")).unwrap();
+    let cwasm = runtime
+        .precompile(&clawos_tool_artifacts::bytes("hostio"))
+        .unwrap();
     let artifact = dir.path().join("hostio.cwasm");
     std::fs::write(&artifact, cwasm).unwrap();
     let tool = runtime.load_artifact(&artifact).unwrap();
     let native_dir = config.clawfs_root().join("native");
     std::fs::create_dir_all(&native_dir).unwrap();
 
-    println!("ClawFS, {} MiB in 64 KiB blocks, median of {ROUNDS} runs (same filesystem):", FILE_BYTES >> 20);
+    println!(
+        "ClawFS, {} MiB in 64 KiB blocks, median of {ROUNDS} runs (same filesystem):",
+        FILE_BYTES >> 20
+    );
     let (mut iw, mut ir, mut nw, mut nr) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         let out = run_tool(&runtime, &tool, &["fs-bench", &FILE_BYTES.to_string()]);
@@ -131,7 +155,10 @@ fn main() {
         nw.push(w);
         nr.push(r);
     }
-    for (what, via, native) in [("write", median(iw), median(nw)), ("read", median(ir), median(nr))] {
+    for (what, via, native) in [
+        ("write", median(iw), median(nw)),
+        ("read", median(ir), median(nr)),
+    ] {
         println!(
             "  {what:<5} interface {:>8.0} MiB/s   std::fs {:>8.0} MiB/s   {:.2}x native time",
             mib_per_s(via),
@@ -145,7 +172,11 @@ fn main() {
     println!("PostgreSQL `SELECT 1` round trip, {ROUND_TRIPS} per run, median of {ROUNDS} runs:");
     let (mut proxied, mut direct) = (vec![], vec![]);
     for _ in 0..ROUNDS {
-        let out = run_tool(&runtime, &tool, &["pg-bench", &addr, &ROUND_TRIPS.to_string()]);
+        let out = run_tool(
+            &runtime,
+            &tool,
+            &["pg-bench", &addr, &ROUND_TRIPS.to_string()],
+        );
         proxied.push(field(&out, "total_ns") / f64::from(ROUND_TRIPS));
         direct.push(direct_pg(pg.port, ROUND_TRIPS));
     }
