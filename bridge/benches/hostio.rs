@@ -128,8 +128,10 @@ fn direct_pg(port: u16, n: u32) -> f64 {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.state_dir = dir.path().join("state");
+    let mut config = Config {
+        state_dir: dir.path().join("state"),
+        ..Config::default()
+    };
     config.clawfs.max_write_bytes = FILE_BYTES * 2;
     config.sandbox.cpu_budget_ms = 120_000;
     let runtime = Runtime::new(&config).expect("runtime");
