@@ -336,6 +336,9 @@ fn wasi_file_io_is_confined_to_the_same_root() {
         "ok"
     );
     assert_eq!(s.probe(&["wasi-readdir", "dir"]), "ok 1 entries");
+    // Truncation on open, deferred past the checks, still happens.
+    assert_eq!(s.probe(&["wasi-trunc", "dir/notes.txt"]), "ok");
+    assert_eq!(fs::metadata(s.root.join("dir/notes.txt")).unwrap().len(), 0);
     // The same escapes, through WASI: EPERM (WASI's not-permitted).
     for p in ["../other/secret", "../../secret", "sub/../../other/secret"] {
         s.refused(&["wasi-read", p], Code::Eperm);

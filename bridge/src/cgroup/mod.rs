@@ -110,8 +110,6 @@ impl Delegation {
         write_file(&parent.join("cgroup.subtree_control"), &enable).map_err(setup)?;
         write_file(&policy.root.join("cgroup.subtree_control"), &enable).map_err(setup)?;
         let dir = policy.root.join(format!("instance-{id}"));
-        std::fs::create_dir(&dir)
-            .map_err(|e| setup(io(format_args!("mkdir {}", dir.display()), e)))?;
         let mut d = Delegation::at(
             mount.to_owned(),
             dir.clone(),
@@ -119,6 +117,13 @@ impl Delegation {
             policy,
         );
         d.owned = true;
+        if dir.exists() {
+            // Left by a daemon that crashed (instance ids restart with the daemon).
+            tracing::warn!(cgroup = %dir.display(), "removing a stale instance cgroup");
+            d.remove_all();
+        }
+        std::fs::create_dir(&dir)
+            .map_err(|e| setup(io(format_args!("mkdir {}", dir.display()), e)))?;
         std::fs::create_dir(dir.join(MAIN_LEAF))
             .map_err(|e| setup(io(format_args!("mkdir {}/{MAIN_LEAF}", dir.display()), e)))?;
         write_file(&dir.join("cgroup.subtree_control"), &enable).map_err(setup)?;
