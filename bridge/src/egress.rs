@@ -122,9 +122,15 @@ impl Egress {
                 "connection to {host:?} port {port} is outside the egress allow-list"
             )));
         }
+        // One deadline for every candidate together.
+        let deadline = std::time::Instant::now() + timeout;
         let mut last = None;
         for addr in &candidates {
-            match TcpStream::connect_timeout(addr, timeout) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match TcpStream::connect_timeout(addr, left) {
                 Ok(stream) => {
                     // Small request/response protocols (PostgreSQL) want no Nagle delay.
                     let _ = stream.set_nodelay(true);
@@ -133,8 +139,13 @@ impl Egress {
                 Err(e) => last = Some((addr, e)),
             }
         }
-        let (addr, e) = last.expect("at least one candidate was tried");
-        Err(Failure::io(format_args!("connect to {addr}"), &e))
+        match last {
+            Some((addr, e)) => Err(Failure::io(format_args!("connect to {addr}"), &e)),
+            None => Err(Failure::new(
+                Code::Etimeout,
+                format!("connect to {host:?} port {port}: no time left"),
+            )),
+        }
     }
 }
 

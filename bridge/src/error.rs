@@ -160,7 +160,11 @@ impl Code {
                 | rustix::io::Errno::DQUOT
                 | rustix::io::Errno::MFILE
                 | rustix::io::Errno::NFILE => Code::QuotaExceeded,
-                rustix::io::Errno::INVAL | rustix::io::Errno::NAMETOOLONG => Code::InvalidArgument,
+                rustix::io::Errno::INVAL
+                | rustix::io::Errno::NAMETOOLONG
+                | rustix::io::Errno::EXIST
+                | rustix::io::Errno::NOTEMPTY
+                | rustix::io::Errno::ISDIR => Code::InvalidArgument,
                 rustix::io::Errno::BADF => Code::InvalidHandle,
                 _ => Code::Eio,
             };
@@ -171,7 +175,9 @@ impl Code {
             K::PermissionDenied | K::ReadOnlyFilesystem => Code::Eperm,
             K::InvalidData | K::UnexpectedEof => Code::Eproto,
             K::TimedOut => Code::Etimeout,
-            K::InvalidInput => Code::InvalidArgument,
+            K::InvalidInput | K::AlreadyExists | K::DirectoryNotEmpty | K::IsADirectory => {
+                Code::InvalidArgument
+            }
             K::StorageFull | K::QuotaExceeded | K::OutOfMemory => Code::QuotaExceeded,
             _ => Code::Eio,
         }

@@ -273,6 +273,17 @@ fn devices_are_opened_by_allow_listed_name_only() {
     .unwrap();
     s.refused(&["read", "planted-dev"], Code::PolicyDenied);
     s.refused(&["wasi-read", "/planted-dev"], Code::Eperm);
+    // A planted FIFO would block an open: refused before it.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        s.root.join("planted-fifo").as_path(),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+    s.refused(&["read", "planted-fifo"], Code::PolicyDenied);
+    s.refused(&["wasi-read", "/planted-fifo"], Code::Eperm);
 }
 
 #[test]
@@ -308,10 +319,18 @@ fn closed_connections_and_quotas_answer_their_codes() {
     );
     // Handles: the fourth open file is over the limit.
     assert_eq!(s.probe(&["open-files", "f"]), "err 105 after 3");
+    // WASI descriptors count against the same limit.
+    let got = s.probe(&["wasi-open-files", "g"]);
+    assert!(
+        got.starts_with("err 201") && got.ends_with("after 3"),
+        "{got}"
+    );
     // Bytes written: 10 per instance; the first 10 are accepted.
     assert_eq!(s.probe_with(&["write", "q"], b"0123456789abc"), "ok 10");
     assert_eq!(s.probe_with(&["write", "q"], b"0123456789"), "ok 10");
     s.refused(&["truncate", "q", "1000"], Code::QuotaExceeded);
+    // A write far past the end is charged for the gap it makes.
+    s.refused(&["sparse", "s", "1000000"], Code::QuotaExceeded);
     // Connections: none allowed by this config.
     s.refused(&["connect", "127.0.0.1", "5432"], Code::QuotaExceeded);
     drop(s);

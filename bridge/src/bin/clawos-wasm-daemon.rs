@@ -84,6 +84,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Every instance's files and connections are the daemon's descriptors:
+/// take the whole hard limit rather than the usual 1024 soft one.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open file limit: {e}");
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = load_config(&args)?;
@@ -92,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(config.log_format);
+    raise_open_file_limit();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
     let daemon = Daemon::new(config).map_err(|f| anyhow::anyhow!("cannot start: {f}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

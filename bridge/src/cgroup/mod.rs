@@ -127,7 +127,25 @@ impl Delegation {
         std::fs::create_dir(dir.join(MAIN_LEAF))
             .map_err(|e| setup(io(format_args!("mkdir {}/{MAIN_LEAF}", dir.display()), e)))?;
         write_file(&dir.join("cgroup.subtree_control"), &enable).map_err(setup)?;
+        d.set_instance_limits(policy).map_err(setup)?;
         Ok(d)
+    }
+
+    /// Write the instance subtree's own limits, the ceiling for its groups.
+    pub fn set_instance_limits(&self, policy: &CgroupPolicy) -> Result<(), Failure> {
+        let [quota, period] = policy.instance_cpu_max;
+        write_file(
+            &self.dir.join("memory.max"),
+            &policy.instance_memory_max.to_string(),
+        )?;
+        write_file(
+            &self.dir.join("cpu.max"),
+            &format_cpu_max(Some(quota), period),
+        )?;
+        write_file(
+            &self.dir.join("pids.max"),
+            &policy.instance_pids_max.to_string(),
+        )
     }
 
     /// The delegation's directory.

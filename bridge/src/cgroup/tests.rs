@@ -24,17 +24,24 @@ fn fixture(max_groups: u32) -> Fixture {
     let dir = mount.join("clawos/instance-7");
     fs::create_dir_all(dir.join(MAIN_LEAF)).unwrap();
     seed(&dir);
-    // The instance's own limits, as the bridge sets them.
-    fs::write(dir.join("memory.max"), "268435456\n").unwrap();
-    fs::write(dir.join("cpu.max"), "50000 1000000\n").unwrap();
-    fs::write(dir.join("pids.max"), "32\n").unwrap();
     let proc = tmp.path().join("proc");
     let policy = CgroupPolicy {
         max_groups,
         max_depth: 3,
         ..CgroupPolicy::default()
     };
-    let d = Delegation::at(mount, dir, proc.clone(), &policy);
+    let d = Delegation::at(mount, dir.clone(), proc.clone(), &policy);
+    // The instance's own limits, as `Delegation::create` sets them (P1.5).
+    d.set_instance_limits(&policy).unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.join("memory.max")).unwrap(),
+        "268435456"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("cpu.max")).unwrap(),
+        "50000 1000000"
+    );
+    assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "32");
     Fixture { _tmp: tmp, d, proc }
 }
 

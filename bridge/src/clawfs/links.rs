@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 
 /// Deepest directory the walk descends into.
-const MAX_DEPTH: usize = 256;
+const MAX_DEPTH: usize = 64;
 
 /// The walk's state: what it looks for and what it has seen.
 struct Walk {
@@ -26,7 +26,9 @@ struct Walk {
 
 /// Count the links to inode `ino` on device `dev` beneath `root`, stopping
 /// once `nlink` are found. Scanning more than `max_scan` entries is refused
-/// with QUOTA_EXCEEDED: the caller treats an unproven file as outside.
+/// with POLICY_DENIED: a file whose links cannot all be found is treated
+/// as one with a link outside. Links deeper than 64 directories are not
+/// looked for, with the same result.
 pub fn count_inside(
     root: &OwnedFd,
     dev: u64,
@@ -75,8 +77,8 @@ impl Walk {
             }
             if self.budget == 0 {
                 return Err(Failure::new(
-                    Code::QuotaExceeded,
-                    "the tool's root has more entries than clawfs.max_link_scan allows to check a multiply linked file",
+                    Code::PolicyDenied,
+                    "a multiply linked file's links could not all be found inside the tool's root within clawfs.max_link_scan entries",
                 ));
             }
             self.budget -= 1;
@@ -97,6 +99,8 @@ impl Walk {
                 }
             }
         }
+        // One descriptor per level while descending.
+        drop(entries);
         for name in subdirs {
             let child = match rustix::fs::openat(
                 &fd,

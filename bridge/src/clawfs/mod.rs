@@ -203,7 +203,9 @@ impl Root {
         }
         Err(Failure::new(
             Code::InvalidArgument,
-            format!("{path:?} is a dangling symbolic link: create its target instead"),
+            format!(
+                "{path:?} is a dangling symbolic link (or was created and removed meanwhile): create its target instead"
+            ),
         ))
     }
 
@@ -281,6 +283,19 @@ impl Root {
                         "{path:?} has {} links and only {found} are inside the tool's root: a hard link to a file outside it",
                         st.st_nlink
                     ),
+                ));
+            }
+            // A rename or link during the walk could have shown one link
+            // twice; both change the inode's ctime and the second its link
+            // count, so the walk only counts if neither moved.
+            let after = rustix::fs::fstat(fd)
+                .map_err(|e| Failure::io(format_args!("stat {path:?}"), &e.into()))?;
+            if (after.st_nlink, after.st_ctime, after.st_ctime_nsec)
+                != (st.st_nlink, st.st_ctime, st.st_ctime_nsec)
+            {
+                return Err(Failure::new(
+                    Code::PolicyDenied,
+                    format!("{path:?} was linked or renamed while its links were counted"),
                 ));
             }
         }

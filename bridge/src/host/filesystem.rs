@@ -33,6 +33,7 @@ pub struct FsState {
     root: Arc<Root>,
     policy: Arc<ClawfsPolicy>,
     open: u32,
+    wasi_open: std::collections::HashSet<u32>,
     written: u64,
     uid: u32,
     gid: u32,
@@ -46,11 +47,45 @@ impl FsState {
             root,
             policy,
             open: 0,
+            wasi_open: std::collections::HashSet::new(),
             written: 0,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
             who,
         }
+    }
+
+    /// Files and directories open now, through this interface and WASI.
+    pub fn open_now(&self) -> u32 {
+        self.open + self.wasi_open.len() as u32
+    }
+
+    /// Whether one more file may be opened.
+    pub fn reserve_open(&self) -> Result<(), Failure> {
+        if self.open_now() >= self.policy.max_open_files {
+            return Err(Failure::new(
+                Code::WasmResourceLimit,
+                format!(
+                    "open files limit of {} per instance reached",
+                    self.policy.max_open_files
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forget the WASI descriptors the tool has dropped since.
+    pub fn prune_wasi(&mut self, table: &wasmtime::component::ResourceTable) {
+        self.wasi_open.retain(|rep| {
+            table
+                .get(&Resource::<wasmtime_wasi::filesystem::Descriptor>::new_borrow(*rep))
+                .is_ok()
+        });
+    }
+
+    /// Count a WASI descriptor `open-at` made, by its resource index.
+    pub fn opened_wasi(&mut self, rep: u32) {
+        self.wasi_open.insert(rep);
     }
 
     /// The tool's root.
@@ -148,19 +183,6 @@ impl FilesystemView<'_> {
         Ok(r.map_err(|f| refuse("filesystem", op, &self.fs.who, f)))
     }
 
-    fn reserve_open(&mut self) -> Result<(), Failure> {
-        if self.fs.open >= self.fs.policy.max_open_files {
-            return Err(Failure::new(
-                Code::WasmResourceLimit,
-                format!(
-                    "open files limit of {} per instance reached",
-                    self.fs.policy.max_open_files
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     fn push<T: Send + 'static>(&mut self, value: T) -> Result<Resource<T>, Failure> {
         let handle = self
             .handles
@@ -191,7 +213,26 @@ impl FilesystemView<'_> {
 
     fn write_file(&mut self, handle: &Resource<File>, data: &[u8]) -> Result<u32, Failure> {
         let want = data.len().min(self.fs.policy.max_io_bytes as usize) as u64;
-        self.file(handle).map_err(invalid_handle)?;
+        let file = self.file(handle).map_err(invalid_handle)?;
+        // A write past the end grows the file by the gap too: charge that.
+        let size = file
+            .file
+            .metadata()
+            .map_err(|e| Failure::io(format_args!("stat {:?}", file.path), &e))?
+            .len();
+        let pos = file
+            .file
+            .stream_position()
+            .map_err(|e| Failure::io(format_args!("seek {:?}", file.path), &e))?;
+        let gap = pos.saturating_sub(size);
+        let charged = if gap > 0 { self.fs.charge(gap)? } else { 0 };
+        if charged < gap {
+            self.fs.written -= charged;
+            return Err(Failure::new(
+                Code::QuotaExceeded,
+                format!("a write {gap} bytes past the end passes the write quota"),
+            ));
+        }
         let n = self.fs.charge(want)? as usize;
         let file = self.file(handle).map_err(invalid_handle)?;
         let wrote = file.file.write(&data[..n]);
@@ -212,14 +253,18 @@ impl FilesystemView<'_> {
         let st = rustix::fs::fstat(&fd)
             .map_err(|e| Failure::io(format_args!("stat {path:?}"), &e.into()))?;
         let growth = size.saturating_sub(st.st_size as u64);
-        if self.fs.charge(growth)? < growth {
+        let charged = self.fs.charge(growth)?;
+        if charged < growth {
+            self.fs.written -= charged;
             return Err(Failure::new(
                 Code::QuotaExceeded,
                 format!("growing {path:?} by {growth} bytes passes the write quota"),
             ));
         }
-        rustix::fs::ftruncate(&fd, size)
-            .map_err(|e| Failure::io(format_args!("truncate {path:?}"), &e.into()))
+        rustix::fs::ftruncate(&fd, size).map_err(|e| {
+            self.fs.written -= charged;
+            Failure::io(format_args!("truncate {path:?}"), &e.into())
+        })
     }
 
     fn chown_allowed(&self, uid: u32, gid: u32) -> Result<(), Failure> {
@@ -247,7 +292,8 @@ fn invalid_handle(code: ErrorCode) -> Failure {
 impl Host for FilesystemView<'_> {
     fn open(&mut self, path: String, how: OpenFlags, mode: u32) -> R<Resource<File>> {
         let r = (|| {
-            self.reserve_open()?;
+            self.fs.prune_wasi(&self.handles.table);
+            self.fs.reserve_open()?;
             let mode = check_mode(mode)?;
             let fd = self.fs.root.open_at(&path, oflags(how)?, mode)?;
             let file = std::fs::File::from(fd);
@@ -292,7 +338,8 @@ impl Host for FilesystemView<'_> {
 
     fn opendir(&mut self, path: String) -> R<Resource<Directory>> {
         let r = (|| {
-            self.reserve_open()?;
+            self.fs.prune_wasi(&self.handles.table);
+            self.fs.reserve_open()?;
             let fd =
                 self.fs
                     .root

@@ -13,7 +13,7 @@ use crate::runtime::state::Instance;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::sync::filesystem::types::{
-    self as fst, DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+    self as fst, DescriptorFlags, DescriptorType, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
 };
 
 /// The WASI filesystem interface name wasmtime-wasi 50 links.
@@ -36,9 +36,31 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
             DescriptorFlags,
         )| {
             let instance: &mut Instance = store.data_mut();
+            // The open-file limit covers WASI descriptors too: forget those
+            // the tool has dropped, then count.
+            instance.fs.prune_wasi(&instance.handles.table);
+            if let Err(refusal) = instance.fs.reserve_open() {
+                tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path, "wasi open refused: {}", refusal.message);
+                return Ok((Err(ErrorCode::Quota),));
+            }
             // Truncation waits until the file has passed the checks.
             let truncate = open_flags.contains(OpenFlags::TRUNCATE);
             let open_flags = open_flags & !OpenFlags::TRUNCATE;
+            // Special files are refused before they are opened: opening a
+            // FIFO would block, a device node could act on open.
+            {
+                let mut view = instance.filesystem();
+                let base = Resource::new_borrow(dir.rep());
+                if let Ok(st) = HostDescriptor::stat_at(&mut view, base, path_flags, path.clone())
+                    && !matches!(
+                        st.type_,
+                        DescriptorType::RegularFile | DescriptorType::Directory
+                    )
+                {
+                    tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path, "wasi open refused: a {:?}", st.type_);
+                    return Ok((Err(ErrorCode::NotPermitted),));
+                }
+            }
             let opened = {
                 let mut view = instance.filesystem();
                 match HostDescriptor::open_at(&mut view, dir, path_flags, path.clone(), open_flags, flags) {
@@ -65,6 +87,7 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
                     return Ok((Err(code),));
                 }
             }
+            instance.fs.opened_wasi(fd.rep());
             Ok((Ok(fd),))
         },
     )?;

@@ -142,6 +142,22 @@ impl Guest for Probe {
                     }
                 }
             }
+            "sparse" => show(
+                filesystem::open(a, F::WRITE | F::CREATE, 0o644).and_then(|f| {
+                    f.seek(i64::from(num(b)), filesystem::Whence::Start)?;
+                    f.write(&input)
+                }),
+                |n| n.to_string(),
+            ),
+            "wasi-open-files" => {
+                let mut held = Vec::new();
+                loop {
+                    match std::fs::File::create(a) {
+                        Ok(f) => held.push(f),
+                        Err(e) => break format!("{} after {}", io_code(&e), held.len()),
+                    }
+                }
+            }
             "forge-file" => {
                 // SAFETY of the tool's own making: a handle index it was never given.
                 let forged = unsafe { filesystem::File::from_handle(0x7fff_0000) };
