@@ -23,10 +23,10 @@ help:
 	@echo "make kernel     only the appliance kernel (KERNEL_SRC=tarball or tree; default $(KERNEL_SRC))"
 	@echo "make demo       start clawos-wasm-daemon on this host (socket build/run/bridge.sock) and run a sample tool"
 	@echo "make stop       stop the daemon started by make demo"
-	@echo "make bench   benchmarks against bare wasmtime (figures on stdout)"
-	@echo "make build   release binaries: clawos-wasm-daemon, clawosctl"
-	@echo "make tools   the sample tools, as wasm32-wasip2 components"
-	@echo "make setup   install the pinned Rust toolchain and Debian packages (run by the others)"
+	@echo "make bench      benchmarks against bare wasmtime (figures on stdout)"
+	@echo "make build      release binaries: clawos-wasm-daemon, clawosctl"
+	@echo "make tools      the sample tools, as wasm32-wasip2 components"
+	@echo "make setup      install the pinned Rust toolchain and Debian packages (run by the others)"
 	@echo "cache: $(CACHE)"
 
 setup:
