@@ -83,8 +83,11 @@ version_of() {
     make -s -C "$1" kernelversion 2>/dev/null
 }
 
-# Reproducible kernel builds: fixed build identity, and pahole without -j
-# (parallel BTF encoding in pahole 1.24 emits types in a varying order).
+# Reproducible kernel builds: fixed build identity; pahole without -j
+# (parallel BTF encoding in pahole 1.24 emits types in a varying order); and
+# no rustc: the kernel has no Rust, but 6.12 records the version of whatever
+# rustc is in PATH in .config (so in /proc/config.gz), and with rustup that
+# depends on the caller's directory and RUSTUP_TOOLCHAIN.
 kmake() {
     local src=$1
     shift
@@ -93,7 +96,7 @@ kmake() {
     nice -n 10 make -C "$src" O="$build" ARCH=x86_64 \
         KBUILD_BUILD_USER=clawos KBUILD_BUILD_HOST=clawos \
         KBUILD_BUILD_VERSION=1 KBUILD_BUILD_TIMESTAMP="$stamp" \
-        PAHOLE="$here/scripts/pahole-serial" "$@"
+        PAHOLE="$here/scripts/pahole-serial" RUSTC=false BINDGEN=false "$@"
 }
 
 placeholder_cpio() {
