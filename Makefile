@@ -8,17 +8,25 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 TOOLS_TARGET := $(CACHE)/tools-target
 export TOOLS_DIR := $(TOOLS_TARGET)/wasm32-wasip2/release
 CARGO ?= cargo
+# The appliance kernel's source: a tarball or tree (scripts/kernel.sh).
+# Default, offline: Debian's linux-source-6.1; the pin is in kernel-config/pin.
+export KERNEL_SRC ?= /usr/src/linux-source-6.1.tar.xz
+export CACHE
 
-.PHONY: help setup build tools run stop test lint bench clean
+.PHONY: help setup build tools run demo stop test unit-test lint bench clean kernel image qemu-test
 
 help:
-	@echo "make run     build, start clawos-wasm-daemon (socket build/run/bridge.sock) and run a sample tool"
-	@echo "make stop    stop the daemon started by make run"
-	@echo "make test    everything CI checks: format, clippy -D warnings, unit and daemon tests"
-	@echo "make bench   benchmarks against bare wasmtime (figures on stdout)"
-	@echo "make build   release binaries: clawos-wasm-daemon, clawosctl"
-	@echo "make tools   the sample tools, as wasm32-wasip2 components"
-	@echo "make setup   install the pinned Rust toolchain and Debian packages (run by the others)"
+	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
+	@echo "make run        boot build/clawos.img in QEMU under OVMF on this terminal (Ctrl-A X quits)"
+	@echo "make test       everything CI checks: format, clippy -D warnings, unit and daemon tests, qemu-test"
+	@echo "make qemu-test  build what is missing and boot the appliance in QEMU: the e2e suite (tests/e2e)"
+	@echo "make kernel     only the appliance kernel (KERNEL_SRC=tarball or tree; default $(KERNEL_SRC))"
+	@echo "make demo       start clawos-wasm-daemon on this host (socket build/run/bridge.sock) and run a sample tool"
+	@echo "make stop       stop the daemon started by make demo"
+	@echo "make bench      benchmarks against bare wasmtime (figures on stdout)"
+	@echo "make build      release binaries: clawos-wasm-daemon, clawosctl"
+	@echo "make tools      the sample tools, as wasm32-wasip2 components"
+	@echo "make setup      install the pinned Rust toolchain and Debian packages (run by the others)"
 	@echo "cache: $(CACHE)"
 
 setup:
@@ -30,13 +38,22 @@ build: setup
 tools: setup
 	cd tests/tools && $(CARGO) build --release --locked --target wasm32-wasip2 --target-dir $(TOOLS_TARGET)
 
-run: build tools
+demo: build tools
 	scripts/demo.sh
+
+kernel: setup
+	scripts/kernel.sh build >/dev/null
+
+image: build tools
+	image/build.sh
+
+run: image
+	qemu/run.sh build/clawos.img
 
 stop:
 	@if [ -f build/run/daemon.pid ] && kill -0 $$(cat build/run/daemon.pid) 2>/dev/null; then \
 		kill -TERM $$(cat build/run/daemon.pid) && echo "stopped clawos-wasm-daemon (pid $$(cat build/run/daemon.pid))"; \
-	else echo "no daemon from make run is running"; fi
+	else echo "no daemon from make demo is running"; fi
 
 lint: setup
 	$(CARGO) fmt --all -- --check
@@ -44,8 +61,16 @@ lint: setup
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 	cd tests/tools && $(CARGO) clippy --release --locked --target wasm32-wasip2 --target-dir $(TOOLS_TARGET) -- -D warnings
 
-test: lint
-	$(CARGO) test --release --locked --workspace
+unit-test: lint
+	$(CARGO) test --release --locked --workspace --exclude clawos-e2e
+
+# The e2e suite boots QEMU one guest at a time (serial_test); --nocapture
+# shows the boot times.
+qemu-test: image
+	$(CARGO) test --release --locked -p clawos-e2e -- --nocapture
+
+test: unit-test
+	$(MAKE) --no-print-directory qemu-test
 
 bench: setup
 	$(CARGO) bench --locked -p clawos-bridge --bench runtime

@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Installs what building and testing the bridge needs on a fresh Debian 12
-# machine: a C toolchain and make from Debian, PostgreSQL (the network tests
-# start their own throwaway server), and the pinned Rust toolchain
-# (rust-toolchain.toml) with its wasm32-wasip2 target through rustup.
+# machine: the Debian packages below (only those missing), and the pinned
+# Rust toolchain (rust-toolchain.toml) with its wasm32-wasip2 target through
+# rustup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 
+# Debian packages, each with what needs it.
+packages=(
+    gcc libc6-dev make git                   # C toolchain (the kernel, build scripts of crates)
+    bc flex bison libelf-dev libssl-dev cpio # building the kernel
+    dwarves                                  # pahole: BTF for the kernel (DEBUG_INFO_BTF)
+    xz-utils zstd                            # kernel tarballs; zstd-compressed bzImage
+    linux-source-6.1 linux-source-6.12       # offline kernel sources (6.1 default, 6.12 for the matrix)
+    busybox-static apparmor                  # the rootfs: busybox, apparmor_parser
+    e2fsprogs dosfstools mtools gdisk        # the disk image: ext4 data, FAT ESP, GPT
+    qemu-system-x86 ovmf                     # booting the appliance (make run, make qemu-test)
+    postgresql                               # the network tests' real server (started by the tests)
+)
 missing=()
-command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
-command -v make >/dev/null 2>&1 || missing+=(make)
-command -v git >/dev/null 2>&1 || missing+=(git)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+for p in "${packages[@]}"; do
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+done
 if ((${#missing[@]})); then
     say "installing Debian packages: ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then
@@ -25,8 +36,12 @@ if ((${#missing[@]})); then
     if ! grep -qs '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf; then
         echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
     fi
+    extra=()
+    # qemu-system-x86 7.2 conflicts with a newer qemu-utils from backports:
+    # install Debian 12's qemu-utils with it (a downgrade when backports' is there).
+    [[ " ${missing[*]} " == *" qemu-system-x86 "* ]] && extra=(qemu-utils/bookworm --allow-downgrades)
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}"
 fi
 
 if ! command -v rustup >/dev/null 2>&1; then

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Boots the ClawOS appliance in QEMU on the serial console (this terminal).
+# One launcher for people (make run) and for the e2e tests.
+#
+#   qemu/run.sh [options] IMAGE            UEFI: OVMF boots IMAGE's \EFI\BOOT\BOOTX64.EFI
+#   qemu/run.sh [options] --kernel BZIMAGE IMAGE
+#                                          fast path: QEMU loads the kernel directly
+#                                          (built-in initramfs and command line), IMAGE
+#                                          is only the data disk
+# Options:
+#   --kernel FILE   fast path with this kernel (build/bzImage)
+#   --initrd FILE   an extra initramfs for the fast path (overlays the built-in one)
+#   --append ARGS   extra kernel arguments for the fast path
+#   --vars FILE     OVMF variable store (UEFI NVRAM), created from OVMF_VARS_4M.fd when
+#                   missing (default: IMAGE with -OVMF_VARS.fd for .img, kept like a real
+#                   machine's NVRAM)
+#   --mem MIB       guest memory (default 1024)
+#   --smp N         guest CPUs (default 2)
+#   --accel A       auto (default), kvm or tcg. auto uses KVM only if a probe boot under
+#                   KVM reaches the kernel's init; otherwise TCG with -cpu max
+#   --reboot        let a guest reboot restart it (default: QEMU exits when the guest
+#                   reboots or powers off)
+#   --dry-run       print the QEMU command line and exit
+# IMAGE is used read-write: what the guest writes to ClawFS stays in it.
+# Leave QEMU with Ctrl-A X, or `poweroff` in the guest.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${CACHE:-/var/cache/clawos}
+OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
+OVMF_VARS=${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { printf 'qemu: error: %s\n' "$*" >&2; exit 1; }
+say() { printf 'qemu: %s\n' "$*" >&2; }
+
+kernel="" initrd="" append="" vars="" mem=1024 smp=2 accel=auto reboot=0 dry=0 image=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --kernel) kernel=$2; shift 2 ;;
+    --initrd) initrd=$2; shift 2 ;;
+    --append) append=$2; shift 2 ;;
+    --vars) vars=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
+    --accel) accel=$2; shift 2 ;;
+    --reboot) reboot=1; shift ;;
+    --dry-run) dry=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    -*) usage >&2; die "unknown option $1" ;;
+    *) [ -z "$image" ] || die "one IMAGE only (got $image and $1)"; image=$1; shift ;;
+    esac
+done
+[ -n "$image" ] || { usage >&2; die "no IMAGE given (make image builds build/clawos.img)"; }
+[ -f "$image" ] || die "$image does not exist (make image builds build/clawos.img)"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing: install qemu-system-x86 (scripts/setup.sh does)"
+[ -z "$kernel" ] || [ -f "$kernel" ] || die "kernel $kernel does not exist"
+[ -z "$initrd" ] || [ -f "$initrd" ] || die "initrd $initrd does not exist"
+
+# KVM only if it really boots: /dev/kvm can exist and still hang guests (a
+# paravirtual device without vmx/svm). The probe boots the appliance kernel
+# with init=/bin/true, which ends in the kernel's "Attempted to kill init"
+# panic: proof that the kernel ran to userspace under KVM. The verdict is
+# kept per host kernel and QEMU version.
+probe_kvm() {
+    local probe_kernel=$1
+    [ -w /dev/kvm ] || { echo "no writable /dev/kvm"; return 1; }
+    [ -n "$probe_kernel" ] || { echo "no kernel to probe with"; return 1; }
+    local id verdict_file
+    id=$( { uname -r; qemu-system-x86_64 --version | head -1; } | sha256sum | cut -c1-16)
+    verdict_file=$CACHE/qemu/kvm-probe-$id
+    if [ -f "$verdict_file" ]; then
+        cat "$verdict_file"
+        [ "$(head -c2 "$verdict_file")" = ok ]
+        return
+    fi
+    mkdir -p "$CACHE/qemu"
+    local out
+    out=$(timeout 30 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 -nographic -no-reboot \
+        -kernel "$probe_kernel" -append "rdinit=/bin/true panic=-1" </dev/null 2>&1 || true)
+    if grep -q "Attempted to kill init" <<<"$out"; then
+        echo "ok: a KVM probe boot reached init" | tee "$verdict_file"
+    else
+        echo "failed: a KVM probe boot did not reach init within 30 s" | tee "$verdict_file"
+        return 1
+    fi
+}
+
+accel_args=()
+case $accel in
+tcg) accel_args=(-accel tcg -cpu max) ;;
+kvm) accel_args=(-accel kvm -cpu host) ;;
+auto)
+    probe_kernel=${kernel:-$(dirname "$image")/bzImage}
+    [ -f "$probe_kernel" ] || probe_kernel=""
+    if why=$(probe_kvm "$probe_kernel"); then
+        accel_args=(-accel kvm -cpu host)
+        say "accelerator: KVM ($why)"
+    else
+        accel_args=(-accel tcg -cpu max)
+        say "accelerator: TCG -cpu max (KVM: $why)"
+    fi
+    ;;
+*) die "--accel must be auto, kvm or tcg" ;;
+esac
+
+args=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -m "$mem" -smp "$smp" -nographic
+    -drive "file=$image,format=raw,if=none,id=disk,cache=writeback" -device virtio-blk-pci,drive=disk
+    -device virtio-rng-pci -nic none)
+[ "$reboot" = 1 ] || args+=(-no-reboot)
+if [ -n "$kernel" ]; then
+    args+=(-kernel "$kernel")
+    [ -z "$initrd" ] || args+=(-initrd "$initrd")
+    [ -z "$append" ] || args+=(-append "$append")
+else
+    [ -z "$initrd$append" ] || die "--initrd and --append need --kernel (the UEFI image has its command line built in)"
+    [ -f "$OVMF_CODE" ] || die "$OVMF_CODE is missing: install ovmf (scripts/setup.sh does)"
+    vars=${vars:-${image%.img}-OVMF_VARS.fd}
+    [ "$dry" = 1 ] || [ -s "$vars" ] || cp "$OVMF_VARS" "$vars"
+    args+=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE"
+        -drive "if=pflash,format=raw,unit=1,file=$vars")
+fi
+if [ "$dry" = 1 ]; then
+    printf '%q ' "${args[@]}"
+    echo
+    exit 0
+fi
+say "booting $image ($([ -n "$kernel" ] && echo "fast path, kernel $kernel" || echo "UEFI, OVMF $OVMF_CODE")); Ctrl-A X quits"
+exec "${args[@]}"

@@ -1,0 +1,352 @@
+//! The e2e harness: boots the ClawOS appliance in QEMU through
+//! `qemu/run.sh` (the launcher people use), talks to it over the serial
+//! console with rexpect, and never sleeps: every wait is for a console
+//! marker, with a deadline. A kernel panic, `BUG:`, soft lockup or an init
+//! `clawos: FAILED` marker ends the wait at once; on any failure the whole
+//! console log is printed before the test fails.
+//!
+//! Artifacts come from `make image` (build/ of the checkout, or the
+//! directory in `CLAWOS_E2E_BUILD`): `clawos.img`, `bzImage`, `clawos-release`.
+
+use regex::Regex;
+use rexpect::ReadUntil;
+use rexpect::process::signal::Signal;
+use rexpect::session::PtySession;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Markers that end any wait: the guest is broken.
+const TROUBLE: [&str; 5] = [
+    "Kernel panic",
+    "BUG: ",
+    "soft lockup",
+    "clawos: FAILED",
+    "clawos: daemon exited",
+];
+/// The appliance init's readiness marker (after the daemon's own
+/// `clawos-wasm-daemon ready` line).
+pub const READY: &str = "clawos: ready";
+/// Boot deadline under TCG (a UEFI boot takes about 10 s unloaded; CI
+/// machines are shared with builds).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Deadline of one console command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where `make image` put its outputs.
+pub fn build_dir() -> PathBuf {
+    let dir = std::env::var_os("CLAWOS_E2E_BUILD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build"));
+    for f in ["clawos.img", "bzImage", "clawos-release"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run `make qemu-test` (it builds the image first) or `make image`",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// A `KEY=value` from `clawos-release` text.
+pub fn release_field(release: &str, key: &str) -> String {
+    release
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in clawos-release:\n{release}"))
+        .to_owned()
+}
+
+/// How QEMU starts the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// `-kernel build/bzImage` (built-in initramfs and command line), the
+    /// image only as the data disk.
+    Fast,
+    /// OVMF boots the disk image's `\EFI\BOOT\BOOTX64.EFI`.
+    Uefi,
+}
+
+/// A writable copy of the built image (and its UEFI variable store) in a
+/// temporary directory, so tests never change build/clawos.img and a disk
+/// can be booted more than once.
+pub struct Disk {
+    dir: tempfile::TempDir,
+}
+
+impl Disk {
+    /// A fresh copy of build/clawos.img.
+    pub fn fresh() -> Disk {
+        let dir = tempfile::Builder::new()
+            .prefix("clawos-e2e-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(build_dir().join("clawos.img"))
+            .arg(dir.path().join("disk.img"))
+            .status()
+            .expect("cannot run cp");
+        assert!(status.success(), "copying clawos.img failed: {status}");
+        Disk { dir }
+    }
+
+    /// The disk image.
+    pub fn image(&self) -> PathBuf {
+        self.dir.path().join("disk.img")
+    }
+
+    /// The OVMF variable store that goes with it.
+    pub fn vars(&self) -> PathBuf {
+        self.dir.path().join("OVMF_VARS.fd")
+    }
+}
+
+/// What a console command printed and its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// `$?` of the command.
+    pub code: i32,
+    /// Everything it wrote to the console, without `\r`.
+    pub text: String,
+}
+
+/// A running appliance and its console.
+pub struct Guest {
+    session: PtySession,
+    console: String,
+    name: String,
+    started: Instant,
+    seq: u32,
+    done: bool,
+}
+
+impl Guest {
+    /// Start QEMU on `disk` and wait for the readiness marker. Prints the
+    /// time from QEMU start to daemon-ready.
+    pub fn boot(name: &str, how: Boot, disk: &Disk) -> Guest {
+        let build = build_dir();
+        let mut cmd = Command::new(repo().join("qemu/run.sh"));
+        if how == Boot::Fast {
+            cmd.arg("--kernel").arg(build.join("bzImage"));
+        } else {
+            cmd.arg("--vars").arg(disk.vars());
+        }
+        cmd.arg(disk.image());
+        // The poll interval of the session: each expect below loops to its own deadline.
+        let session = rexpect::session::spawn_command(cmd, Some(1000))
+            .unwrap_or_else(|e| panic!("cannot start qemu/run.sh: {e}"));
+        let mut guest = Guest {
+            session,
+            console: String::new(),
+            name: name.to_owned(),
+            started: Instant::now(),
+            seq: 0,
+            done: false,
+        };
+        guest.expect(READY, BOOT_TIMEOUT);
+        let took = guest.started.elapsed();
+        eprintln!(
+            "e2e: {name}: {} boot, QEMU start to daemon ready: {:.1} s",
+            match how {
+                Boot::Fast => "fast-path",
+                Boot::Uefi => "UEFI",
+            },
+            took.as_secs_f64()
+        );
+        // A quiet console for commands: no prompt, kernel messages only at
+        // KERN_ALERT and above (a panic or BUG still shows).
+        guest.session.send_line("PS1=''; dmesg -n 2").unwrap();
+        let check = guest.sh("echo console-ok");
+        assert_eq!(check.text, "console-ok\n", "console setup");
+        guest
+    }
+
+    /// Wait for `needle`, failing on a trouble marker, on QEMU exiting or
+    /// after `timeout`. Returns what came before it.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        self.expect_until(ReadUntil::String(needle.to_owned()), needle, timeout)
+            .0
+    }
+
+    fn expect_until(
+        &mut self,
+        needle: ReadUntil,
+        what: &str,
+        timeout: Duration,
+    ) -> (String, String) {
+        let deadline = Instant::now() + timeout;
+        let mut needles = vec![needle];
+        needles.extend(TROUBLE.iter().map(|t| ReadUntil::String((*t).to_owned())));
+        loop {
+            match self.session.exp_any(clone_needles(&needles)) {
+                Ok((before, matched)) => {
+                    self.console.push_str(&before);
+                    self.console.push_str(&matched);
+                    if let Some(t) = TROUBLE.iter().find(|t| matched == **t) {
+                        // Let the rest of the report (stack, reason) arrive.
+                        let rest = self.drain(Duration::from_secs(3));
+                        self.console.push_str(&rest);
+                        self.fail(&format!(
+                            "the guest printed {t:?} while waiting for {what:?}"
+                        ));
+                    }
+                    return (before, matched);
+                }
+                Err(rexpect::error::Error::Timeout { .. }) if Instant::now() < deadline => {}
+                Err(rexpect::error::Error::Timeout { got, .. }) => {
+                    self.console.push_str(&got);
+                    self.fail(&format!(
+                        "no {what:?} on the console within {} s",
+                        timeout.as_secs()
+                    ));
+                }
+                Err(rexpect::error::Error::EOF { got, .. }) => {
+                    self.console.push_str(&got);
+                    self.fail(&format!("QEMU exited while waiting for {what:?}"));
+                }
+                Err(e) => self.fail(&format!("console error while waiting for {what:?}: {e}")),
+            }
+        }
+    }
+
+    /// Whatever arrives within `d` (used only after a failure).
+    fn drain(&mut self, d: Duration) -> String {
+        let end = Instant::now() + d;
+        let mut s = String::new();
+        while Instant::now() < end {
+            match self.session.try_read() {
+                Some(c) => s.push(c),
+                None => std::thread::yield_now(),
+            }
+        }
+        s
+    }
+
+    /// Run a shell command line on the console; its output and `$?`.
+    pub fn sh(&mut self, cmd: &str) -> Output {
+        self.seq += 1;
+        let n = self.seq;
+        // One line: busybox ash echoes a line itself (line editing) before
+        // running it, so the echo comes before the begin marker. The
+        // markers are split in the command so that the echo never matches.
+        self.session
+            .send_line(&format!(
+                "echo 'E2E-{n}''-BEGIN'; {cmd}; echo \"E2E-{n}-END-$?\"-'E2E'"
+            ))
+            .unwrap_or_else(|e| panic!("cannot write to the console: {e}"));
+        // Lines end in "\r\r\n": the guest's tty adds one \r, QEMU's
+        // stdio (OPOST with ONLCR) the other.
+        let begin = Regex::new(&format!(r"E2E-{n}-BEGIN\r*\n")).unwrap();
+        self.expect_until(ReadUntil::Regex(begin), cmd, COMMAND_TIMEOUT);
+        let end = Regex::new(&format!(r"E2E-{n}-END-(\d+)-E2E")).unwrap();
+        let (before, matched) =
+            self.expect_until(ReadUntil::Regex(end.clone()), cmd, COMMAND_TIMEOUT);
+        let code = end.captures(&matched).unwrap()[1].parse().unwrap();
+        Output {
+            code,
+            text: before.replace('\r', ""),
+        }
+    }
+
+    /// Run `cmd`, require exit status 0, return its output.
+    pub fn sh_ok(&mut self, cmd: &str) -> String {
+        let out = self.sh(cmd);
+        if out.code != 0 {
+            self.fail(&format!(
+                "`{cmd}` exited with {}; output:\n{}",
+                out.code, out.text
+            ));
+        }
+        out.text
+    }
+
+    /// Clean shutdown through init (daemon stopped, data partition
+    /// unmounted), then wait for QEMU to exit.
+    pub fn poweroff(mut self) {
+        self.session.send_line("poweroff").unwrap();
+        self.expect("clawos: stopped; poweroff", COMMAND_TIMEOUT);
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            match self.session.exp_eof() {
+                Ok(rest) => {
+                    self.console.push_str(&rest);
+                    break;
+                }
+                Err(rexpect::error::Error::Timeout { .. }) if Instant::now() < deadline => {}
+                Err(e) => self.fail(&format!("QEMU did not exit after poweroff: {e}")),
+            }
+        }
+        let status = self.session.process.wait();
+        self.done = true;
+        assert!(
+            matches!(status, Ok(rexpect::process::wait::WaitStatus::Exited(_, 0))),
+            "QEMU exit after poweroff: {status:?}"
+        );
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> &str {
+        &self.console
+    }
+
+    /// Print the whole console, kill QEMU and fail the test.
+    pub fn fail(&mut self, why: &str) -> ! {
+        self.kill();
+        panic!("e2e: {}: {why}", self.name);
+    }
+
+    fn kill(&mut self) {
+        if !self.done {
+            self.done = true;
+            let _ = self.session.process.signal(Signal::SIGKILL);
+            let _ = self.session.process.wait();
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "e2e: {}: ===== whole console log =====\n{}\n===== end of console log =====",
+                self.name,
+                self.console.replace('\r', "")
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Run kernel-config/check.sh on `config` (the text of a .config); its
+/// exit status and standard error.
+pub fn check_kernel_config(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let path = dir.path().join(".config");
+    std::fs::write(&path, config).expect("cannot write the config");
+    let out = Command::new(repo().join("kernel-config/check.sh"))
+        .arg(repo().join("kernel-config/clawos.config"))
+        .arg(&path)
+        .output()
+        .expect("cannot run kernel-config/check.sh");
+    (
+        out.status.code().expect("check.sh was killed by a signal"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn clone_needles(needles: &[ReadUntil]) -> Vec<ReadUntil> {
+    needles
+        .iter()
+        .map(|n| match n {
+            ReadUntil::String(s) => ReadUntil::String(s.clone()),
+            ReadUntil::Regex(r) => ReadUntil::Regex(r.clone()),
+            _ => unreachable!("the harness only waits for strings and regexes"),
+        })
+        .collect()
+}
