@@ -61,7 +61,7 @@ fn sample_tools_run_in_the_guest_with_exact_results() {
         hostio,
         out(0, "status=0\nall 35 checks passed\n"),
         "{}",
-        g.sh("cat /tmp/hio /tmp/hio.err")
+        g.sh("cat /tmp/hio /tmp/hio.err").text
     );
     assert_eq!(
         g.sh("ls /sys/fs/cgroup/clawos | grep -c instance-"),
