@@ -96,6 +96,10 @@ install -m 0644 "$here/image/profile" "$root/etc/profile"
 install -m 0644 "$here/config/daemon.toml" "$root/etc/clawos/daemon.toml"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
+# Name resolution for tools goes through the daemon's resolver (egress
+# policy allows "localhost" by default): the loopback names it needs.
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+printf 'clawos\n' >"$root/etc/hostname"
 for b in clawos-wasm-daemon clawosctl; do
     strip --strip-debug -o "$root/usr/bin/$b" "$bin/$b"
 done
