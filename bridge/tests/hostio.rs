@@ -118,7 +118,7 @@ fn hostio_uses_every_function_against_a_real_postgres() {
     let pg = Postgres::start(postgres::PORT);
     let d = TestDaemon::start();
     d.install_ok("hostio");
-    let v2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
+    let v2 = clawos_bridge::cgroup::cgroup2_mounted();
     let cgroup = if v2 {
         "cgroup=available"
     } else {

@@ -406,6 +406,12 @@ impl Drop for Delegation {
     }
 }
 
+/// Is cgroup v2 mounted at [`CGROUP2_MOUNT`]?
+pub fn cgroup2_mounted() -> bool {
+    rustix::fs::statfs(CGROUP2_MOUNT)
+        .is_ok_and(|fs| check_mount(fs.f_type, Path::new(CGROUP2_MOUNT)).is_ok())
+}
+
 /// Refuse a mount whose filesystem magic is not cgroup2's.
 fn check_mount(magic: i64, mount: &Path) -> Result<(), Failure> {
     if magic == CGROUP2_SUPER_MAGIC {

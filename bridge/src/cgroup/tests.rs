@@ -233,6 +233,13 @@ fn writes_are_read_back() {
     let file = tmp.path().join("memory.max");
     write_file(&file, "4096").unwrap();
     assert_eq!(fs::read_to_string(&file).unwrap(), "4096");
+    // A file that does not keep what was written (as a kernel that rounds or
+    // ignores a value): the read-back catches it.
+    let sink = tmp.path().join("cpu.max");
+    std::os::unix::fs::symlink("/dev/null", &sink).unwrap();
+    let err = write_file(&sink, "50000 1000000").unwrap_err();
+    assert_eq!(err.code, Code::Eio);
+    assert!(err.message.contains("reads back"), "{}", err.message);
     let missing = tmp.path().join("none/pids.max");
     assert_eq!(write_file(&missing, "1").unwrap_err().code, Code::Enoent);
     drop(f);
