@@ -152,7 +152,7 @@ say "rootfs: $(wc -l <"$work/rootfs.list") entries, $(($(stat -c %s "$work/rootf
 say "installing the sample tools with clawos-wasm-daemon (precompiled .cwasm)"
 sock=$work/bridge.sock
 : >"$work/daemon.log"
-"$bin/clawos-wasm-daemon" --config "$here/config/daemon.toml" --socket "$sock" --state-dir "$data" \
+"$bin/clawos-wasm-daemon" --dev-allow-missing-layers --config "$here/config/daemon.toml" --socket "$sock" --state-dir "$data" \
     >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 if ! timeout 120 grep -q -m1 "clawos-wasm-daemon ready" <(tail -n +1 -f "$work/daemon.log"); then

@@ -18,7 +18,7 @@ if [ -f "$run/daemon.pid" ] && kill -0 "$(cat "$run/daemon.pid")" 2>/dev/null; t
     timeout 15 tail --pid="$(cat "$run/daemon.pid")" -f /dev/null
 fi
 : > "$log"
-"$bin/clawos-wasm-daemon" --socket "$socket" --state-dir "$PWD/$run/state" >>"$log" 2>&1 &
+"$bin/clawos-wasm-daemon" --dev-allow-missing-layers --socket "$socket" --state-dir "$PWD/$run/state" >>"$log" 2>&1 &
 echo $! > "$run/daemon.pid"
 echo "demo: clawos-wasm-daemon started (pid $!), log in $log"
 if ! timeout 60 grep -q -m1 "clawos-wasm-daemon ready" <(tail -n +1 -f "$log"); then

@@ -16,6 +16,7 @@ packages=(
     xz-utils zstd                            # kernel tarballs; zstd-compressed bzImage
     linux-source-6.1 linux-source-6.12       # offline kernel sources (6.1 default, 6.12 for the matrix)
     busybox-static apparmor                  # the rootfs: busybox, apparmor_parser
+    libseccomp-dev                           # the seccomp layer (libseccomp crate)
     e2fsprogs dosfstools mtools gdisk        # the disk image: ext4 data, FAT ESP, GPT
     qemu-system-x86 ovmf                     # booting the appliance (make run, make qemu-test)
     postgresql                               # the network tests' real server (started by the tests)

@@ -10,6 +10,7 @@ use crate::ipc::frame;
 use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
 use crate::registry::Registry;
 use crate::runtime::{RunInput, Runtime};
+use crate::sandbox::Sandbox;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ struct Counters {
 pub struct Daemon {
     config: Config,
     runtime: Arc<Runtime>,
+    sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
     runs: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -47,16 +49,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Build the runtime and open the registry. Fails with
-    /// SANDBOX_SETUP_FAILED (or the I/O code) naming what could not be set up.
-    pub fn new(config: Config) -> Result<Daemon, Failure> {
-        let runtime = Arc::new(Runtime::new(&config)?);
+    /// Open the registry with `runtime` (which precompiles installs) and run
+    /// tools in `sandbox`. Fails with SANDBOX_SETUP_FAILED (or the I/O code)
+    /// naming what could not be set up.
+    pub fn new(config: Config, runtime: Runtime, sandbox: Sandbox) -> Result<Daemon, Failure> {
+        let runtime = Arc::new(runtime);
+        let sandbox = Arc::new(sandbox);
         let registry = Arc::new(Registry::open(&config.state_dir, &runtime)?);
         Ok(Daemon {
             runs: Arc::new(Semaphore::new(config.ipc.max_concurrent_runs as usize)),
             connections: Arc::new(Semaphore::new(config.ipc.max_connections as usize)),
             config,
             runtime,
+            sandbox,
             registry,
             counters: Counters::default(),
             started: Instant::now(),
@@ -294,7 +299,12 @@ impl Daemon {
                 ),
             ));
         };
-        let runtime = self.runtime.clone();
+        let sandbox = self.sandbox.clone();
+        let artifact = self.registry.artifact(&run.name);
+        let budget = match run.timeout_ms {
+            Some(t) => t.min(self.config.sandbox.cpu_budget_ms),
+            None => self.config.sandbox.cpu_budget_ms,
+        };
         let input = RunInput {
             args: run.args,
             input: run.input,
@@ -303,8 +313,8 @@ impl Daemon {
         };
         let name = run.name;
         let outcome = tokio::task::spawn_blocking(move || {
-            let outcome = runtime.run(&name, &tool.prepared, input);
-            drop(slot);
+            let outcome = sandbox.run(&name, &artifact, input, budget);
+            drop((slot, tool));
             outcome
         })
         .await

@@ -8,7 +8,10 @@
 //! | [`host`] | the WIT host interfaces |
 //! | [`runtime`] | engine, precompilation, per-run sandbox limits |
 //! | [`registry`] | installed tools on disk |
+//! | [`sandbox`] | launcher and per-instance workers: namespaces, cgroup, AppArmor |
+//! | [`seccomp`] | the syscall allow-lists (bridge/seccomp/*.toml) |
 //! | [`ipc`] | the socket protocol: frames, messages, client |
+//! | [`outside`] | egress and cgroup calls, direct or brokered |
 //! | [`daemon`] | the server |
 //! | [`cli`] | `clawosctl` |
 
@@ -21,5 +24,8 @@ pub mod egress;
 pub mod error;
 pub mod host;
 pub mod ipc;
+pub mod outside;
 pub mod registry;
 pub mod runtime;
+pub mod sandbox;
+pub mod seccomp;

@@ -211,7 +211,13 @@ impl Registry {
         Ok(info)
     }
 
-    /// The tool called `name`.
+    /// Where the precompiled artifact of tool `name` is (the sandbox's
+    /// launcher loads it from there).
+    pub fn artifact(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join(ARTIFACT)
+    }
+
+    /// The installed tool `name`, or TOOL_NOT_FOUND.
     pub fn get(&self, name: &str) -> Result<Arc<InstalledTool>, Failure> {
         validate_name(name)?;
         self.tools

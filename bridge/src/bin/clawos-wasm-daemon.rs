@@ -5,6 +5,9 @@ use anyhow::Context;
 use clap::Parser;
 use clawos_bridge::config::{Config, LogFormat};
 use clawos_bridge::daemon::Daemon;
+use clawos_bridge::runtime::Runtime;
+use clawos_bridge::sandbox::{Sandbox, detect_layers};
+use clawos_bridge::seccomp::Kind;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +38,12 @@ struct Args {
     /// Validate the configuration, print it as loaded, and exit.
     #[arg(long)]
     check_config: bool,
+    /// DEVELOPMENT ONLY: start even if cgroup v2 or AppArmor confinement is
+    /// missing, running every tool without those layers (seccomp and the
+    /// namespaces still apply). Warns on every start; the appliance never
+    /// sets it.
+    #[arg(long)]
+    dev_allow_missing_layers: bool,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -107,7 +116,23 @@ fn main() -> anyhow::Result<()> {
     init_logging(config.log_format);
     raise_open_file_limit();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
-    let daemon = Daemon::new(config).map_err(|f| anyhow::anyhow!("cannot start: {f}"))?;
+    let start = |f| anyhow::anyhow!("cannot start: {f}");
+    let layers = detect_layers(&config.cgroup, args.dev_allow_missing_layers).map_err(start)?;
+    // The launcher is forked while this process has one thread: no
+    // runtime clock, no async runtime yet.
+    let runtime = Runtime::idle(&config).map_err(start)?;
+    let (sandbox, runtime) = Sandbox::start(&config, runtime, layers).map_err(start)?;
+    // Before any thread and before any request: the filter covers every
+    // thread the daemon will have.
+    let filter = Kind::Daemon
+        .policy()
+        .and_then(|p| p.compile())
+        .map_err(start)?;
+    filter
+        .install()
+        .map_err(|f| anyhow::anyhow!("cannot start: sandbox layer seccomp (daemon): {f}"))?;
+    tracing::info!(kind = "daemon", instructions = filter.bytes.len() / 8, sha256 = %filter.digest(), "seccomp filter installed");
+    let daemon = Daemon::new(config, runtime, sandbox).map_err(start)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("clawos-daemon")

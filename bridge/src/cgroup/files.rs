@@ -93,9 +93,27 @@ pub fn proc_cgroup_path(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
+/// The value of `key` in a flat-keyed file such as `memory.events`
+/// ("oom_kill 3" lines).
+pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flat_keyed_finds_the_exact_key() {
+        let events = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 1\n";
+        assert_eq!(flat_keyed(events, "oom_kill"), Some(1));
+        assert_eq!(flat_keyed(events, "oom"), Some(1));
+        assert_eq!(flat_keyed(events, "max"), Some(12));
+        assert_eq!(flat_keyed(events, "oom_group"), None);
+    }
 
     #[test]
     fn limits_parse_and_format_round_trip() {

@@ -38,6 +38,11 @@ pub struct Group {
 }
 
 impl Group {
+    /// The group `rel`, as a delegation named it (the broker's replies).
+    pub fn named(rel: String) -> Group {
+        Group { rel }
+    }
+
     /// The group's path relative to the delegation, e.g. "a/b".
     pub fn name(&self) -> &str {
         &self.rel
@@ -80,26 +85,9 @@ impl Delegation {
     /// mount. Without cgroup v2 and its memory, cpu and pids controllers this
     /// fails with INTERFACE_UNAVAILABLE and says which is missing.
     pub fn create(policy: &CgroupPolicy, id: u64) -> Result<Delegation, Failure> {
+        available(policy)?;
         let mount = Path::new(CGROUP2_MOUNT);
-        let unavailable = |why: String| Failure::new(Code::InterfaceUnavailable, why);
-        let fs = rustix::fs::statfs(mount)
-            .map_err(|e| unavailable(format!("cannot statfs {CGROUP2_MOUNT}: {e}")))?;
-        check_mount(fs.f_type as i64, mount)?;
         let parent = policy.root.parent().unwrap_or(mount);
-        let available =
-            std::fs::read_to_string(parent.join("cgroup.controllers")).map_err(|e| {
-                unavailable(format!(
-                    "cannot read {}/cgroup.controllers: {e}",
-                    parent.display()
-                ))
-            })?;
-        let have = files::controllers(&available);
-        if let Some(missing) = CONTROLLERS.iter().find(|c| !have.contains(c)) {
-            return Err(unavailable(format!(
-                "controller {missing} is not available in {}: the cgroup interface needs memory, cpu and pids",
-                parent.display()
-            )));
-        }
         let enable = CONTROLLERS.map(|c| format!("+{c}")).join(" ");
         let setup = |e: Failure| Failure::new(Code::SandboxSetupFailed, e.message);
         if !policy.root.is_dir() {
@@ -134,6 +122,17 @@ impl Delegation {
     /// Write the instance subtree's own limits, the ceiling for its groups.
     pub fn set_instance_limits(&self, policy: &CgroupPolicy) -> Result<(), Failure> {
         let [quota, period] = policy.instance_cpu_max;
+        // No swap: memory.max is the instance's whole memory. The file
+        // exists only on kernels built with swap (CONFIG_SWAP).
+        write_file(
+            &self.dir.join("memory.swap.max"),
+            &policy.instance_swap_max.to_string(),
+        )?;
+        // An OOM kill takes the whole instance, never half of it.
+        write_file(
+            &self.dir.join("memory.oom.group"),
+            if policy.instance_oom_group { "1" } else { "0" },
+        )?;
         write_file(
             &self.dir.join("memory.max"),
             &policy.instance_memory_max.to_string(),
@@ -380,8 +379,11 @@ impl Delegation {
         write_procs(&self.dir.join(MAIN_LEAF), pid)
     }
 
-    /// Remove every group below the delegation, deepest first, then the delegation.
+    /// Kill whatever still runs in the delegation, then remove every group
+    /// below it, deepest first, then the delegation.
     fn remove_all(&self) {
+        // cgroup.kill (5.14+) takes every process below, at once.
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
         fn remove(dir: &Path) {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.flatten() {
@@ -404,6 +406,54 @@ impl Drop for Delegation {
             self.remove_all();
         }
     }
+}
+
+/// Can instances get cgroups: cgroup v2 mounted at [`CGROUP2_MOUNT`] with
+/// the memory, cpu and pids controllers available above `policy.root`?
+/// The error says what is missing (INTERFACE_UNAVAILABLE).
+pub fn available(policy: &CgroupPolicy) -> Result<(), Failure> {
+    let mount = Path::new(CGROUP2_MOUNT);
+    let unavailable = |why: String| Failure::new(Code::InterfaceUnavailable, why);
+    let fs = rustix::fs::statfs(mount)
+        .map_err(|e| unavailable(format!("cannot statfs {CGROUP2_MOUNT}: {e}")))?;
+    check_mount(fs.f_type as i64, mount)?;
+    let parent = policy.root.parent().unwrap_or(mount);
+    let available = std::fs::read_to_string(parent.join("cgroup.controllers")).map_err(|e| {
+        unavailable(format!(
+            "cannot read {}/cgroup.controllers: {e}",
+            parent.display()
+        ))
+    })?;
+    let have = files::controllers(&available);
+    if let Some(missing) = CONTROLLERS.iter().find(|c| !have.contains(c)) {
+        return Err(unavailable(format!(
+            "controller {missing} is not available in {}: instances need memory, cpu and pids",
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Remove instance cgroups a previous daemon left (it crashed, or was
+/// killed): their ids restart with the daemon.
+pub fn remove_stale(policy: &CgroupPolicy) {
+    let Ok(entries) = std::fs::read_dir(&policy.root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("instance-") && e.path().is_dir() {
+            tracing::warn!(cgroup = %e.path().display(), "removing a stale instance cgroup");
+            let mut d = Delegation::at(CGROUP2_MOUNT.into(), e.path(), "/proc".into(), policy);
+            d.owned = true;
+        }
+    }
+}
+
+/// `oom_kill` of the cgroup at `dir` (memory.events): how many of its
+/// processes the OOM killer took.
+pub fn oom_kills(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("memory.events")).ok()?;
+    files::flat_keyed(&text, "oom_kill")
 }
 
 /// Is cgroup v2 mounted at [`CGROUP2_MOUNT`]?

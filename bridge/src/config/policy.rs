@@ -102,6 +102,11 @@ pub struct CgroupPolicy {
     pub instance_cpu_max: [u64; 2],
     /// The instance subtree's own `pids.max` (P1.5: 32).
     pub instance_pids_max: u64,
+    /// The instance subtree's `memory.swap.max` (P1.5: 0, no swap).
+    pub instance_swap_max: u64,
+    /// The instance subtree's `memory.oom.group` (P1.5: true, an OOM kill
+    /// takes the whole instance).
+    pub instance_oom_group: bool,
 }
 
 impl Default for ClawfsPolicy {
@@ -163,6 +168,8 @@ impl Default for CgroupPolicy {
             instance_memory_max: 256 * MIB,
             instance_cpu_max: [50_000, 1_000_000],
             instance_pids_max: 32,
+            instance_swap_max: 0,
+            instance_oom_group: true,
         }
     }
 }

@@ -1,40 +1,26 @@
 //! `clawos:bridge/cgroup`: the instance's delegated cgroup subtree
-//! ([`crate::cgroup::Delegation`]), created on the first call and removed
-//! with the instance. Groups are handles, never paths.
+//! ([`crate::cgroup::Delegation`]), reached through [`Outside::cgroup`]
+//! and removed with the instance. Groups are handles, never paths.
 
 use super::wit_cgroup::{CpuLimit, Host, HostGroup};
 use super::{ErrorCode, Handles, refuse};
-use crate::cgroup::{Delegation, Group};
-use crate::config::CgroupPolicy;
-use crate::error::Failure;
+use crate::cgroup::Group;
+use crate::error::{Code, Failure};
+use crate::outside::{CgroupCall, CgroupReply, Outside};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
 
 /// One instance's cgroup state.
 #[derive(Debug)]
 pub struct CgroupState {
-    policy: Arc<CgroupPolicy>,
-    instance: u64,
-    delegation: Option<Delegation>,
+    outside: Arc<dyn Outside>,
     who: String,
 }
 
 impl CgroupState {
-    /// State for instance `instance` of tool `who`; nothing is created yet.
-    pub fn new(policy: Arc<CgroupPolicy>, instance: u64, who: String) -> CgroupState {
-        CgroupState {
-            policy,
-            instance,
-            delegation: None,
-            who,
-        }
-    }
-
-    fn delegation(&mut self) -> Result<&mut Delegation, Failure> {
-        if self.delegation.is_none() {
-            self.delegation = Some(Delegation::create(&self.policy, self.instance)?);
-        }
-        Ok(self.delegation.as_mut().expect("set above"))
+    /// State for an instance of tool `who`; nothing is created yet.
+    pub fn new(outside: Arc<dyn Outside>, who: String) -> CgroupState {
+        CgroupState { outside, who }
     }
 }
 
@@ -55,97 +41,129 @@ impl HasData for CgroupHost {
 
 type R<T> = wasmtime::Result<Result<T, ErrorCode>>;
 
+fn unexpected(reply: CgroupReply) -> Failure {
+    Failure::new(
+        Code::Einternal,
+        format!("unexpected cgroup reply {reply:?}"),
+    )
+}
+
 impl CgroupView<'_> {
     fn answer<T>(&self, op: &str, r: Result<T, Failure>) -> R<T> {
         Ok(r.map_err(|f| refuse("cgroup", op, &self.cg.who, f)))
     }
 
-    fn push(&mut self, g: Group) -> Result<Resource<Group>, Failure> {
-        self.handles
-            .push(g)
-            .map_err(|code| Failure::new(code.into(), "handle limit reached"))
+    fn call(&self, call: CgroupCall) -> Result<CgroupReply, Failure> {
+        self.cg.outside.cgroup(call)
     }
 
-    /// The group behind `handle` and the delegation.
-    fn with<T>(
-        &mut self,
-        handle: &Resource<Group>,
-        f: impl FnOnce(&Delegation, &Group) -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
-        let g = self
-            .handles
+    /// A call that names a new or existing group: push its handle.
+    fn group(&mut self, call: CgroupCall) -> Result<Resource<Group>, Failure> {
+        match self.call(call)? {
+            CgroupReply::Group(name) => self
+                .handles
+                .push(Group::named(name))
+                .map_err(|code| Failure::new(code.into(), "handle limit reached")),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The name of the group behind `handle`.
+    fn name(&self, handle: &Resource<Group>) -> Result<String, Failure> {
+        self.handles
             .table
             .get(handle)
-            .map_err(|e| Failure::new(super::table_error(&e).into(), "unknown cgroup handle"))?
-            .clone();
-        f(self.cg.delegation()?, &g)
+            .map(|g| g.name().to_owned())
+            .map_err(|e| Failure::new(super::table_error(&e).into(), "unknown cgroup handle"))
+    }
+
+    fn done(&self, call: CgroupCall) -> Result<(), Failure> {
+        match self.call(call)? {
+            CgroupReply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn limit(&self, call: CgroupCall) -> Result<Option<u64>, Failure> {
+        match self.call(call)? {
+            CgroupReply::Limit(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
 impl Host for CgroupView<'_> {
     fn create(&mut self, name: String) -> R<Resource<Group>> {
-        let r = self
-            .cg
-            .delegation()
-            .and_then(|d| d.create_group(&name))
-            .and_then(|g| self.push(g));
+        let r = self.group(CgroupCall::Create(name));
         self.answer("create", r)
     }
 
     fn open(&mut self, name: String) -> R<Resource<Group>> {
-        let r = self
-            .cg
-            .delegation()
-            .and_then(|d| d.open_group(&name))
-            .and_then(|g| self.push(g));
+        let r = self.group(CgroupCall::Open(name));
         self.answer("open", r)
     }
 
     fn delete(&mut self, name: String) -> R<()> {
-        let r = self.cg.delegation().and_then(|d| d.delete_group(&name));
+        let r = self.done(CgroupCall::Delete(name));
         self.answer("delete", r)
     }
 
     fn add_process(&mut self, group: Resource<Group>, pid: u32) -> R<()> {
-        let r = self.with(&group, |d, g| d.add_process(g, pid));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.done(CgroupCall::AddProcess(g, pid)));
         self.answer("add-process", r)
     }
 
     fn remove_process(&mut self, group: Resource<Group>, pid: u32) -> R<()> {
-        let r = self.with(&group, |d, g| d.remove_process(g, pid));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.done(CgroupCall::RemoveProcess(g, pid)));
         self.answer("remove-process", r)
     }
 
     fn get_memory_limit(&mut self, group: Resource<Group>) -> R<Option<u64>> {
-        let r = self.with(&group, |d, g| d.memory_max(g));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.limit(CgroupCall::MemoryMax(g)));
         self.answer("get-memory-limit", r)
     }
 
     fn set_memory_limit(&mut self, group: Resource<Group>, bytes: Option<u64>) -> R<()> {
-        let r = self.with(&group, |d, g| d.set_memory_max(g, bytes));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.done(CgroupCall::SetMemoryMax(g, bytes)));
         self.answer("set-memory-limit", r)
     }
 
     fn get_cpu_limit(&mut self, group: Resource<Group>) -> R<CpuLimit> {
-        let r = self.with(&group, |d, g| {
-            d.cpu_max(g)
-                .map(|(quota, period)| CpuLimit { quota, period })
-        });
+        let r = self
+            .name(&group)
+            .and_then(|g| match self.call(CgroupCall::CpuMax(g))? {
+                CgroupReply::Cpu(quota, period) => Ok(CpuLimit { quota, period }),
+                other => Err(unexpected(other)),
+            });
         self.answer("get-cpu-limit", r)
     }
 
     fn set_cpu_limit(&mut self, group: Resource<Group>, limit: CpuLimit) -> R<()> {
-        let r = self.with(&group, |d, g| d.set_cpu_max(g, limit.quota, limit.period));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.done(CgroupCall::SetCpuMax(g, limit.quota, limit.period)));
         self.answer("set-cpu-limit", r)
     }
 
     fn get_pids_limit(&mut self, group: Resource<Group>) -> R<Option<u64>> {
-        let r = self.with(&group, |d, g| d.pids_max(g));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.limit(CgroupCall::PidsMax(g)));
         self.answer("get-pids-limit", r)
     }
 
     fn set_pids_limit(&mut self, group: Resource<Group>, max: Option<u64>) -> R<()> {
-        let r = self.with(&group, |d, g| d.set_pids_max(g, max));
+        let r = self
+            .name(&group)
+            .and_then(|g| self.done(CgroupCall::SetPidsMax(g, max)));
         self.answer("set-pids-limit", r)
     }
 }

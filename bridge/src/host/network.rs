@@ -1,12 +1,14 @@
 //! `clawos:bridge/network`: the egress proxy's tool side. The daemon opens
-//! each connection after [`crate::egress`] allows it and holds the socket;
-//! the tool holds a handle. Connections and bytes per instance are quotas,
+//! each connection after [`crate::egress`] allows it (through
+//! [`Outside::connect`]) and the instance holds the socket; the tool holds
+//! a handle. Connections and bytes per instance are quotas,
 //! and no send or receive waits past the instance's CPU budget.
 
 use super::wit_network::{Host, HostConnection, IpAddress};
 use super::{ErrorCode, Handles, refuse};
-use crate::egress::Egress;
+use crate::config::NetworkPolicy;
 use crate::error::{Code, Failure};
+use crate::outside::Outside;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -26,7 +28,8 @@ pub struct Connection {
 /// One instance's network state.
 #[derive(Debug)]
 pub struct NetState {
-    egress: Arc<Egress>,
+    policy: Arc<NetworkPolicy>,
+    outside: Arc<dyn Outside>,
     connections: u32,
     bytes: u64,
     deadline: Instant,
@@ -35,9 +38,15 @@ pub struct NetState {
 
 impl NetState {
     /// State for an instance of `who` whose budget ends at `deadline`.
-    pub fn new(egress: Arc<Egress>, deadline: Instant, who: String) -> NetState {
+    pub fn new(
+        policy: Arc<NetworkPolicy>,
+        outside: Arc<dyn Outside>,
+        deadline: Instant,
+        who: String,
+    ) -> NetState {
         NetState {
-            egress,
+            policy,
+            outside,
             connections: 0,
             bytes: 0,
             deadline,
@@ -59,7 +68,7 @@ impl NetState {
     }
 
     fn charge(&mut self, n: u64) -> Result<(), Failure> {
-        let max = self.egress.policy().max_bytes;
+        let max = self.policy.max_bytes;
         if self.bytes + n > max {
             return Err(Failure::new(
                 Code::QuotaExceeded,
@@ -114,7 +123,7 @@ impl NetworkView<'_> {
     }
 
     fn open(&mut self, host: &str, port: u16) -> Result<Resource<Connection>, Failure> {
-        let policy = self.net.egress.policy();
+        let policy = &self.net.policy;
         if self.net.connections >= policy.max_connections {
             return Err(Failure::new(
                 Code::QuotaExceeded,
@@ -125,7 +134,7 @@ impl NetworkView<'_> {
             ));
         }
         let wait = self.net.wait(policy.connect_timeout_ms)?;
-        let stream = self.net.egress.connect(host, port, wait)?;
+        let stream = self.net.outside.connect(host, port, wait)?;
         let peer = stream
             .peer_addr()
             .map_err(|e| Failure::io("peer address of a new connection", &e))?;
@@ -157,7 +166,7 @@ impl NetworkView<'_> {
     }
 
     fn send_bytes(&mut self, handle: &Resource<Connection>, data: &[u8]) -> Result<u32, Failure> {
-        let wait = self.net.wait(self.net.egress.policy().io_timeout_ms)?;
+        let wait = self.net.wait(self.net.policy.io_timeout_ms)?;
         self.net.charge(data.len() as u64)?;
         let (s, peer) = self.stream(handle)?;
         let sent = s.set_write_timeout(Some(wait)).and_then(|()| s.write(data));
@@ -180,14 +189,9 @@ impl NetworkView<'_> {
         handle: &Resource<Connection>,
         max: u32,
     ) -> Result<Vec<u8>, Failure> {
-        let wait = self.net.wait(self.net.egress.policy().io_timeout_ms)?;
+        let wait = self.net.wait(self.net.policy.io_timeout_ms)?;
         let want = max.min(MAX_RECEIVE) as u64;
-        let left = self
-            .net
-            .egress
-            .policy()
-            .max_bytes
-            .saturating_sub(self.net.bytes);
+        let left = self.net.policy.max_bytes.saturating_sub(self.net.bytes);
         if want > 0 && left == 0 {
             self.net.charge(1)?;
         }
@@ -221,14 +225,14 @@ impl Host for NetworkView<'_> {
     fn resolve(&mut self, name: String) -> R<Vec<IpAddress>> {
         let r = self
             .net
-            .egress
+            .outside
             .resolve(&name)
             .map(|ips| ips.into_iter().map(wit_ip).collect());
         self.answer("resolve", r)
     }
 
     fn gethostname(&mut self) -> R<String> {
-        let configured = &self.net.egress.policy().hostname;
+        let configured = &self.net.policy.hostname;
         let name = if configured.is_empty() {
             rustix::system::uname()
                 .nodename()

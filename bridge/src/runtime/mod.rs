@@ -8,7 +8,9 @@ pub mod outcome;
 pub mod state;
 
 use crate::clawfs::Root;
-use crate::config::{CgroupPolicy, ClawfsPolicy, Config, CpuTarget, DevicePolicy, SandboxLimits};
+use crate::config::{
+    CgroupPolicy, ClawfsPolicy, Config, CpuTarget, DevicePolicy, NetworkPolicy, SandboxLimits,
+};
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
 use crate::host::cgroup::CgroupState;
@@ -18,6 +20,7 @@ use crate::host::memory::{CountLimits, MemoryAccount, SharedRegions};
 use crate::host::network::NetState;
 use crate::host::system::{Env, InstanceInfo};
 use crate::host::{self, Handles, ToolPre};
+use crate::outside::{Direct, Outside};
 use outcome::{RunOutcome, classify};
 use state::Instance;
 use std::path::{Path, PathBuf};
@@ -40,7 +43,7 @@ pub struct Prepared {
 }
 
 /// What a client asks of one run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunInput {
     /// Arguments passed to `run`.
     pub args: Vec<String>,
@@ -51,6 +54,18 @@ pub struct RunInput {
     /// The client's own deadline; the run ends with ETIMEOUT when it is
     /// shorter than the CPU budget and passes.
     pub timeout_ms: Option<u64>,
+}
+
+/// Where one instance runs: its id, its ClawFS directory as this process
+/// sees it, and its way to the outside.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The instance id (names its cgroup and its log records).
+    pub id: u64,
+    /// The tool's ClawFS directory.
+    pub root: PathBuf,
+    /// Egress and cgroup calls.
+    pub outside: Arc<dyn Outside>,
 }
 
 /// The process's engine, linker and epoch clock.
@@ -64,11 +79,11 @@ pub struct Runtime {
     shared: Arc<SharedRegions>,
     clawfs_root: PathBuf,
     clawfs: Arc<ClawfsPolicy>,
-    egress: Arc<Egress>,
+    network: Arc<NetworkPolicy>,
     devices: Arc<DevicePolicy>,
     cgroup: Arc<CgroupPolicy>,
-    // Dropping the sender stops the epoch thread.
-    _ticker: mpsc::Sender<()>,
+    // Dropping the sender stops the epoch thread; `None` until started.
+    ticker: Option<mpsc::Sender<()>>,
 }
 
 /// The wasmtime configuration for `config`: pooling allocator sized for
@@ -117,8 +132,9 @@ fn set_portable_target(ec: &mut EngineConfig) -> Result<(), Failure> {
 }
 
 impl Runtime {
-    /// Build the engine and linker for `config` and start the epoch clock.
-    pub fn new(config: &Config) -> Result<Runtime, Failure> {
+    /// Build the engine and linker for `config`, without starting any
+    /// thread: what a process that forks holds.
+    pub fn idle(config: &Config) -> Result<Runtime, Failure> {
         let engine = Engine::new(&engine_config(config)?).map_err(|e| {
             Failure::new(
                 Code::SandboxSetupFailed,
@@ -134,9 +150,39 @@ impl Runtime {
         };
         host::add_to_linker(&mut linker).map_err(link)?;
         host::wasi_fs::add_to_linker(&mut linker).map_err(link)?;
-        let tick_ms = config.engine.epoch_tick_ms;
+        Ok(Runtime {
+            engine,
+            linker,
+            limits: config.sandbox.clone(),
+            env_bytes: config.ipc.max_arg_bytes,
+            tick_ms: config.engine.epoch_tick_ms,
+            shared: Arc::new(SharedRegions::default()),
+            clawfs_root: config.clawfs_root(),
+            clawfs: Arc::new(config.clawfs.clone()),
+            network: Arc::new(config.network.clone()),
+            devices: Arc::new(config.devices.clone()),
+            cgroup: Arc::new(config.cgroup.clone()),
+            ticker: None,
+        })
+    }
+
+    /// [`Runtime::idle`] with its epoch clock started: ready to run tools
+    /// in this process.
+    pub fn new(config: &Config) -> Result<Runtime, Failure> {
+        let mut rt = Runtime::idle(config)?;
+        rt.start_clock()?;
+        Ok(rt)
+    }
+
+    /// Start the epoch clock (a thread) that enforces CPU budgets. A process
+    /// that forks must do this after forking: threads do not survive it.
+    pub fn start_clock(&mut self) -> Result<(), Failure> {
+        if self.ticker.is_some() {
+            return Ok(());
+        }
+        let tick_ms = self.tick_ms;
         let (tx, rx) = mpsc::channel::<()>();
-        let ticking = engine.clone();
+        let ticking = self.engine.clone();
         std::thread::Builder::new()
             .name("clawos-epoch".into())
             .spawn(move || {
@@ -152,20 +198,8 @@ impl Runtime {
                     format!("cannot start the epoch thread: {e}"),
                 )
             })?;
-        Ok(Runtime {
-            engine,
-            linker,
-            limits: config.sandbox.clone(),
-            env_bytes: config.ipc.max_arg_bytes,
-            tick_ms,
-            shared: Arc::new(SharedRegions::default()),
-            clawfs_root: config.clawfs_root(),
-            clawfs: Arc::new(config.clawfs.clone()),
-            egress: Arc::new(Egress::new(config.network.clone())),
-            devices: Arc::new(config.devices.clone()),
-            cgroup: Arc::new(config.cgroup.clone()),
-            _ticker: tx,
-        })
+        self.ticker = Some(tx);
+        Ok(())
     }
 
     /// The engine (for benchmarks and artifact checks).
@@ -222,17 +256,15 @@ impl Runtime {
     fn store(
         &self,
         tool: &str,
+        place: &Placement,
         input: &RunInput,
         deadline_ms: u64,
         stdout: &MemoryOutputPipe,
         stderr: &MemoryOutputPipe,
     ) -> Result<Store<Instance>, Failure> {
         let sb = &self.limits;
-        let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let root = Arc::new(Root::open(
-            &self.clawfs_root.join(tool),
-            self.clawfs.max_link_scan,
-        )?);
+        let id = place.id;
+        let root = Arc::new(Root::open(&place.root, self.clawfs.max_link_scan)?);
         let deadline = Instant::now() + Duration::from_millis(deadline_ms);
         let mut wasi = wasmtime_wasi::WasiCtx::builder();
         wasi.preopened_dir(root.path(), "/", wasmtime_wasi::FsPerms::ReadWrite)
@@ -274,8 +306,13 @@ impl Runtime {
             },
             shared: self.shared.clone(),
             fs: FsState::new(root, self.clawfs.clone(), tool.to_owned()),
-            net: NetState::new(self.egress.clone(), deadline, tool.to_owned()),
-            cg: CgroupState::new(self.cgroup.clone(), id, tool.to_owned()),
+            net: NetState::new(
+                self.network.clone(),
+                place.outside.clone(),
+                deadline,
+                tool.to_owned(),
+            ),
+            cg: CgroupState::new(place.outside.clone(), tool.to_owned()),
             devices: self.devices.clone(),
         };
         let mut store = Store::new(&self.engine, instance);
@@ -287,9 +324,37 @@ impl Runtime {
         Ok(store)
     }
 
-    /// Instantiate `tool` and call its `run`. Every way the run can end is
-    /// one [`RunOutcome`] with its P1.7 code; none of them harms the runtime.
+    /// Where a run in this process goes: a new instance id, the tool's
+    /// ClawFS directory, and the outside reached directly from here.
+    pub fn local_placement(&self, tool: &str) -> Placement {
+        let id = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        Placement {
+            id,
+            root: self.clawfs_root.join(tool),
+            outside: Arc::new(Direct::new(
+                Egress::new((*self.network).clone()),
+                (*self.cgroup).clone(),
+                id,
+            )),
+        }
+    }
+
+    /// Run `tool` in this process ([`Runtime::run_at`] at
+    /// [`Runtime::local_placement`]): benchmarks and tests of the runtime.
     pub fn run(&self, name: &str, tool: &Prepared, input: RunInput) -> RunOutcome {
+        self.run_at(name, &self.local_placement(name), tool, input)
+    }
+
+    /// Instantiate `tool` at `place` and call its `run`. Every way the run
+    /// can end is one [`RunOutcome`] with its P1.7 code; none of them harms
+    /// the runtime.
+    pub fn run_at(
+        &self,
+        name: &str,
+        place: &Placement,
+        tool: &Prepared,
+        input: RunInput,
+    ) -> RunOutcome {
         let budget = self.limits.cpu_budget_ms;
         let (deadline_ms, deadline_code) = match input.timeout_ms {
             Some(t) if t < budget => (t, Code::Etimeout),
@@ -297,11 +362,12 @@ impl Runtime {
         };
         let cap = self.limits.max_output_bytes as usize;
         let (stdout, stderr) = (MemoryOutputPipe::new(cap), MemoryOutputPipe::new(cap));
-        let mut store = match self.store(name, &input, deadline_ms, &stdout, &stderr) {
+        let mut store = match self.store(name, place, &input, deadline_ms, &stdout, &stderr) {
             Ok(store) => store,
             Err(f) => {
                 tracing::error!(tool = name, "cannot set up the instance: {}", f.message);
                 return RunOutcome {
+                    instance_id: place.id,
                     code: f.code,
                     message: f.message,
                     ..RunOutcome::default()

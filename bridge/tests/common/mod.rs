@@ -53,6 +53,7 @@ impl TestDaemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state)
+            .arg("--dev-allow-missing-layers")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

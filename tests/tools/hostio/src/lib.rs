@@ -269,8 +269,10 @@ fn cgroup_checks(r: &mut Report, available: bool) -> Result<(), ErrorCode> {
     r.check("pids limit", cgroup::get_pids_limit(&g)? == Some(4), "4")?;
     r.check(
         "foreign process",
-        cgroup::add_process(&g, 1).err() == Some(ErrorCode::PolicyDenied)
-            && cgroup::remove_process(&g, 1).err() == Some(ErrorCode::PolicyDenied),
+        // Pids are the instance's own (its pid namespace): it is pid 1,
+        // and nothing else there is this high.
+        cgroup::add_process(&g, 999_999).err() == Some(ErrorCode::PolicyDenied)
+            && cgroup::remove_process(&g, 999_999).err() == Some(ErrorCode::PolicyDenied),
         "POLICY_DENIED",
     )?;
     drop(g);

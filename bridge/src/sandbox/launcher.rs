@@ -1,0 +1,141 @@
+//! The launcher: a single-threaded process forked by the daemon before it
+//! starts any thread. It holds the engine and the tools it has loaded, and
+//! on each [`Spawn`] clones one worker with `clone3` into new user, pid,
+//! net and mnt namespaces, into the instance's prepared cgroup, with
+//! `CLONE_PARENT` so the daemon is the worker's parent and reaps it
+//! through the pidfd the launcher hands back. No exec: the worker is a
+//! copy of the launcher with the tool already loaded.
+
+use super::proto::{self, Spawn, Spawned};
+use super::sys;
+use super::worker;
+use crate::error::{Code, Failure};
+use crate::runtime::{Prepared, Runtime};
+use crate::seccomp::{Kind, Program};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// A loaded tool, valid while its artifact file is unchanged.
+struct Loaded {
+    modified: Option<SystemTime>,
+    prepared: Prepared,
+}
+
+/// The launcher's loop, until the daemon closes `control`; never returns.
+pub fn main(control: OwnedFd, mut rt: Runtime) -> ! {
+    let code = match sys::keep_only_stdio_and(control).and_then(|control| run(&control, &mut rt)) {
+        Ok(()) => 0,
+        Err(f) => {
+            tracing::error!("launcher stopped: {}", f.message);
+            1
+        }
+    };
+    sys::exit_now(code)
+}
+
+fn run(control: &OwnedFd, rt: &mut Runtime) -> Result<(), Failure> {
+    // Both filters are compiled before either is installed: the launcher's
+    // own filter has no business with the policy parser afterwards.
+    let worker_filter = Kind::Worker.policy()?.compile()?;
+    let own = Kind::Launcher.policy()?.compile()?;
+    own.install().map_err(|f| {
+        Failure::new(
+            f.code,
+            format!("sandbox layer seccomp (launcher): {}", f.message),
+        )
+    })?;
+    tracing::info!(kind = "launcher", instructions = own.bytes.len() / 8, sha256 = %own.digest(), "seccomp filter installed");
+    tracing::info!(kind = "worker", instructions = worker_filter.bytes.len() / 8, sha256 = %worker_filter.digest(), "seccomp filter ready for workers");
+    let mut loaded: HashMap<PathBuf, Loaded> = HashMap::new();
+    while let Some((spawn, fds)) = proto::recv::<Spawn>(control.as_fd())? {
+        let reply = match spawn_worker(&spawn, fds, rt, &mut loaded, &worker_filter, control) {
+            Ok((pid, pidfd)) => {
+                proto::send(control.as_fd(), &Spawned::Worker(pid), &[pidfd.as_fd()])
+            }
+            Err(f) => proto::send(control.as_fd(), &Spawned::Refused(f.code, f.message), &[]),
+        };
+        reply?;
+    }
+    Ok(())
+}
+
+/// The tool at `artifact`, loaded once and reloaded when the file changes.
+fn tool<'a>(
+    rt: &Runtime,
+    loaded: &'a mut HashMap<PathBuf, Loaded>,
+    artifact: &PathBuf,
+) -> Result<&'a Prepared, Failure> {
+    let modified = std::fs::metadata(artifact).and_then(|m| m.modified()).ok();
+    let fresh = loaded.get(artifact).is_some_and(|l| l.modified == modified);
+    if !fresh {
+        let prepared = rt.load_artifact(artifact)?;
+        loaded.insert(artifact.clone(), Loaded { modified, prepared });
+    }
+    Ok(&loaded[artifact].prepared)
+}
+
+fn spawn_worker(
+    spawn: &Spawn,
+    fds: Vec<OwnedFd>,
+    rt: &mut Runtime,
+    loaded: &mut HashMap<PathBuf, Loaded>,
+    filter: &Program,
+    control: &OwnedFd,
+) -> Result<(i32, OwnedFd), Failure> {
+    let mut fds = fds.into_iter();
+    let channel = fds
+        .next()
+        .ok_or_else(|| Failure::new(Code::Eproto, "spawn without a channel"))?;
+    let cgroup = fds.next();
+    if spawn.layers.cgroup != cgroup.is_some() {
+        return Err(Failure::new(
+            Code::Eproto,
+            "spawn: the cgroup layer and its directory disagree",
+        ));
+    }
+    let prepared = tool(rt, loaded, &spawn.artifact)?.clone();
+    let (go_read, go_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Failure::new(Code::SandboxSetupFailed, format!("pipe: {e}")))?;
+    let flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWNS
+        | libc::CLONE_PARENT) as u64;
+    match sys::clone3(flags, cgroup.as_ref().map(|c| c.as_fd()))? {
+        None => {
+            // The worker. Nothing of the launcher's conversation is its business.
+            drop((go_write, cgroup));
+            sys::close_in_child(control.as_fd());
+            worker::main(spawn, channel, go_read, rt, &prepared, filter)
+        }
+        Some(child) => {
+            drop(go_read);
+            map_ids(child.pid)?;
+            rustix::io::write(&go_write, b"g").map_err(|e| {
+                Failure::new(
+                    Code::SandboxSetupFailed,
+                    format!("start worker {}: {e}", child.pid),
+                )
+            })?;
+            Ok((child.pid, child.pidfd))
+        }
+    }
+}
+
+/// Map uid and gid 0 in the worker's user namespace to 0 outside: its
+/// ClawFS files stay root's, while it holds no capability anywhere once
+/// its setup is done (docs/sandbox.md says why not an unprivileged uid).
+fn map_ids(pid: i32) -> Result<(), Failure> {
+    for map in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{map}");
+        std::fs::write(&path, "0 0 1\n").map_err(|e| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("sandbox layer user namespace: write {path}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}

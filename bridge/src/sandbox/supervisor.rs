@@ -1,0 +1,479 @@
+//! The daemon's side of the sandbox: fork the launcher, and for each run
+//! prepare the instance cgroup, have a worker cloned into it, serve the
+//! worker's requests, reap it and clean up.
+
+use super::launcher;
+use super::proto::{self, FromWorker, Layers, Spawn, Spawned, ToWorker};
+use super::sys;
+use crate::cgroup::{self, Delegation, MAIN_LEAF};
+use crate::clawfs::Root;
+use crate::config::{CgroupPolicy, Config};
+use crate::egress::Egress;
+use crate::error::{Code, Failure};
+use crate::runtime::outcome::RunOutcome;
+use crate::runtime::{RunInput, Runtime};
+use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Wall time a worker gets beyond its CPU budget before it is killed:
+/// setup, instantiation and the result's trip back.
+const WALL_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker that sent its result may take to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Which optional layers this system can apply. Seccomp and the namespaces
+/// are always applied; cgroup v2 and AppArmor are required unless the loud
+/// development flag allows them to be missing, and the appliance never
+/// sets it.
+pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layers, Failure> {
+    let cgroup = cgroup::available(policy);
+    let apparmor = apparmor_confined();
+    let mut missing = Vec::new();
+    if let Err(f) = &cgroup {
+        missing.push(format!("cgroup v2 ({})", f.message));
+    }
+    if let Err(why) = &apparmor {
+        missing.push(format!("apparmor ({why})"));
+    }
+    if !missing.is_empty() {
+        if !allow_missing {
+            return Err(Failure::new(
+                Code::SandboxSetupFailed,
+                format!(
+                    "sandbox layers missing, refusing to start: {}",
+                    missing.join("; ")
+                ),
+            ));
+        }
+        for m in &missing {
+            tracing::warn!(
+                "--dev-allow-missing-layers: running WITHOUT the {m} layer; never do this in production"
+            );
+        }
+    }
+    Ok(Layers {
+        cgroup: cgroup.is_ok(),
+        apparmor: apparmor.is_ok(),
+    })
+}
+
+/// Is this process confined by an AppArmor profile in enforce mode?
+fn apparmor_confined() -> Result<(), String> {
+    let label = std::fs::read_to_string("/proc/thread-self/attr/apparmor/current")
+        .or_else(|_| std::fs::read_to_string("/proc/thread-self/attr/current"))
+        .map_err(|e| format!("cannot read this process's AppArmor label: {e}"))?;
+    let label = label.trim_end_matches(['\n', '\0']);
+    if label.ends_with(" (enforce)") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the daemon is not confined in enforce mode (label {label:?})"
+        ))
+    }
+}
+
+/// The daemon's handle on the launcher.
+pub struct Sandbox {
+    control: Mutex<OwnedFd>,
+    layers: Layers,
+    cgroup: CgroupPolicy,
+    egress: Egress,
+    clawfs_root: PathBuf,
+    next_instance: AtomicU64,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("layers", &self.layers)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Fork the launcher, which takes a copy of `rt`. Must be called while
+    /// the process has one thread.
+    pub fn start(
+        config: &Config,
+        rt: Runtime,
+        layers: Layers,
+    ) -> Result<(Sandbox, Runtime), Failure> {
+        if layers.cgroup {
+            cgroup::remove_stale(&config.cgroup);
+        }
+        let (ours, theirs) = proto::channel()?;
+        match sys::fork_single_threaded()? {
+            None => {
+                drop(ours);
+                launcher::main(theirs.into(), rt)
+            }
+            Some(pid) => {
+                tracing::info!(
+                    launcher = pid.as_raw_nonzero().get(),
+                    ?layers,
+                    "sandbox launcher started"
+                );
+                let sandbox = Sandbox {
+                    control: Mutex::new(ours.into()),
+                    layers,
+                    cgroup: config.cgroup.clone(),
+                    egress: Egress::new(config.network.clone()),
+                    clawfs_root: config.clawfs_root(),
+                    next_instance: AtomicU64::new(1),
+                };
+                Ok((sandbox, rt))
+            }
+        }
+    }
+
+    /// The layers every worker gets.
+    pub fn layers(&self) -> Layers {
+        self.layers
+    }
+
+    /// Run `tool` (installed with artifact `artifact`, component hash
+    /// `sha256`) in a new worker. Blocks until the worker is gone.
+    pub fn run(&self, tool: &str, artifact: &Path, input: RunInput, budget_ms: u64) -> RunOutcome {
+        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let mut out = match self.instance(id, tool, artifact, input, budget_ms) {
+            Ok(out) => out,
+            Err(f) => RunOutcome {
+                code: f.code,
+                message: f.message,
+                ..RunOutcome::default()
+            },
+        };
+        out.instance_id = id;
+        if out.code != Code::Success {
+            tracing::info!(tool, instance = id, code = %out.code, "run failed: {}", out.message);
+        }
+        out
+    }
+
+    fn instance(
+        &self,
+        id: u64,
+        tool: &str,
+        artifact: &Path,
+        input: RunInput,
+        budget_ms: u64,
+    ) -> Result<RunOutcome, Failure> {
+        let mut delegation = match self.layers.cgroup {
+            true => Some(Delegation::create(&self.cgroup, id).map_err(|f| {
+                Failure::new(
+                    Code::SandboxSetupFailed,
+                    format!("sandbox layer cgroup: {}", f.message),
+                )
+            })?),
+            false => None,
+        };
+        let leaf = match &delegation {
+            Some(d) => Some(open_dir(&d.dir().join(MAIN_LEAF))?),
+            None => None,
+        };
+        // The tool's ClawFS directory exists before the worker binds it.
+        let clawfs = self.clawfs_root.join(tool);
+        drop(Root::open(&clawfs, 0)?);
+        let (ours, theirs) = proto::channel()?;
+        let spawn = Spawn {
+            instance: id,
+            tool: tool.to_owned(),
+            artifact: artifact.to_owned(),
+            clawfs,
+            layers: self.layers,
+        };
+        let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
+        drop((theirs, leaf));
+        let deadline = Instant::now() + Duration::from_millis(budget_ms) + WALL_GRACE;
+        let talk = self.converse(&ours, &worker, delegation.as_mut(), input, deadline);
+        drop(ours);
+        let status = worker.reap(talk.as_ref().is_ok_and(Option::is_some));
+        let out = match talk {
+            Ok(Some(out)) => out,
+            Ok(None) | Err(_) => self.killed(&worker, status, talk.err(), delegation.as_ref()),
+        };
+        drop(delegation);
+        Ok(out)
+    }
+
+    /// Ask the launcher for a worker.
+    fn spawn(
+        &self,
+        spawn: &Spawn,
+        channel: &UnixStream,
+        leaf: Option<&OwnedFd>,
+    ) -> Result<Worker, Failure> {
+        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fds = vec![channel.as_fd()];
+        fds.extend(leaf.map(|l| l.as_fd()));
+        let gone = |f: Failure| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("the sandbox launcher is gone: {}", f.message),
+            )
+        };
+        proto::send(control.as_fd(), spawn, &fds).map_err(gone)?;
+        match proto::recv::<Spawned>(control.as_fd()).map_err(gone)? {
+            Some((Spawned::Worker(pid), mut fds)) if fds.len() == 1 => Ok(Worker {
+                pid,
+                pidfd: fds.pop().expect("one descriptor"),
+            }),
+            Some((Spawned::Refused(code, message), _)) => Err(Failure::new(code, message)),
+            Some((other, _)) => Err(Failure::new(
+                Code::Einternal,
+                format!("launcher answered {other:?}"),
+            )),
+            None => Err(Failure::new(
+                Code::SandboxSetupFailed,
+                "the sandbox launcher is gone",
+            )),
+        }
+    }
+
+    /// Serve the worker until it sends its outcome (`Some`) or its channel
+    /// closes (`None`: it died, and the status says how).
+    fn converse(
+        &self,
+        ch: &UnixStream,
+        worker: &Worker,
+        mut delegation: Option<&mut Delegation>,
+        input: RunInput,
+        deadline: Instant,
+    ) -> Result<Option<RunOutcome>, Failure> {
+        let recv = || -> Result<Option<(FromWorker, Vec<OwnedFd>)>, Failure> {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(wall_time());
+            }
+            ch.set_read_timeout(Some(left))
+                .map_err(|e| Failure::io("channel timeout", &e))?;
+            proto::recv(ch.as_fd()).map_err(|f| {
+                if Instant::now() >= deadline {
+                    wall_time()
+                } else {
+                    f
+                }
+            })
+        };
+        match recv()? {
+            Some((FromWorker::Ready, _)) => {}
+            Some((FromWorker::SetupFailed(code, message), _)) => {
+                return Err(Failure::new(code, message));
+            }
+            Some((other, _)) => {
+                return Err(Failure::new(
+                    Code::Eproto,
+                    format!("worker sent {other:?} before ready"),
+                ));
+            }
+            None => return Ok(None),
+        }
+        proto::send(ch.as_fd(), &ToWorker::Input(input), &[])?;
+        let mut pids = PidMap::new(worker.pid);
+        while let Some((msg, _)) = recv()? {
+            let (reply, fd): (ToWorker, Option<OwnedFd>) = match msg {
+                FromWorker::Done(out) => return Ok(Some(*out)),
+                FromWorker::Resolve(name) => match self.egress.resolve(&name) {
+                    Ok(ips) => (ToWorker::Resolved(ips), None),
+                    Err(f) => (ToWorker::Refused(f.code, f.message), None),
+                },
+                FromWorker::Connect {
+                    host,
+                    port,
+                    timeout_ms,
+                } => {
+                    let wait = Duration::from_millis(timeout_ms)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    match self.egress.connect(&host, port, wait) {
+                        Ok(stream) => (ToWorker::Connected, Some(OwnedFd::from(stream))),
+                        Err(f) => (ToWorker::Refused(f.code, f.message), None),
+                    }
+                }
+                FromWorker::Cgroup(call) => match delegation.as_deref_mut() {
+                    Some(d) => match call.apply(d, |p| pids.host(p)) {
+                        Ok(r) => (ToWorker::Cgroup(r), None),
+                        Err(f) => (ToWorker::Refused(f.code, f.message), None),
+                    },
+                    None => (
+                        ToWorker::Refused(
+                            Code::InterfaceUnavailable,
+                            "the cgroup interface needs cgroup v2, which this system lacks".into(),
+                        ),
+                        None,
+                    ),
+                },
+                other => (
+                    ToWorker::Refused(Code::Eproto, format!("unexpected request {other:?}")),
+                    None,
+                ),
+            };
+            let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+            proto::send(ch.as_fd(), &reply, &fds)?;
+        }
+        Ok(None)
+    }
+
+    /// The outcome of a worker that did not deliver one.
+    fn killed(
+        &self,
+        worker: &Worker,
+        status: Option<WaitIdStatus>,
+        err: Option<Failure>,
+        delegation: Option<&Delegation>,
+    ) -> RunOutcome {
+        let oom = delegation.and_then(|d| cgroup::oom_kills(d.dir()));
+        let how = match status.as_ref().and_then(|s| s.terminating_signal()) {
+            Some(sig) if sig == libc::SIGKILL && oom.is_some_and(|n| n > 0) => format!(
+                "killed by the kernel's OOM killer: the instance's cgroup reached memory.max = {} bytes (memory.events oom_kill {})",
+                self.cgroup.instance_memory_max,
+                oom.unwrap_or(0)
+            ),
+            Some(sig) if sig == libc::SIGSYS => {
+                "killed by seccomp (SIGSYS): it made a system call the worker filter forbids"
+                    .to_owned()
+            }
+            Some(sig) => format!("killed by signal {sig}"),
+            None => match status.as_ref().and_then(|s| s.exit_status()) {
+                Some(code) => format!("exited with status {code} without a result"),
+                None => "did not exit".to_owned(),
+            },
+        };
+        let (code, message) = match err {
+            Some(f) if f.code == Code::SandboxSetupFailed => (f.code, f.message),
+            Some(f) => (
+                Code::InstanceKilled,
+                format!("worker {} {how} ({})", worker.pid, f.message),
+            ),
+            None => (Code::InstanceKilled, format!("worker {} {how}", worker.pid)),
+        };
+        RunOutcome {
+            code,
+            message,
+            ..RunOutcome::default()
+        }
+    }
+}
+
+fn wall_time() -> Failure {
+    Failure::new(
+        Code::InstanceKilled,
+        "the worker ran past its wall-time limit",
+    )
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
+    use rustix::fs::{CWD, Mode, OFlags, openat};
+    openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        Failure::new(
+            Code::SandboxSetupFailed,
+            format!("sandbox layer cgroup: open {}: {e}", path.display()),
+        )
+    })
+}
+
+/// A live worker: the daemon is its parent (`CLONE_PARENT`).
+struct Worker {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl Worker {
+    /// Wait for the worker to exit; `finished` workers get a short grace,
+    /// others are killed at once. Returns how it ended.
+    fn reap(&self, finished: bool) -> Option<WaitIdStatus> {
+        if finished {
+            let mut fds = [rustix::event::PollFd::new(
+                &self.pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let ts = rustix::time::Timespec {
+                tv_sec: EXIT_GRACE.as_secs() as i64,
+                tv_nsec: 0,
+            };
+            let _ = rustix::event::poll(&mut fds, Some(&ts));
+        }
+        // Killing a worker that already exited is harmless (ESRCH).
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+        match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!(worker = self.pid, "cannot reap the worker: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Pids as the instance sees them (its own pid namespace) to the daemon's.
+struct PidMap {
+    worker: i32,
+    cache: HashMap<u32, u32>,
+}
+
+impl PidMap {
+    fn new(worker: i32) -> PidMap {
+        PidMap {
+            worker,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The daemon's pid of the instance's task `pid`: one of the worker's
+    /// threads by its `NSpid`; anything else is not the instance's.
+    fn host(&mut self, pid: u32) -> Result<u32, Failure> {
+        if let Some(h) = self.cache.get(&pid) {
+            return Ok(*h);
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.worker))
+            .map_err(|e| Failure::io(format_args!("tasks of worker {}", self.worker), &e))?;
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            if let Some((host, inner)) = parse_nspid(&status)
+                && inner == pid
+            {
+                self.cache.insert(pid, host);
+                return Ok(host);
+            }
+        }
+        Err(Failure::new(
+            Code::PolicyDenied,
+            format!("process {pid} is not one of this instance's tasks"),
+        ))
+    }
+}
+
+/// The first and last pid of a `/proc/<pid>/status` `NSpid:` line: the pid
+/// in the reader's namespace and in the task's own.
+fn parse_nspid(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    Some((*ids.first()?, *ids.last()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nspid_gives_outer_and_inner() {
+        let status = "Name:\tclawos\nNSpid:\t4242\t1\nNSsid:\t1\n";
+        assert_eq!(parse_nspid(status), Some((4242, 1)));
+        assert_eq!(parse_nspid("NSpid:\t77\n"), Some((77, 77)));
+        assert_eq!(parse_nspid("Name:\tx\n"), None);
+    }
+}

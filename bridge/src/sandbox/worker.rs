@@ -1,0 +1,299 @@
+//! An instance worker: the launcher's clone, in new user, pid, net and mnt
+//! namespaces (and, with the cgroup layer, born in its instance cgroup).
+//! Before any tool byte runs it enters the worker AppArmor profile, builds
+//! a mount tree holding only its ClawFS directory, three device nodes and a
+//! pid-only `/proc`, drops every capability, sets no_new_privs and installs
+//! the worker seccomp filter. Then it runs the tool once, talking to the
+//! daemon over its channel, and exits.
+
+use super::proto::{self, FromWorker, Spawn, ToWorker};
+use super::sys;
+use crate::error::{Code, Failure};
+use crate::outside::{CgroupCall, CgroupReply, Outside};
+use crate::runtime::{Placement, Prepared, RunInput, Runtime};
+use crate::seccomp::Program;
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use std::net::{IpAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The worker profile's name.
+pub const WORKER_PROFILE: &str = "clawos-worker";
+/// Where the worker's new root is built (a tmpfs over it, in its own mount
+/// namespace only).
+const STAGE: &str = "/tmp";
+/// The tool's ClawFS directory inside the worker.
+pub const CLAWFS_IN_WORKER: &str = "/clawfs";
+/// Device nodes a worker may reach (the device interface's allow-list
+/// names them; others do not exist in its tree).
+const DEVICES: [&str; 3] = ["null", "zero", "urandom"];
+
+/// A layer that failed, by name.
+fn layer(name: &str, f: Failure) -> Failure {
+    Failure::new(
+        Code::SandboxSetupFailed,
+        format!("sandbox layer {name} could not be applied: {}", f.message),
+    )
+}
+
+fn os(what: impl std::fmt::Display, e: rustix::io::Errno) -> Failure {
+    Failure::new(Code::SandboxSetupFailed, format!("{what}: {e}"))
+}
+
+/// The worker's life; never returns. `go` is readable once the launcher
+/// has written the worker's id maps.
+pub fn main(
+    spawn: &Spawn,
+    channel: OwnedFd,
+    go: OwnedFd,
+    rt: &mut Runtime,
+    tool: &Prepared,
+    filter: &Program,
+) -> ! {
+    let mut byte = [0u8; 1];
+    if !matches!(rustix::io::read(&go, &mut byte), Ok(1)) {
+        // The launcher could not map our ids and said so to the daemon.
+        sys::exit_now(1);
+    }
+    drop(go);
+    if let Err(f) = setup(spawn, rt, filter) {
+        let _ = proto::send(
+            channel.as_fd(),
+            &FromWorker::SetupFailed(f.code, f.message),
+            &[],
+        );
+        sys::exit_now(1);
+    }
+    let code = match serve(spawn, channel, rt, tool) {
+        Ok(()) => 0,
+        Err(f) => {
+            tracing::error!(instance = spawn.instance, tool = %spawn.tool, "worker: {}", f.message);
+            1
+        }
+    };
+    sys::exit_now(code)
+}
+
+/// Every layer, in order. AppArmor first: the profile change is refused
+/// under no_new_privs, and the worker profile allows exactly the mounts
+/// that follow.
+fn setup(spawn: &Spawn, rt: &mut Runtime, filter: &Program) -> Result<(), Failure> {
+    if spawn.layers.apparmor {
+        change_profile(WORKER_PROFILE).map_err(|f| layer("apparmor", f))?;
+    }
+    mount_tree(&spawn.clawfs).map_err(|f| layer("mount namespace", f))?;
+    // Threads that exist before the filter get it too (TSYNC): the epoch
+    // clock, and WASI's reactor, which would otherwise start lazily.
+    rt.start_clock().map_err(|f| layer("wasm cpu budget", f))?;
+    wasmtime_wasi::runtime::in_tokio(async {});
+    drop_capabilities().map_err(|f| layer("capabilities", f))?;
+    filter.install().map_err(|f| layer("seccomp", f))
+}
+
+/// Enter `profile` now (no exec), through the kernel's change_profile.
+fn change_profile(profile: &str) -> Result<(), Failure> {
+    let cmd = format!("changeprofile {profile}");
+    let attempt = |path: &str| std::fs::write(path, cmd.as_bytes());
+    attempt("/proc/thread-self/attr/apparmor/current")
+        .or_else(|_| attempt("/proc/thread-self/attr/current"))
+        .map_err(|e| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("cannot change to AppArmor profile {profile}: {e}"),
+            )
+        })
+}
+
+/// Replace the mount tree with a tmpfs holding the ClawFS directory at
+/// `/clawfs`, `/dev/{null,zero,urandom}` and a pid-only `/proc`.
+fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    // Held open: the tmpfs is mounted over STAGE, which may contain it.
+    let tool_dir = openat(
+        CWD,
+        clawfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| os(format_args!("open {}", clawfs.display()), e))?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| os("make / private", e))?;
+    let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    rustix::mount::mount("tmpfs", STAGE, "tmpfs", hardened, c"mode=0755,size=64k")
+        .map_err(|e| os(format_args!("mount tmpfs on {STAGE}"), e))?;
+    let at = |p: &str| format!("{STAGE}/{p}");
+    for d in ["clawfs", "dev", "proc", "old"] {
+        mkdirat(CWD, at(d).as_str(), Mode::from_raw_mode(0o755))
+            .map_err(|e| os(format_args!("mkdir {}", at(d)), e))?;
+    }
+    let tool_src = format!("/proc/self/fd/{}", tool_dir.as_raw_fd());
+    bind(
+        &tool_src,
+        &at("clawfs"),
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+    )?;
+    drop(tool_dir);
+    for d in DEVICES {
+        let target = at(&format!("dev/{d}"));
+        drop(
+            openat(
+                CWD,
+                target.as_str(),
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            )
+            .map_err(|e| os(format_args!("create {target}"), e))?,
+        );
+        bind(
+            &format!("/dev/{d}"),
+            &target,
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+        )?;
+    }
+    rustix::mount::mount("proc", at("proc").as_str(), "proc", hardened, c"subset=pid")
+        .map_err(|e| os(format_args!("mount proc on {}", at("proc")), e))?;
+    enter_root()?;
+    // The root itself is read-only: only /clawfs takes writes.
+    rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY | hardened, "")
+        .map_err(|e| os("remount / read-only", e))
+}
+
+/// Bind `src` on `target`, then apply `flags` (a bind ignores them at first).
+fn bind(src: &str, target: &str, flags: MountFlags) -> Result<(), Failure> {
+    rustix::mount::mount_bind(src, target)
+        .map_err(|e| os(format_args!("bind {src} on {target}"), e))?;
+    rustix::mount::mount_remount(target, MountFlags::BIND | flags, "")
+        .map_err(|e| os(format_args!("remount {target}"), e))
+}
+
+/// Make the staged tmpfs the root. pivot_root cannot move the initramfs
+/// (rootfs) the appliance runs from; there the tmpfs is moved over `/` and
+/// chrooted into instead, which leaves the old root unreachable once the
+/// capabilities are gone.
+fn enter_root() -> Result<(), Failure> {
+    match rustix::process::pivot_root(STAGE, format!("{STAGE}/old").as_str()) {
+        Ok(()) => {
+            rustix::process::chdir("/").map_err(|e| os("chdir /", e))?;
+            rustix::mount::unmount("/old", UnmountFlags::DETACH)
+                .map_err(|e| os("detach the old root", e))?;
+            rustix::fs::rmdir("/old").map_err(|e| os("rmdir /old", e))
+        }
+        Err(rustix::io::Errno::INVAL) => {
+            rustix::fs::rmdir(format!("{STAGE}/old").as_str()).map_err(|e| os("rmdir old", e))?;
+            rustix::process::chdir(STAGE).map_err(|e| os(format_args!("chdir {STAGE}"), e))?;
+            rustix::mount::mount_move(".", "/").map_err(|e| os("move the new root over /", e))?;
+            rustix::process::chroot(".").map_err(|e| os("chroot", e))?;
+            rustix::process::chdir("/").map_err(|e| os("chdir /", e))
+        }
+        Err(e) => Err(os("pivot_root", e)),
+    }
+}
+
+/// Empty the bounding, ambient, effective, permitted and inheritable sets.
+fn drop_capabilities() -> Result<(), Failure> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    for cap in CapabilitySet::all().iter() {
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            // Past the running kernel's last capability.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(os("drop a capability from the bounding set", e)),
+        }
+    }
+    rustix::thread::clear_ambient_capability_set()
+        .map_err(|e| os("clear ambient capabilities", e))?;
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, none).map_err(|e| os("capset", e))
+}
+
+/// Announce readiness, take the input, run, send the outcome.
+fn serve(spawn: &Spawn, channel: OwnedFd, rt: &Runtime, tool: &Prepared) -> Result<(), Failure> {
+    proto::send(channel.as_fd(), &FromWorker::Ready, &[])?;
+    let input: RunInput = match proto::recv(channel.as_fd())? {
+        Some((ToWorker::Input(input), _)) => input,
+        Some((other, _)) => {
+            return Err(Failure::new(
+                Code::Eproto,
+                format!("expected the run's input, got {other:?}"),
+            ));
+        }
+        None => return Ok(()),
+    };
+    let broker = Arc::new(Broker {
+        channel: Mutex::new(channel),
+    });
+    let place = Placement {
+        id: spawn.instance,
+        root: CLAWFS_IN_WORKER.into(),
+        outside: broker.clone(),
+    };
+    let outcome = rt.run_at(&spawn.tool, &place, tool, input);
+    let channel = broker.channel.lock().unwrap_or_else(|p| p.into_inner());
+    proto::send(channel.as_fd(), &FromWorker::Done(Box::new(outcome)), &[])
+}
+
+/// The worker's outside: every call is a request to the daemon.
+#[derive(Debug)]
+struct Broker {
+    channel: Mutex<OwnedFd>,
+}
+
+impl Broker {
+    fn ask(&self, request: FromWorker) -> Result<(ToWorker, Vec<OwnedFd>), Failure> {
+        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        proto::send(channel.as_fd(), &request, &[])?;
+        match proto::recv(channel.as_fd())? {
+            Some((ToWorker::Refused(code, message), _)) => Err(Failure::new(code, message)),
+            Some(reply) => Ok(reply),
+            None => Err(Failure::new(
+                Code::Einternal,
+                "the daemon closed the sandbox channel",
+            )),
+        }
+    }
+}
+
+fn unexpected(reply: ToWorker) -> Failure {
+    Failure::new(
+        Code::Eproto,
+        format!("unexpected reply from the daemon: {reply:?}"),
+    )
+}
+
+impl Outside for Broker {
+    fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, Failure> {
+        match self.ask(FromWorker::Resolve(name.to_owned()))? {
+            (ToWorker::Resolved(ips), _) => Ok(ips),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure> {
+        let request = FromWorker::Connect {
+            host: host.to_owned(),
+            port,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.ask(request)? {
+            (ToWorker::Connected, mut fds) if fds.len() == 1 => {
+                Ok(TcpStream::from(fds.pop().expect("one descriptor")))
+            }
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    fn cgroup(&self, call: CgroupCall) -> Result<CgroupReply, Failure> {
+        match self.ask(FromWorker::Cgroup(call))? {
+            (ToWorker::Cgroup(reply), _) => Ok(reply),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+}
