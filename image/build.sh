@@ -46,7 +46,7 @@ TOOLS=(hello echo exerciser misbehave memgrow spinner hostio)
 say() { printf 'image: %s\n' "$*" >&2; }
 die() { printf 'image: error: %s\n' "$*" >&2; exit 1; }
 
-for b in clawos-wasm-daemon clawosctl; do
+for b in clawos-wasm-daemon clawosctl clawos-seccomp-probe; do
     [ -x "$bin/$b" ] || die "$bin/$b is missing (make build)"
 done
 for t in "${TOOLS[@]}"; do
@@ -94,13 +94,14 @@ sed "s/@DATA_UUID@/$DATA_FS_UUID/" "$here/image/init" >"$root/init"
 chmod 0755 "$root/init"
 install -m 0644 "$here/image/profile" "$root/etc/profile"
 install -m 0644 "$here/config/daemon.toml" "$root/etc/clawos/daemon.toml"
+install -m 0644 "$here/config/limits.toml" "$root/etc/clawos/limits.toml"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
 # Name resolution for tools goes through the daemon's resolver (egress
 # policy allows "localhost" by default): the loopback names it needs.
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 printf 'clawos\n' >"$root/etc/hostname"
-for b in clawos-wasm-daemon clawosctl; do
+for b in clawos-wasm-daemon clawosctl clawos-seccomp-probe; do
     strip --strip-debug -o "$root/usr/bin/$b" "$bin/$b"
 done
 install -m 0755 "$(command -v apparmor_parser)" "$root/sbin/apparmor_parser"
@@ -109,7 +110,7 @@ if [ -d "$here/image/apparmor.d" ]; then
     cp -r "$here/image/apparmor.d/." "$root/etc/apparmor.d/"
 fi
 # Shared libraries of every dynamic executable, at the paths the loader looks in.
-for exe in "$root/usr/bin/clawos-wasm-daemon" "$root/usr/bin/clawosctl" "$root/sbin/apparmor_parser"; do
+for exe in "$root/usr/bin/clawos-wasm-daemon" "$root/usr/bin/clawosctl" "$root/usr/bin/clawos-seccomp-probe" "$root/sbin/apparmor_parser"; do
     ldd "$exe" | awk '/=> \// { print $3 } /^\t\// { print $1 }' | while read -r lib; do
         mkdir -p "$root$(dirname "$lib")"
         [ -e "$root$lib" ] || cp -L "$lib" "$root$lib"

@@ -121,30 +121,25 @@ impl Delegation {
 
     /// Write the instance subtree's own limits, the ceiling for its groups.
     pub fn set_instance_limits(&self, policy: &CgroupPolicy) -> Result<(), Failure> {
-        let [quota, period] = policy.instance_cpu_max;
+        let limits = &policy.instance;
+        let [quota, period] = limits.cpu_max;
         // No swap: memory.max is the instance's whole memory. The file
         // exists only on kernels built with swap (CONFIG_SWAP).
         write_file(
             &self.dir.join("memory.swap.max"),
-            &policy.instance_swap_max.to_string(),
+            &limits.memory_swap_max.to_string(),
         )?;
         // An OOM kill takes the whole instance, never half of it.
         write_file(
             &self.dir.join("memory.oom.group"),
-            if policy.instance_oom_group { "1" } else { "0" },
+            if limits.memory_oom_group { "1" } else { "0" },
         )?;
-        write_file(
-            &self.dir.join("memory.max"),
-            &policy.instance_memory_max.to_string(),
-        )?;
+        write_file(&self.dir.join("memory.max"), &limits.memory_max.to_string())?;
         write_file(
             &self.dir.join("cpu.max"),
             &format_cpu_max(Some(quota), period),
         )?;
-        write_file(
-            &self.dir.join("pids.max"),
-            &policy.instance_pids_max.to_string(),
-        )
+        write_file(&self.dir.join("pids.max"), &limits.pids_max.to_string())
     }
 
     /// The delegation's directory.

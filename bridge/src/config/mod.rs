@@ -2,7 +2,10 @@
 //! value range-checked at start. `config/daemon.toml` in the repository is the
 //! documented default; a missing file means these defaults.
 
+mod limits;
 mod policy;
+
+pub use limits::InstanceLimits;
 
 pub use policy::{CgroupPolicy, ClawfsPolicy, DevicePolicy, DeviceRule, EgressRule, NetworkPolicy};
 use serde::Deserialize;
@@ -70,6 +73,9 @@ pub struct Config {
     pub network: NetworkPolicy,
     /// The cgroup subtree delegated to instances.
     pub cgroup: CgroupPolicy,
+    /// The P1.5 limits file; missing means the built-in limits (the
+    /// repository's config/limits.toml).
+    pub limits_file: PathBuf,
 }
 
 /// Log output format.
@@ -174,6 +180,7 @@ impl Default for Config {
             devices: DevicePolicy::default(),
             network: NetworkPolicy::default(),
             cgroup: CgroupPolicy::default(),
+            limits_file: PathBuf::from("/etc/clawos/limits.toml"),
         }
     }
 }
@@ -234,10 +241,11 @@ impl Config {
 
     /// Parse and validate `text`, naming `path` in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        config.cgroup.instance = InstanceLimits::load_or_built_in(&config.limits_file)?;
         config.validate()?;
         Ok(config)
     }

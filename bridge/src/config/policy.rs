@@ -2,7 +2,7 @@
 //! delegated cgroup subtree. Each knob is documented in config/daemon.toml
 //! and docs/policy.md with its default.
 
-use super::{ConfigError, MIB, invalid, range};
+use super::{ConfigError, InstanceLimits, MIB, invalid, range};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -95,18 +95,10 @@ pub struct CgroupPolicy {
     pub max_groups: u32,
     /// Deepest group below the instance's subtree.
     pub max_depth: u32,
-    /// The instance subtree's own `memory.max`, which no group below it
-    /// can exceed (P1.5: 256 MiB).
-    pub instance_memory_max: u64,
-    /// The instance subtree's own `cpu.max` quota and period, µs (P1.5: 5% of a CPU).
-    pub instance_cpu_max: [u64; 2],
-    /// The instance subtree's own `pids.max` (P1.5: 32).
-    pub instance_pids_max: u64,
-    /// The instance subtree's `memory.swap.max` (P1.5: 0, no swap).
-    pub instance_swap_max: u64,
-    /// The instance subtree's `memory.oom.group` (P1.5: true, an OOM kill
-    /// takes the whole instance).
-    pub instance_oom_group: bool,
+    /// P1.5, the instance subtree's own limits and the ceiling for its
+    /// groups: from the limits file (`Config::limits_file`), not this table.
+    #[serde(skip)]
+    pub instance: InstanceLimits,
 }
 
 impl Default for ClawfsPolicy {
@@ -165,11 +157,7 @@ impl Default for CgroupPolicy {
             root: PathBuf::from("/sys/fs/cgroup/clawos"),
             max_groups: 16,
             max_depth: 4,
-            instance_memory_max: 256 * MIB,
-            instance_cpu_max: [50_000, 1_000_000],
-            instance_pids_max: 32,
-            instance_swap_max: 0,
-            instance_oom_group: true,
+            instance: InstanceLimits::default(),
         }
     }
 }
@@ -277,29 +265,5 @@ pub(super) fn validate(
     }
     range("cgroup.max_groups", cg.max_groups.into(), 0, 4096)?;
     range("cgroup.max_depth", cg.max_depth.into(), 1, 32)?;
-    range(
-        "cgroup.instance_memory_max",
-        cg.instance_memory_max,
-        MIB,
-        1 << 50,
-    )?;
-    range(
-        "cgroup.instance_cpu_max",
-        cg.instance_cpu_max[1],
-        1_000,
-        1_000_000,
-    )?;
-    range(
-        "cgroup.instance_cpu_max",
-        cg.instance_cpu_max[0],
-        1_000,
-        1 << 40,
-    )?;
-    range(
-        "cgroup.instance_pids_max",
-        cg.instance_pids_max,
-        1,
-        4_194_304,
-    )?;
     Ok(())
 }

@@ -331,7 +331,7 @@ impl Sandbox {
         let how = match status.as_ref().and_then(|s| s.terminating_signal()) {
             Some(sig) if sig == libc::SIGKILL && oom.is_some_and(|n| n > 0) => format!(
                 "killed by the kernel's OOM killer: the instance's cgroup reached memory.max = {} bytes (memory.events oom_kill {})",
-                self.cgroup.instance_memory_max,
+                self.cgroup.instance.memory_max,
                 oom.unwrap_or(0)
             ),
             Some(sig) if sig == libc::SIGSYS => {

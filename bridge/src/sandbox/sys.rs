@@ -20,7 +20,10 @@ pub fn set_no_new_privs() -> Result<(), Failure> {
 /// this process.
 pub fn seccomp_install(bytes: &[u8]) -> Result<(), Failure> {
     const INSN: usize = std::mem::size_of::<libc::sock_filter>();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(INSN) || bytes.len() / INSN > u16::MAX as usize {
+    if bytes.is_empty()
+        || !bytes.len().is_multiple_of(INSN)
+        || bytes.len() / INSN > u16::MAX as usize
+    {
         return Err(Failure::new(
             Code::SandboxSetupFailed,
             format!(

@@ -1,0 +1,245 @@
+//! The sandbox layers in the booted appliance: every thread of daemon,
+//! launcher and worker under seccomp with no_new_privs, the worker in its
+//! own namespaces and AppArmor profile, the instance cgroup's P1.5 values
+//! read back from the kernel, and each limit biting: CPU throttled to 5%,
+//! forks past 32 refused with EAGAIN, a memory hog OOM-killed as a group
+//! with swap present but unused. Every refused system call of the seccomp
+//! policy files is made under the real filter in the guest.
+
+use clawos_e2e::{Boot, Disk, Guest};
+use serial_test::serial;
+
+/// Shell (one line) that starts a 10 s spinner run in the background and
+/// sets W (worker pid), D (daemon), L (launcher) and I (instance cgroup).
+const START_SPINNER: &str = "clawosctl run spinner >/tmp/spin.out 2>&1 & \
+    W=; for i in $(seq 200); do W=$(cat /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs 2>/dev/null | head -n 1); \
+    [ -n \"$W\" ] && break; sleep 0.05; done; \
+    D=$(awk '/^PPid/ {print $2}' /proc/$W/status); \
+    L=$(for s in /proc/[0-9]*/status; do p=${s#/proc/}; p=${p%/status}; \
+        [ \"$p\" != \"$W\" ] && [ \"$(awk '/^PPid/ {print $2}' $s 2>/dev/null)\" = \"$D\" ] && echo $p; done); \
+    I=$(dirname $(dirname $(grep -l \"^$W$\" /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs))); \
+    echo \"W=$W D=$D L=$L I=$I\"";
+
+fn started(g: &mut Guest) -> String {
+    let ids = g.sh_ok(START_SPINNER);
+    assert!(
+        ids.starts_with("W=") && !ids.contains("W= ") && !ids.contains("L= "),
+        "no worker found: {ids}"
+    );
+    ids
+}
+
+/// Wait for the background spinner; it ends at its CPU budget.
+fn spinner_ended(g: &mut Guest) {
+    assert_eq!(
+        g.sh_ok("wait; cat /tmp/spin.out"),
+        "clawosctl: WASM_CPU_DEADLINE (102): cpu budget of 10000 ms spent: wasm trap: interrupt\n"
+    );
+    // The instance cgroup went with the instance.
+    assert_eq!(
+        g.sh_ok("ls /sys/fs/cgroup/clawos | grep -c instance- || true"),
+        "0\n"
+    );
+}
+
+#[test]
+#[serial]
+fn every_bridge_thread_is_filtered_and_the_worker_is_namespaced() {
+    let disk = Disk::fresh();
+    let mut g = Guest::boot("sandbox-layers", Boot::Fast, &disk);
+    let ids = started(&mut g);
+    eprintln!("e2e: {}", ids.trim());
+    // Every thread of the three processes: Seccomp 2 (filter), NoNewPrivs 1.
+    let threads = g.sh_ok(
+        "for p in $D $L $W; do for t in /proc/$p/task/*; do \
+         echo \"$p/${t##*/} $(awk '/^(Seccomp|NoNewPrivs):/ {printf \"%s%s \", $1, $2}' $t/status)\"; done; done",
+    );
+    let lines: Vec<&str> = threads.lines().collect();
+    assert!(
+        lines.len() >= 5,
+        "daemon, launcher and worker threads: {threads}"
+    );
+    for l in &lines {
+        assert!(
+            l.ends_with("NoNewPrivs:1 Seccomp:2 "),
+            "{l} (all: {threads})"
+        );
+    }
+    eprintln!(
+        "e2e: {} threads of daemon, launcher and worker: Seccomp 2, NoNewPrivs 1",
+        lines.len()
+    );
+    // The launcher is single-threaded.
+    assert_eq!(g.sh_ok("ls /proc/$L/task | wc -l"), "1\n");
+    // AppArmor: the daemon and launcher in the daemon profile, the worker
+    // in the worker profile, both enforcing.
+    assert_eq!(
+        g.sh_ok("cat /proc/$D/attr/current /proc/$L/attr/current /proc/$W/attr/current"),
+        "clawos-wasm-daemon (enforce)\nclawos-wasm-daemon (enforce)\nclawos-worker (enforce)\n"
+    );
+    // Namespaces: the worker's user, pid, net and mnt differ from the daemon's.
+    let ns = g.sh_ok(
+        "for n in user pid net mnt; do [ \"$(readlink /proc/$D/ns/$n)\" != \"$(readlink /proc/$W/ns/$n)\" ] && echo $n differs; done",
+    );
+    assert_eq!(ns, "user differs\npid differs\nnet differs\nmnt differs\n");
+    // Its network namespace has only lo, and it is pid 1 in its own.
+    assert_eq!(
+        g.sh_ok("tail -n +3 /proc/$W/net/dev | cut -d: -f1 | tr -d ' '"),
+        "lo\n"
+    );
+    assert_eq!(g.sh_ok("awk '/^NSpid/ {print $NF}' /proc/$W/status"), "1\n");
+    // It holds no capability, and sees only its ClawFS directory, three
+    // devices and its own /proc.
+    assert_eq!(
+        g.sh_ok("awk '/^Cap(Inh|Prm|Eff|Bnd|Amb)/ {print $2}' /proc/$W/status | sort -u"),
+        "0000000000000000\n"
+    );
+    assert_eq!(g.sh_ok("ls /proc/$W/root/"), "clawfs\ndev\nproc\n");
+    assert_eq!(g.sh_ok("ls /proc/$W/root/dev/"), "null\nurandom\nzero\n");
+    spinner_ended(&mut g);
+    g.poweroff();
+}
+
+#[test]
+#[serial]
+fn instance_cgroup_has_the_p15_limits_and_they_bite() {
+    let disk = Disk::fresh();
+    let mut g = Guest::boot("sandbox-limits", Boot::Fast, &disk);
+    started(&mut g);
+    // P1.5, read back from the kernel.
+    assert_eq!(
+        g.sh_ok("cat $I/memory.max $I/memory.swap.max $I/memory.oom.group $I/cpu.max $I/pids.max"),
+        "268435456\n0\n1\n50000 1000000\n32\n"
+    );
+    // CPU: usage over 3 s of wall time, and the throttling count.
+    let cpu = g.sh_ok(
+        "u0=$(awk '/^usage_usec/ {print $2}' $I/cpu.stat); t0=$(cut -d' ' -f1 /proc/uptime); sleep 3; \
+         u1=$(awk '/^usage_usec/ {print $2}' $I/cpu.stat); t1=$(cut -d' ' -f1 /proc/uptime); \
+         echo \"$u0 $u1 $t0 $t1 $(awk '/^nr_throttled/ {print $2}' $I/cpu.stat)\"",
+    );
+    let f: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let share = (f[1] - f[0]) / 1e6 / (f[3] - f[2]);
+    eprintln!(
+        "e2e: spinner CPU share {:.2}% over {:.2} s (cpu.max 50000/1000000 = 5%), nr_throttled {}",
+        share * 100.0,
+        f[3] - f[2],
+        f[4]
+    );
+    assert!(
+        (0.03..=0.07).contains(&share),
+        "CPU share {share} not 5% ± 2: {cpu}"
+    );
+    assert!(f[4] > 0.0, "never throttled: {cpu}");
+    // pids: a shell moved into the instance's leaf forks until pids.max.
+    // The sleeps do not hold the console's output open; the instance's
+    // end (cgroup.kill) takes them.
+    let forks = g.sh_ok(
+        "sh -c \"echo \\$\\$ > $I/main/cgroup.procs; for i in \\$(seq 40); do sleep 30 >/dev/null 2>&1 & done\" 2>/tmp/fork.err; \
+         cat /tmp/fork.err $I/pids.current; awk '/^max/ {print ($2 > 0)}' $I/main/pids.events",
+    );
+    eprintln!("e2e: forks past pids.max: {}", forks.replace('\n', " | "));
+    assert_eq!(
+        forks, "sh: can't fork: Resource temporarily unavailable\n31\n1\n",
+        "EAGAIN at pids.max; pids.current 32 less the shell that tried and exited; \
+         pids.events max counted in the leaf that forked"
+    );
+    spinner_ended(&mut g);
+    g.poweroff();
+}
+
+#[test]
+#[serial]
+fn a_memory_hog_is_oom_killed_as_a_group_and_never_swaps() {
+    let disk = Disk::fresh();
+    let mut g = Guest::boot("sandbox-oom", Boot::Fast, &disk);
+    // Swap present: a 64 MiB swap file on the data partition.
+    g.sh_ok(
+        "dd if=/dev/zero of=/var/lib/clawos/swapfile bs=1M count=64 2>/dev/null && chmod 600 /var/lib/clawos/swapfile \
+         && mkswap /var/lib/clawos/swapfile >/dev/null && swapon /var/lib/clawos/swapfile",
+    );
+    assert_eq!(g.sh_ok("tail -n +2 /proc/swaps | wc -l"), "1\n");
+    // A second daemon whose WASM cap is 1 GiB, so that the cgroup's
+    // memory.max is what stops the hog (its own cgroup subtree).
+    g.sh_ok(
+        "sed -e 's/^memory_limit_bytes = .*/memory_limit_bytes = 1073741824/' \
+         -e 's|^root = \"/sys/fs/cgroup/clawos\"|root = \"/sys/fs/cgroup/clawos-big\"|' \
+         /etc/clawos/daemon.toml >/tmp/big.toml && grep -c 1073741824 /tmp/big.toml",
+    );
+    g.sh_ok(
+        "clawos-wasm-daemon --config /tmp/big.toml --socket /tmp/big.sock >/tmp/big.log 2>&1 & \
+         for i in $(seq 200); do grep -q 'clawos-wasm-daemon ready' /tmp/big.log && break; sleep 0.05; done; \
+         grep -c 'clawos-wasm-daemon ready' /tmp/big.log",
+    );
+    let hog = g.sh(
+        "(while [ ! -e /tmp/hog.done ]; do cat /sys/fs/cgroup/clawos-big/memory.swap.current; done | sort -un | tail -n 1 >/tmp/swapmax) & \
+         clawosctl --socket /tmp/big.sock run memgrow 16 1024; rc=$?; touch /tmp/hog.done; wait; echo rc=$rc",
+    );
+    eprintln!("e2e: memory hog: {}", hog.text);
+    assert!(
+        hog.text.contains("clawosctl: INSTANCE_KILLED (204): worker")
+            && hog.text.contains("killed by the kernel's OOM killer: the instance's cgroup reached memory.max = 268435456 bytes")
+            && hog.text.ends_with("rc=204\n"),
+        "{}",
+        hog.text
+    );
+    // As a group: the subtree's memory.events count the OOM kill and the
+    // group kill; nothing was swapped.
+    let events = g.sh_ok(
+        "awk '$1 == \"oom_kill\" || $1 == \"oom_group_kill\" {print $1, ($2 > 0)}' /sys/fs/cgroup/clawos-big/memory.events; \
+         cat /tmp/swapmax /sys/fs/cgroup/clawos-big/memory.swap.current",
+    );
+    assert_eq!(events, "oom_kill 1\noom_group_kill 1\n0\n0\n");
+    // The daemon keeps serving.
+    assert_eq!(
+        g.sh_ok("clawosctl --socket /tmp/big.sock run hello oom 2>/dev/null"),
+        "hello, oom\n"
+    );
+    g.sh_ok("kill -TERM %1 2>/dev/null; pkill -TERM -f big.sock; true");
+    g.poweroff();
+}
+
+#[test]
+#[serial]
+fn every_refused_syscall_dies_or_gets_its_errno_under_the_real_filter_in_the_guest() {
+    let disk = Disk::fresh();
+    let mut g = Guest::boot("sandbox-seccomp", Boot::Fast, &disk);
+    // The probe's filters are the bytes the daemon and launcher installed.
+    let digests = g.sh_ok(
+        "for k in daemon launcher worker; do echo \"$k $(clawos-seccomp-probe --digest $k)\"; done",
+    );
+    for line in digests.lines() {
+        let (kind, sum) = line.split_once(' ').unwrap();
+        let logged = g.sh_ok(&format!(
+            "grep -o 'kind=\"{kind}\" instructions=[0-9]* sha256={sum}' /run/clawos/daemon.log | wc -l"
+        ));
+        assert_eq!(logged, "1\n", "{kind} filter {sum} not the daemon's");
+    }
+    // Each vector: kill by SIGSYS shows as status 159 (128 + 31).
+    let results = g.sh_ok(
+        "clawos-seccomp-probe --list | while read k s a e; do \
+         out=$(clawos-seccomp-probe $k $s $(echo $a | tr , ' ') 2>/dev/null); rc=$?; echo \"$k $s $e $rc $out\"; done",
+    );
+    let mut n = 0;
+    // The shell reports each SIGSYS death as "Bad system call".
+    for line in results.lines().filter(|l| *l != "Bad system call") {
+        let f: Vec<&str> = line.splitn(5, ' ').collect();
+        match f[2].strip_prefix("errno:") {
+            Some(errno) => assert_eq!(
+                (f[3], f.get(4).copied()),
+                ("0", Some(format!("errno {errno}").as_str())),
+                "{line}"
+            ),
+            None => assert_eq!(f[3], "159", "{line}: not killed by SIGSYS"),
+        }
+        n += 1;
+    }
+    assert!(n > 100, "{results}");
+    eprintln!("e2e: {n} refused calls checked under the real filters in the guest");
+    for k in ["daemon", "launcher", "worker"] {
+        assert!(
+            g.sh_ok(&format!("clawos-seccomp-probe --allowed {k}"))
+                .starts_with("allowed calls work")
+        );
+    }
+    g.poweroff();
+}
