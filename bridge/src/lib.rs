@@ -11,7 +11,9 @@
 //! | [`ipc`] | the socket protocol: frames, messages, client |
 //! | [`daemon`] | the server |
 //! | [`cli`] | `clawosctl` |
+//! | [`apparmor`] | AppArmor (layer 5d): labels, profile changes, the confinement check |
 
+pub mod apparmor;
 pub mod cgroup;
 pub mod clawfs;
 pub mod cli;
