@@ -97,6 +97,10 @@ install -m 0644 "$here/config/daemon.toml" "$root/etc/clawos/daemon.toml"
 install -m 0644 "$here/config/limits.toml" "$root/etc/clawos/limits.toml"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
+# Root's password is locked (the console shell needs none). The file is
+# there so that the AppArmor tests prove a read of it is refused.
+printf 'root:*:0:0:99999:7:::\n' >"$root/etc/shadow"
+chmod 0600 "$root/etc/shadow"
 # Name resolution for tools goes through the daemon's resolver (egress
 # policy allows "localhost" by default): the loopback names it needs.
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
@@ -105,10 +109,12 @@ for b in clawos-wasm-daemon clawosctl clawos-seccomp-probe; do
     strip --strip-debug -o "$root/usr/bin/$b" "$bin/$b"
 done
 install -m 0755 "$(command -v apparmor_parser)" "$root/sbin/apparmor_parser"
-# AppArmor profiles come with the sandbox-layers issue; init loads whatever is here.
-if [ -d "$here/image/apparmor.d" ]; then
-    cp -r "$here/image/apparmor.d/." "$root/etc/apparmor.d/"
-fi
+# AppArmor profiles (image/apparmor.d; init loads every file there), and the
+# feature ABI they declare (abi <abi/3.0>), from the same apparmor package
+# as the parser.
+cp -r "$here/image/apparmor.d/." "$root/etc/apparmor.d/"
+[ -f /etc/apparmor.d/abi/3.0 ] || die "/etc/apparmor.d/abi/3.0 is missing: install apparmor (scripts/setup.sh does)"
+install -D -m 0644 /etc/apparmor.d/abi/3.0 "$root/etc/apparmor.d/abi/3.0"
 # Shared libraries of every dynamic executable, at the paths the loader looks in.
 for exe in "$root/usr/bin/clawos-wasm-daemon" "$root/usr/bin/clawosctl" "$root/usr/bin/clawos-seccomp-probe" "$root/sbin/apparmor_parser"; do
     ldd "$exe" | awk '/=> \// { print $3 } /^\t\// { print $1 }' | while read -r lib; do

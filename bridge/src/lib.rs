@@ -14,7 +14,9 @@
 //! | [`outside`] | egress and cgroup calls, direct or brokered |
 //! | [`daemon`] | the server |
 //! | [`cli`] | `clawosctl` |
+//! | [`apparmor`] | AppArmor (layer 5d): labels, profile changes, the confinement check |
 
+pub mod apparmor;
 pub mod cgroup;
 pub mod clawfs;
 pub mod cli;

@@ -44,6 +44,14 @@ struct Args {
     /// sets it.
     #[arg(long)]
     dev_allow_missing_layers: bool,
+    /// Check the AppArmor confinement and exit (0: every answer as the
+    /// profiles say, 1: not): open /etc/shadow, /etc/passwd and /root (each
+    /// must be refused with EACCES) and the ClawFS root (must work), make
+    /// sockets (TCP only), then rehearse a worker's profile change and mounts
+    /// in a thread; print each answer. Start it by its path
+    /// (/usr/bin/clawos-wasm-daemon) so that the kernel attaches the profile.
+    #[arg(long, conflicts_with = "check_config")]
+    check_confinement: bool,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -112,6 +120,13 @@ fn main() -> anyhow::Result<()> {
     if args.check_config {
         println!("{config:#?}");
         return Ok(());
+    }
+    if args.check_confinement {
+        let report = clawos_bridge::apparmor::check::run(&config.clawfs_root());
+        for line in report.lines() {
+            println!("{line}");
+        }
+        std::process::exit(if report.passed() { 0 } else { 1 });
     }
     init_logging(config.log_format);
     raise_open_file_limit();

@@ -28,6 +28,8 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// The page size `memory.max` is rounded to (x86_64; the read-back in
 /// [`write_file`] would catch a kernel that rounds differently).
 const PAGE: u64 = 4096;
+/// How long removing an instance waits for its killed processes to go.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest group name component.
 const MAX_NAME: usize = 64;
 
@@ -377,8 +379,15 @@ impl Delegation {
     /// Kill whatever still runs in the delegation, then remove every group
     /// below it, deepest first, then the delegation.
     fn remove_all(&self) {
-        // cgroup.kill (5.14+) takes every process below, at once.
-        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        // cgroup.kill (5.14+) takes every process below, but asynchronously:
+        // a group with live tasks cannot be removed, so wait (bounded) until
+        // cgroup.events says nothing is left.
+        if std::fs::write(self.dir.join("cgroup.kill"), "1").is_ok() {
+            let deadline = std::time::Instant::now() + KILL_WAIT;
+            while populated(&self.dir) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         fn remove(dir: &Path) {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.flatten() {
@@ -442,6 +451,12 @@ pub fn remove_stale(policy: &CgroupPolicy) {
             d.owned = true;
         }
     }
+}
+
+/// Does the cgroup at `dir` (or a group below) still hold a process?
+fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|t| files::flat_keyed(&t, "populated") != Some(0))
 }
 
 /// `oom_kill` of the cgroup at `dir` (memory.events): how many of its

@@ -186,10 +186,20 @@ impl Runtime {
         std::thread::Builder::new()
             .name("clawos-epoch".into())
             .spawn(move || {
+                // One tick per tick_ms of wall time, however late this
+                // thread runs: in a worker throttled by its cgroup's cpu.max
+                // it may sleep through most of a second, and counting its
+                // wake-ups would stretch every budget twentyfold.
+                let start = Instant::now();
+                let mut ticks: u128 = 0;
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     rx.recv_timeout(Duration::from_millis(tick_ms))
                 {
-                    ticking.increment_epoch();
+                    let due = start.elapsed().as_millis() / u128::from(tick_ms);
+                    while ticks < due {
+                        ticking.increment_epoch();
+                        ticks += 1;
+                    }
                 }
             })
             .map_err(|e| {

@@ -9,6 +9,7 @@
 use super::proto::{self, Spawn, Spawned};
 use super::sys;
 use super::worker;
+use crate::apparmor::{self, LAUNCHER_PROFILE};
 use crate::error::{Code, Failure};
 use crate::runtime::{Prepared, Runtime};
 use crate::seccomp::{Kind, Program};
@@ -24,8 +25,11 @@ struct Loaded {
 }
 
 /// The launcher's loop, until the daemon closes `control`; never returns.
-pub fn main(control: OwnedFd, mut rt: Runtime) -> ! {
-    let code = match sys::keep_only_stdio_and(control).and_then(|control| run(&control, &mut rt)) {
+pub fn main(control: OwnedFd, mut rt: Runtime, apparmor: bool) -> ! {
+    let code = match sys::keep_only_stdio_and(control)
+        .and_then(|control| confine(apparmor).map(|()| control))
+        .and_then(|control| run(&control, &mut rt))
+    {
         Ok(()) => 0,
         Err(f) => {
             tracing::error!("launcher stopped: {}", f.message);
@@ -33,6 +37,22 @@ pub fn main(control: OwnedFd, mut rt: Runtime) -> ! {
         }
     };
     sys::exit_now(code)
+}
+
+/// Enter the launcher's AppArmor profile: it holds the capabilities for
+/// cloning workers, which the daemon's profile does not.
+fn confine(apparmor: bool) -> Result<(), Failure> {
+    if !apparmor {
+        return Ok(());
+    }
+    apparmor::change_profile(LAUNCHER_PROFILE)
+        .and_then(|()| apparmor::require_confined(LAUNCHER_PROFILE))
+        .map_err(|f| {
+            Failure::new(
+                f.code,
+                format!("sandbox layer apparmor (launcher): {}", f.message),
+            )
+        })
 }
 
 fn run(control: &OwnedFd, rt: &mut Runtime) -> Result<(), Failure> {
@@ -92,7 +112,7 @@ fn spawn_worker(
     if spawn.layers.cgroup != cgroup.is_some() {
         return Err(Failure::new(
             Code::Eproto,
-            "spawn: the cgroup layer and its directory disagree",
+            "spawn: the cgroup layer is on but the instance's cgroup directory did not arrive (or the reverse)",
         ));
     }
     let prepared = tool(rt, loaded, &spawn.artifact)?.clone();

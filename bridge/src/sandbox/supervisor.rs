@@ -33,13 +33,13 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// sets it.
 pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layers, Failure> {
     let cgroup = cgroup::available(policy);
-    let apparmor = apparmor_confined();
+    let apparmor = crate::apparmor::require_confined(crate::apparmor::DAEMON_PROFILE);
     let mut missing = Vec::new();
     if let Err(f) = &cgroup {
         missing.push(format!("cgroup v2 ({})", f.message));
     }
-    if let Err(why) = &apparmor {
-        missing.push(format!("apparmor ({why})"));
+    if let Err(f) = &apparmor {
+        missing.push(format!("apparmor ({})", f.message));
     }
     if !missing.is_empty() {
         if !allow_missing {
@@ -61,21 +61,6 @@ pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layer
         cgroup: cgroup.is_ok(),
         apparmor: apparmor.is_ok(),
     })
-}
-
-/// Is this process confined by an AppArmor profile in enforce mode?
-fn apparmor_confined() -> Result<(), String> {
-    let label = std::fs::read_to_string("/proc/thread-self/attr/apparmor/current")
-        .or_else(|_| std::fs::read_to_string("/proc/thread-self/attr/current"))
-        .map_err(|e| format!("cannot read this process's AppArmor label: {e}"))?;
-    let label = label.trim_end_matches(['\n', '\0']);
-    if label.ends_with(" (enforce)") {
-        Ok(())
-    } else {
-        Err(format!(
-            "the daemon is not confined in enforce mode (label {label:?})"
-        ))
-    }
 }
 
 /// The daemon's handle on the launcher.
@@ -111,7 +96,7 @@ impl Sandbox {
         match sys::fork_single_threaded()? {
             None => {
                 drop(ours);
-                launcher::main(theirs.into(), rt)
+                launcher::main(theirs.into(), rt, layers.apparmor)
             }
             Some(pid) => {
                 tracing::info!(

@@ -204,6 +204,29 @@ pub fn close_in_child(fd: BorrowedFd<'_>) {
     unsafe { libc::close(fd.as_raw_fd()) };
 }
 
+/// Keep only the capabilities in `keep`: the bounding set loses every
+/// other, the ambient and inheritable sets are emptied, and the effective
+/// and permitted sets become `keep`.
+pub fn keep_capabilities(keep: rustix::thread::CapabilitySet) -> Result<(), Failure> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    let os = |what: &str, e: rustix::io::Errno| setup(what, e.into());
+    for cap in CapabilitySet::all().iter().filter(|c| !keep.contains(*c)) {
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            // Past the running kernel's last capability.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(os("drop a capability from the bounding set", e)),
+        }
+    }
+    rustix::thread::clear_ambient_capability_set()
+        .map_err(|e| os("clear ambient capabilities", e))?;
+    let sets = CapabilitySets {
+        effective: keep,
+        permitted: keep,
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, sets).map_err(|e| os("capset", e))
+}
+
 /// End this process now, without unwinding or running exit handlers (a
 /// forked child must not run its parent's).
 pub fn exit_now(code: i32) -> ! {

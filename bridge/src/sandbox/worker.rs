@@ -8,27 +8,27 @@
 
 use super::proto::{self, FromWorker, Spawn, ToWorker};
 use super::sys;
+use crate::apparmor::{self, LAUNCHER_PROFILE, WORKER_PROFILE};
 use crate::error::{Code, Failure};
 use crate::outside::{CgroupCall, CgroupReply, Outside};
 use crate::runtime::{Placement, Prepared, RunInput, Runtime};
 use crate::seccomp::Program;
-use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags};
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The worker profile's name.
-pub const WORKER_PROFILE: &str = "clawos-worker";
 /// Where the worker's new root is built (a tmpfs over it, in its own mount
 /// namespace only).
 const STAGE: &str = "/tmp";
 /// The tool's ClawFS directory inside the worker.
 pub const CLAWFS_IN_WORKER: &str = "/clawfs";
 /// Device nodes a worker may reach (the device interface's allow-list
-/// names them; others do not exist in its tree).
-const DEVICES: [&str; 3] = ["null", "zero", "urandom"];
+/// names them; others do not exist in its tree, and the worker profile
+/// allows binding exactly these).
+pub const DEVICES: [&str; 3] = ["null", "zero", "urandom"];
 
 /// A layer that failed, by name.
 fn layer(name: &str, f: Failure) -> Failure {
@@ -76,38 +76,29 @@ pub fn main(
     sys::exit_now(code)
 }
 
-/// Every layer, in order. AppArmor first: the profile change is refused
-/// under no_new_privs, and the worker profile allows exactly the mounts
-/// that follow.
+/// Every layer, in order. AppArmor first: the worker profile allows
+/// exactly the mounts that follow.
 fn setup(spawn: &Spawn, rt: &mut Runtime, filter: &Program) -> Result<(), Failure> {
     if spawn.layers.apparmor {
-        change_profile(WORKER_PROFILE).map_err(|f| layer("apparmor", f))?;
+        // The launcher runs with no_new_privs, so the worker can only
+        // stack its profile on the launcher's: both confine it.
+        apparmor::stack_profile(WORKER_PROFILE)
+            .and_then(|()| apparmor::require_stacked(LAUNCHER_PROFILE, WORKER_PROFILE))
+            .map_err(|f| layer("apparmor", f))?;
     }
     mount_tree(&spawn.clawfs).map_err(|f| layer("mount namespace", f))?;
     // Threads that exist before the filter get it too (TSYNC): the epoch
     // clock, and WASI's reactor, which would otherwise start lazily.
     rt.start_clock().map_err(|f| layer("wasm cpu budget", f))?;
     wasmtime_wasi::runtime::in_tokio(async {});
-    drop_capabilities().map_err(|f| layer("capabilities", f))?;
+    sys::keep_capabilities(rustix::thread::CapabilitySet::empty())
+        .map_err(|f| layer("capabilities", f))?;
     filter.install().map_err(|f| layer("seccomp", f))
 }
 
-/// Enter `profile` now (no exec), through the kernel's change_profile.
-fn change_profile(profile: &str) -> Result<(), Failure> {
-    let cmd = format!("changeprofile {profile}");
-    let attempt = |path: &str| std::fs::write(path, cmd.as_bytes());
-    attempt("/proc/thread-self/attr/apparmor/current")
-        .or_else(|_| attempt("/proc/thread-self/attr/current"))
-        .map_err(|e| {
-            Failure::new(
-                Code::SandboxSetupFailed,
-                format!("cannot change to AppArmor profile {profile}: {e}"),
-            )
-        })
-}
-
 /// Replace the mount tree with a tmpfs holding the ClawFS directory at
-/// `/clawfs`, `/dev/{null,zero,urandom}` and a pid-only `/proc`.
+/// `/clawfs`, `/dev/{null,zero,urandom}` and a pid-only `/proc`: the
+/// steps `image/apparmor.d/clawos-worker` allows, in its order.
 fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
     use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
     // Held open: the tmpfs is mounted over STAGE, which may contain it.
@@ -127,16 +118,12 @@ fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
     rustix::mount::mount("tmpfs", STAGE, "tmpfs", hardened, c"mode=0755,size=64k")
         .map_err(|e| os(format_args!("mount tmpfs on {STAGE}"), e))?;
     let at = |p: &str| format!("{STAGE}/{p}");
-    for d in ["clawfs", "dev", "proc", "old"] {
+    for d in ["clawfs", "dev", "proc"] {
         mkdirat(CWD, at(d).as_str(), Mode::from_raw_mode(0o755))
             .map_err(|e| os(format_args!("mkdir {}", at(d)), e))?;
     }
     let tool_src = format!("/proc/self/fd/{}", tool_dir.as_raw_fd());
-    bind(
-        &tool_src,
-        &at("clawfs"),
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-    )?;
+    bind(&tool_src, &at("clawfs"))?;
     drop(tool_dir);
     for d in DEVICES {
         let target = at(&format!("dev/{d}"));
@@ -149,69 +136,31 @@ fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
             )
             .map_err(|e| os(format_args!("create {target}"), e))?,
         );
-        bind(
-            &format!("/dev/{d}"),
-            &target,
-            MountFlags::NOSUID | MountFlags::NOEXEC,
-        )?;
+        bind(&format!("/dev/{d}"), &target)?;
     }
     rustix::mount::mount("proc", at("proc").as_str(), "proc", hardened, c"subset=pid")
         .map_err(|e| os(format_args!("mount proc on {}", at("proc")), e))?;
-    enter_root()?;
-    // The root itself is read-only: only /clawfs takes writes.
-    rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY | hardened, "")
-        .map_err(|e| os("remount / read-only", e))
+    enter_root()
 }
 
-/// Bind `src` on `target`, then apply `flags` (a bind ignores them at first).
-fn bind(src: &str, target: &str, flags: MountFlags) -> Result<(), Failure> {
+/// Bind `src` on `target`. The bind keeps the source mount's flags (the
+/// ClawFS partition is nosuid,nodev); the worker profile allows exactly
+/// these binds and no remount.
+fn bind(src: &str, target: &str) -> Result<(), Failure> {
     rustix::mount::mount_bind(src, target)
-        .map_err(|e| os(format_args!("bind {src} on {target}"), e))?;
-    rustix::mount::mount_remount(target, MountFlags::BIND | flags, "")
-        .map_err(|e| os(format_args!("remount {target}"), e))
+        .map_err(|e| os(format_args!("bind {src} on {target}"), e))
 }
 
-/// Make the staged tmpfs the root. pivot_root cannot move the initramfs
-/// (rootfs) the appliance runs from; there the tmpfs is moved over `/` and
-/// chrooted into instead, which leaves the old root unreachable once the
-/// capabilities are gone.
+/// Make the staged tmpfs the root the way switch_root does: move it over
+/// `/` and chroot into it. pivot_root cannot be used: the appliance runs
+/// from its initramfs (rootfs), which pivot_root refuses. The old root
+/// stays under the new one, out of reach once CAP_SYS_CHROOT is gone and
+/// chroot, mount and fchdir are refused by the worker filter.
 fn enter_root() -> Result<(), Failure> {
-    match rustix::process::pivot_root(STAGE, format!("{STAGE}/old").as_str()) {
-        Ok(()) => {
-            rustix::process::chdir("/").map_err(|e| os("chdir /", e))?;
-            rustix::mount::unmount("/old", UnmountFlags::DETACH)
-                .map_err(|e| os("detach the old root", e))?;
-            rustix::fs::rmdir("/old").map_err(|e| os("rmdir /old", e))
-        }
-        Err(rustix::io::Errno::INVAL) => {
-            rustix::fs::rmdir(format!("{STAGE}/old").as_str()).map_err(|e| os("rmdir old", e))?;
-            rustix::process::chdir(STAGE).map_err(|e| os(format_args!("chdir {STAGE}"), e))?;
-            rustix::mount::mount_move(".", "/").map_err(|e| os("move the new root over /", e))?;
-            rustix::process::chroot(".").map_err(|e| os("chroot", e))?;
-            rustix::process::chdir("/").map_err(|e| os("chdir /", e))
-        }
-        Err(e) => Err(os("pivot_root", e)),
-    }
-}
-
-/// Empty the bounding, ambient, effective, permitted and inheritable sets.
-fn drop_capabilities() -> Result<(), Failure> {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
-    for cap in CapabilitySet::all().iter() {
-        match rustix::thread::remove_capability_from_bounding_set(cap) {
-            // Past the running kernel's last capability.
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(e) => return Err(os("drop a capability from the bounding set", e)),
-        }
-    }
-    rustix::thread::clear_ambient_capability_set()
-        .map_err(|e| os("clear ambient capabilities", e))?;
-    let none = CapabilitySets {
-        effective: CapabilitySet::empty(),
-        permitted: CapabilitySet::empty(),
-        inheritable: CapabilitySet::empty(),
-    };
-    rustix::thread::set_capabilities(None, none).map_err(|e| os("capset", e))
+    rustix::process::chdir(STAGE).map_err(|e| os(format_args!("chdir {STAGE}"), e))?;
+    rustix::mount::mount_move(".", "/").map_err(|e| os("move the new root over /", e))?;
+    rustix::process::chroot(".").map_err(|e| os("chroot", e))?;
+    rustix::process::chdir("/").map_err(|e| os("chdir /", e))
 }
 
 /// Announce readiness, take the input, run, send the outcome.

@@ -104,7 +104,9 @@ impl Guest for Exerciser {
         let (pid, ppid) = (system::get_pid(), system::get_ppid());
         r.check(
             "get-pid get-ppid",
-            pid > 0 && ppid > 0,
+            // The instance's own pid namespace: it is its first process,
+            // and its parent is outside.
+            pid == 1 && ppid == 0,
             format_args!("pid={pid} ppid={ppid}"),
         )?;
 
