@@ -1,6 +1,6 @@
 //! An instance worker: the launcher's clone, in new user, pid, net and mnt
 //! namespaces (and, with the cgroup layer, born in its instance cgroup).
-//! Before any tool byte runs it enters the worker AppArmor profile, builds
+//! Before any tool byte runs it stacks the worker AppArmor profile, builds
 //! a mount tree holding only its ClawFS directory, three device nodes and a
 //! pid-only `/proc`, drops every capability, sets no_new_privs and installs
 //! the worker seccomp filter. Then it runs the tool once, talking to the
