@@ -23,7 +23,7 @@ help:
 	@echo "make kernel     only the appliance kernel (KERNEL_SRC=tarball or tree; default $(KERNEL_SRC))"
 	@echo "make demo       start clawos-wasm-daemon on this host (socket build/run/bridge.sock) and run a sample tool"
 	@echo "make stop       stop the daemon started by make demo"
-	@echo "make bench      benchmarks against bare wasmtime (figures on stdout)"
+	@echo "make bench      benchmarks: the bridge against bare wasmtime, then in the booted guest against wasmtime run and crun"
 	@echo "make build      release binaries: clawos-wasm-daemon, clawosctl"
 	@echo "make tools      the sample tools, as wasm32-wasip2 components"
 	@echo "make setup      install the pinned Rust toolchain and Debian packages (run by the others)"
@@ -66,15 +66,22 @@ unit-test: lint
 
 # The e2e suite boots QEMU one guest at a time (serial_test); --nocapture
 # shows the boot times.
+# tests/inguest holds the test-only programs the suite puts in the guest on
+# an extra initramfs (the layer matrix); the image never contains them.
 qemu-test: image
+	$(CARGO) build --release --locked -p clawos-inguest
 	$(CARGO) test --release --locked -p clawos-e2e -- --nocapture
 
 test: unit-test
 	$(MAKE) --no-print-directory qemu-test
 
-bench: setup
+# The guest part boots the image with clawos-guest-bench, the wasmtime CLI
+# of the bridge's version (built once into the cache) and crun.
+bench: image
 	$(CARGO) bench --locked -p clawos-bridge --bench runtime
 	$(CARGO) bench --locked -p clawos-bridge --bench hostio
+	$(CARGO) build --release --locked -p clawos-inguest
+	CLAWOS_WASMTIME_CLI=$$(scripts/wasmtime-cli.sh) $(CARGO) bench --locked -p clawos-e2e --bench guest
 
 clean:
 	rm -rf build

@@ -41,7 +41,7 @@ DATA_LABEL=clawos-data
 ESP_VOLID=C1A05E5F
 ESP_MIB=64
 DATA_MIB=256
-TOOLS=(hello echo exerciser misbehave memgrow spinner hostio)
+TOOLS=(hello echo exerciser misbehave memgrow spinner hostio probe noop)
 
 say() { printf 'image: %s\n' "$*" >&2; }
 die() { printf 'image: error: %s\n' "$*" >&2; exit 1; }

@@ -20,6 +20,7 @@ packages=(
     e2fsprogs dosfstools mtools gdisk        # the disk image: ext4 data, FAT ESP, GPT
     qemu-system-x86 ovmf                     # booting the appliance (make run, make qemu-test)
     postgresql                               # the network tests' real server (started by the tests)
+    crun                                     # the guest benchmark's container runtime (make bench)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -147,7 +147,7 @@ fn spawn_worker(
 /// Map uid and gid 0 in the worker's user namespace to 0 outside: its
 /// ClawFS files stay root's, while it holds no capability anywhere once
 /// its setup is done (docs/sandbox.md says why not an unprivileged uid).
-fn map_ids(pid: i32) -> Result<(), Failure> {
+pub fn map_ids(pid: i32) -> Result<(), Failure> {
     for map in ["uid_map", "gid_map"] {
         let path = format!("/proc/{pid}/{map}");
         std::fs::write(&path, "0 0 1\n").map_err(|e| {

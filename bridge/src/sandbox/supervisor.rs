@@ -149,6 +149,7 @@ impl Sandbox {
         input: RunInput,
         budget_ms: u64,
     ) -> Result<RunOutcome, Failure> {
+        let started = Instant::now();
         let mut delegation = match self.layers.cgroup {
             true => Some(Delegation::create(&self.cgroup, id).map_err(|f| {
                 Failure::new(
@@ -173,17 +174,33 @@ impl Sandbox {
             clawfs,
             layers: self.layers,
         };
+        let prepared = Instant::now();
         let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
         drop((theirs, leaf));
-        let deadline = Instant::now() + Duration::from_millis(budget_ms) + WALL_GRACE;
+        let spawned = Instant::now();
+        let deadline = spawned + Duration::from_millis(budget_ms) + WALL_GRACE;
         let talk = self.converse(&ours, &worker, delegation.as_mut(), input, deadline);
         drop(ours);
+        let answered = Instant::now();
         let status = worker.reap(talk.as_ref().is_ok_and(Option::is_some));
+        let reaped = Instant::now();
         let out = match talk {
             Ok(Some(out)) => out,
             Ok(None) | Err(_) => self.killed(&worker, status, talk.err(), delegation.as_ref()),
         };
         drop(delegation);
+        let us = |from: Instant, to: Instant| to.duration_since(from).as_micros() as u64;
+        tracing::info!(
+            tool,
+            instance = id,
+            worker = worker.pid,
+            prepare_us = us(started, prepared),
+            spawn_us = us(prepared, spawned),
+            run_us = us(spawned, answered),
+            reap_us = us(answered, reaped),
+            cleanup_us = us(reaped, Instant::now()),
+            "run ended"
+        );
         Ok(out)
     }
 

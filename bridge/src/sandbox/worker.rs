@@ -99,7 +99,7 @@ fn setup(spawn: &Spawn, rt: &mut Runtime, filter: &Program) -> Result<(), Failur
 /// Replace the mount tree with a tmpfs holding the ClawFS directory at
 /// `/clawfs`, `/dev/{null,zero,urandom}` and a pid-only `/proc`: the
 /// steps `image/apparmor.d/clawos-worker` allows, in its order.
-fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
+pub fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
     use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
     // Held open: the tmpfs is mounted over STAGE, which may contain it.
     let tool_dir = openat(

@@ -53,6 +53,74 @@ pub fn build_dir() -> PathBuf {
     dir
 }
 
+/// A test-only program of `tests/inguest`, built by `make qemu-test` beside
+/// this test binary (`<target>/release/deps/..`).
+pub fn inguest_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `make qemu-test` (it builds tests/inguest) or `cargo build --release -p clawos-inguest`",
+        bin.display()
+    );
+    bin
+}
+
+/// An extra initramfs for the fast-path boot: files copied into the
+/// guest's root, with the shared libraries they need (as `ldd` finds them
+/// here, at the same paths), in a temporary directory.
+pub struct Overlay {
+    dir: tempfile::TempDir,
+}
+
+impl Overlay {
+    /// `files` as (host path of a file or a directory tree, its path in the
+    /// guest without the leading `/`).
+    pub fn new(files: &[(PathBuf, &str)]) -> Overlay {
+        let dir = tempfile::Builder::new()
+            .prefix("clawos-overlay-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let tree = dir.path().join("tree");
+        for (src, dest) in files {
+            let to = tree.join(dest);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(src)
+                .arg(&to)
+                .status()
+                .expect("cannot run cp");
+            assert!(status.success(), "cp {}: {status}", src.display());
+        }
+        // Libraries of every dynamic ELF file (ldd fails on the others).
+        let script = r#"find . -type f -perm -u+x | while read -r f; do
+            ldd "$f" 2>/dev/null | awk '/=> \// { print $3 } /^	\// { print $1 }'
+        done | sort -u | while read -r lib; do
+            mkdir -p ".$(dirname "$lib")" && cp -L "$lib" ".$lib"
+        done
+        find . -mindepth 1 | cpio --quiet -o -H newc -R 0:0 > "$0""#;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(dir.path().join("overlay.cpio"))
+            .current_dir(&tree)
+            .status()
+            .expect("cannot run sh");
+        assert!(status.success(), "building the overlay: {status}");
+        Overlay { dir }
+    }
+
+    /// The initramfs file.
+    pub fn cpio(&self) -> PathBuf {
+        self.dir.path().join("overlay.cpio")
+    }
+}
+
 /// A `KEY=value` from `clawos-release` text.
 pub fn release_field(release: &str, key: &str) -> String {
     release
@@ -133,6 +201,19 @@ impl Guest {
     /// time from QEMU start to daemon-ready.
     pub fn boot(name: &str, how: Boot, disk: &Disk) -> Guest {
         Guest::start(name, how, disk, None, READY, TROUBLE.to_vec())
+    }
+
+    /// Fast-path boot with the extra initramfs `overlay` (test-only
+    /// programs the image never ships), up to the readiness marker.
+    pub fn boot_with(name: &str, disk: &Disk, overlay: &Overlay) -> Guest {
+        Guest::start(
+            name,
+            Boot::Fast,
+            disk,
+            Some(&overlay.cpio()),
+            READY,
+            TROUBLE.to_vec(),
+        )
     }
 
     /// Fast-path boot with `initrd` unpacked over the built-in rootfs (files
@@ -269,6 +350,11 @@ impl Guest {
 
     /// Run a shell command line on the console; its output and `$?`.
     pub fn sh(&mut self, cmd: &str) -> Output {
+        self.sh_within(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// [`Guest::sh`] for a command that may take up to `timeout`.
+    pub fn sh_within(&mut self, cmd: &str, timeout: Duration) -> Output {
         self.seq += 1;
         let n = self.seq;
         // One line: busybox ash echoes a line itself (line editing) before
@@ -284,8 +370,7 @@ impl Guest {
         let begin = Regex::new(&format!(r"E2E-{n}-BEGIN\r*\n")).unwrap();
         self.expect_until(ReadUntil::Regex(begin), cmd, COMMAND_TIMEOUT);
         let end = Regex::new(&format!(r"E2E-{n}-END-(\d+)-E2E")).unwrap();
-        let (before, matched) =
-            self.expect_until(ReadUntil::Regex(end.clone()), cmd, COMMAND_TIMEOUT);
+        let (before, matched) = self.expect_until(ReadUntil::Regex(end.clone()), cmd, timeout);
         let code = end.captures(&matched).unwrap()[1].parse().unwrap();
         Output {
             code,

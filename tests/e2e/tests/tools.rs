@@ -21,7 +21,7 @@ fn sample_tools_run_in_the_guest_with_exact_results() {
         g.sh("ls -1 /var/lib/clawos/tools"),
         out(
             0,
-            "echo\nexerciser\nhello\nhostio\nmemgrow\nmisbehave\nspinner\n"
+            "echo\nexerciser\nhello\nhostio\nmemgrow\nmisbehave\nnoop\nprobe\nspinner\n"
         )
     );
     // Installed at build time, precompiled for the portable target: the

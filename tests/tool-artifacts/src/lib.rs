@@ -7,7 +7,7 @@ pub mod postgres;
 use std::path::PathBuf;
 
 /// Every sample tool.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     "hello",
     "echo",
     "memgrow",
@@ -16,6 +16,7 @@ pub const ALL: [&str; 8] = [
     "misbehave",
     "probe",
     "hostio",
+    "noop",
 ];
 
 /// Where the built components are.
