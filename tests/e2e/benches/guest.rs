@@ -35,7 +35,11 @@ fn main() {
     let out = g.sh_within("clawos-guest-bench 2>&1", Duration::from_secs(1800));
     print!("{}", out.text);
     // Where a sandboxed run's time goes, from the daemon's own records.
-    print!("{}", g.sh("grep 'run ended' /run/clawos/daemon.log | tail -8").text);
+    print!(
+        "{}",
+        g.sh("grep 'run ended' /run/clawos/daemon.log | tail -8")
+            .text
+    );
     if out.code != 0 {
         g.fail(&format!("clawos-guest-bench exited with {}", out.code));
     }
