@@ -56,6 +56,7 @@ impl Daemon {
         let runtime = Arc::new(runtime);
         let sandbox = Arc::new(sandbox);
         let registry = Arc::new(Registry::open(&config.state_dir, &runtime)?);
+        sandbox.prepare();
         Ok(Daemon {
             runs: Arc::new(Semaphore::new(config.ipc.max_concurrent_runs as usize)),
             connections: Arc::new(Semaphore::new(config.ipc.max_connections as usize)),

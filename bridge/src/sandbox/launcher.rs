@@ -4,7 +4,9 @@
 //! net and mnt namespaces, into the instance's prepared cgroup, with
 //! `CLONE_PARENT` so the daemon is the worker's parent and reaps it
 //! through the pidfd the launcher hands back. No exec: the worker is a
-//! copy of the launcher with the tool already loaded.
+//! copy of the launcher with its tools already loaded. Workers are made
+//! ahead of their run (the daemon keeps one spare), so a worker learns its
+//! tool afterwards and loads it itself only if the launcher had not.
 
 use super::proto::{self, Spawn, Spawned};
 use super::sys;
@@ -15,13 +17,37 @@ use crate::runtime::{Prepared, Runtime};
 use crate::seccomp::{Kind, Program};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// A loaded tool, valid while its artifact file is unchanged.
 struct Loaded {
     modified: Option<SystemTime>,
     prepared: Prepared,
+}
+
+/// The tools the launcher has loaded, by artifact path; each worker has a
+/// copy of them as they were when it was cloned.
+#[derive(Default)]
+pub struct Tools {
+    loaded: HashMap<PathBuf, Loaded>,
+}
+
+impl Tools {
+    /// The tool at `artifact`, loaded once and again when the file changes.
+    pub fn get(&mut self, rt: &Runtime, artifact: &Path) -> Result<&Prepared, Failure> {
+        let modified = std::fs::metadata(artifact).and_then(|m| m.modified()).ok();
+        let fresh = self
+            .loaded
+            .get(artifact)
+            .is_some_and(|l| l.modified == modified);
+        if !fresh {
+            let prepared = rt.load_artifact(artifact)?;
+            self.loaded
+                .insert(artifact.to_owned(), Loaded { modified, prepared });
+        }
+        Ok(&self.loaded[artifact].prepared)
+    }
 }
 
 /// The launcher's loop, until the daemon closes `control`; never returns.
@@ -68,9 +94,9 @@ fn run(control: &OwnedFd, rt: &mut Runtime) -> Result<(), Failure> {
     })?;
     tracing::info!(kind = "launcher", instructions = own.bytes.len() / 8, sha256 = %own.digest(), "seccomp filter installed");
     tracing::info!(kind = "worker", instructions = worker_filter.bytes.len() / 8, sha256 = %worker_filter.digest(), "seccomp filter ready for workers");
-    let mut loaded: HashMap<PathBuf, Loaded> = HashMap::new();
+    let mut tools = Tools::default();
     while let Some((spawn, fds)) = proto::recv::<Spawn>(control.as_fd())? {
-        let reply = match spawn_worker(&spawn, fds, rt, &mut loaded, &worker_filter, control) {
+        let reply = match spawn_worker(&spawn, fds, rt, &mut tools, &worker_filter, control) {
             Ok((pid, pidfd)) => {
                 proto::send(control.as_fd(), &Spawned::Worker(pid), &[pidfd.as_fd()])
             }
@@ -81,26 +107,11 @@ fn run(control: &OwnedFd, rt: &mut Runtime) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The tool at `artifact`, loaded once and reloaded when the file changes.
-fn tool<'a>(
-    rt: &Runtime,
-    loaded: &'a mut HashMap<PathBuf, Loaded>,
-    artifact: &PathBuf,
-) -> Result<&'a Prepared, Failure> {
-    let modified = std::fs::metadata(artifact).and_then(|m| m.modified()).ok();
-    let fresh = loaded.get(artifact).is_some_and(|l| l.modified == modified);
-    if !fresh {
-        let prepared = rt.load_artifact(artifact)?;
-        loaded.insert(artifact.clone(), Loaded { modified, prepared });
-    }
-    Ok(&loaded[artifact].prepared)
-}
-
 fn spawn_worker(
     spawn: &Spawn,
     fds: Vec<OwnedFd>,
     rt: &mut Runtime,
-    loaded: &mut HashMap<PathBuf, Loaded>,
+    tools: &mut Tools,
     filter: &Program,
     control: &OwnedFd,
 ) -> Result<(i32, OwnedFd), Failure> {
@@ -115,7 +126,13 @@ fn spawn_worker(
             "spawn: the cgroup layer is on but the instance's cgroup directory did not arrive (or the reverse)",
         ));
     }
-    let prepared = tool(rt, loaded, &spawn.artifact)?.clone();
+    if let Some(artifact) = &spawn.preload {
+        // A tool that cannot be loaded is the run's business: its worker
+        // tries again and reports the failure as the run's outcome.
+        if let Err(f) = tools.get(rt, artifact) {
+            tracing::warn!(artifact = %artifact.display(), "cannot preload: {}", f.message);
+        }
+    }
     let (go_read, go_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Failure::new(Code::SandboxSetupFailed, format!("pipe: {e}")))?;
     let flags = (libc::CLONE_NEWUSER
@@ -128,7 +145,7 @@ fn spawn_worker(
             // The worker. Nothing of the launcher's conversation is its business.
             drop((go_write, cgroup));
             sys::close_in_child(control.as_fd());
-            worker::main(spawn, channel, go_read, rt, &prepared, filter)
+            worker::main(spawn, channel, go_read, rt, tools, filter)
         }
         Some(child) => {
             drop(go_read);

@@ -35,21 +35,30 @@ pub struct Layers {
     pub apparmor: bool,
 }
 
-/// Daemon to launcher: make a worker for one instance. Carries the
-/// daemon's end of nothing: the worker's end of its channel and, with the
-/// cgroup layer, the instance leaf's directory.
+/// Daemon to launcher: make a worker for instance `instance`, ahead of the
+/// run it will serve (the daemon keeps one spare). Carries the worker's end
+/// of its channel and, with the cgroup layer, the instance leaf's
+/// directory. The tool comes later, over the channel ([`Setup`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spawn {
     /// The instance id.
     pub instance: u64,
+    /// Optional layers to apply.
+    pub layers: Layers,
+    /// An artifact to load in the launcher first, so that the worker is
+    /// born with it (the tool the daemon expects next).
+    pub preload: Option<PathBuf>,
+}
+
+/// Daemon to worker, first: the tool this worker runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setup {
     /// The tool's name.
     pub tool: String,
     /// Its precompiled artifact.
     pub artifact: PathBuf,
     /// Its ClawFS directory, as the launcher sees it.
     pub clawfs: PathBuf,
-    /// Optional layers to apply.
-    pub layers: Layers,
 }
 
 /// Launcher to daemon: the worker exists (its pidfd rides along), or why not.
@@ -64,7 +73,9 @@ pub enum Spawned {
 /// Daemon to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// The run's input: the first message.
+    /// The tool: the first message.
+    Setup(Setup),
+    /// The run's input, once the worker is ready.
     Input(RunInput),
     /// Addresses for a `Resolve`.
     Resolved(Vec<IpAddr>),

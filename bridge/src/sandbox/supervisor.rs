@@ -1,9 +1,11 @@
-//! The daemon's side of the sandbox: fork the launcher, and for each run
-//! prepare the instance cgroup, have a worker cloned into it, serve the
-//! worker's requests, reap it and clean up.
+//! The daemon's side of the sandbox: fork the launcher, keep one spare
+//! worker ready in its own prepared cgroup, and for each run give the spare
+//! its tool (or make a worker if none is ready), serve the worker's
+//! requests, answer, then reap it and remove its cgroup while the next
+//! spare is made.
 
 use super::launcher;
-use super::proto::{self, FromWorker, Layers, Spawn, Spawned, ToWorker};
+use super::proto::{self, FromWorker, Layers, Setup, Spawn, Spawned, ToWorker};
 use super::sys;
 use crate::cgroup::{self, Delegation, MAIN_LEAF};
 use crate::clawfs::Root;
@@ -17,8 +19,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Wall time a worker gets beyond its CPU budget before it is killed:
@@ -71,6 +73,20 @@ pub struct Sandbox {
     egress: Egress,
     clawfs_root: PathBuf,
     next_instance: AtomicU64,
+    /// A worker made ahead of the next run.
+    spare: Mutex<Option<Spare>>,
+    /// A thread is making the next spare.
+    replenishing: AtomicBool,
+}
+
+/// A worker made ahead of its run: cloned into new namespaces and into its
+/// instance cgroup, waiting for its tool on its channel. It never serves
+/// more than one run.
+struct Spare {
+    id: u64,
+    delegation: Option<Delegation>,
+    worker: Worker,
+    channel: UnixStream,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -111,6 +127,8 @@ impl Sandbox {
                     egress: Egress::new(config.network.clone()),
                     clawfs_root: config.clawfs_root(),
                     next_instance: AtomicU64::new(1),
+                    spare: Mutex::new(None),
+                    replenishing: AtomicBool::new(false),
                 };
                 Ok((sandbox, rt))
             }
@@ -122,35 +140,41 @@ impl Sandbox {
         self.layers
     }
 
-    /// Run `tool` (installed with artifact `artifact`, component hash
-    /// `sha256`) in a new worker. Blocks until the worker is gone.
-    pub fn run(&self, tool: &str, artifact: &Path, input: RunInput, budget_ms: u64) -> RunOutcome {
-        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        let mut out = match self.instance(id, tool, artifact, input, budget_ms) {
-            Ok(out) => out,
-            Err(f) => RunOutcome {
-                code: f.code,
-                message: f.message,
-                ..RunOutcome::default()
-            },
-        };
-        out.instance_id = id;
-        if out.code != Code::Success {
-            tracing::info!(tool, instance = id, code = %out.code, "run failed: {}", out.message);
-        }
-        out
+    /// Make the first spare worker (in the background).
+    pub fn prepare(self: &Arc<Self>) {
+        self.replenish(None);
     }
 
-    fn instance(
-        &self,
-        id: u64,
-        tool: &str,
-        artifact: &Path,
-        input: RunInput,
-        budget_ms: u64,
-    ) -> Result<RunOutcome, Failure> {
-        let started = Instant::now();
-        let mut delegation = match self.layers.cgroup {
+    /// Make the next spare in the background, the launcher loading
+    /// `preload` first, unless one is being made.
+    fn replenish(self: &Arc<Self>, preload: Option<&Path>) {
+        if self.replenishing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        let preload = preload.map(Path::to_owned);
+        std::thread::spawn(move || {
+            match this.make_spare(preload.as_deref()) {
+                Ok(spare) => {
+                    let old = this
+                        .spare
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .replace(spare);
+                    if let Some(old) = old {
+                        old.discard();
+                    }
+                }
+                Err(f) => tracing::warn!("cannot prepare a spare worker: {}", f.message),
+            }
+            this.replenishing.store(false, Ordering::Release);
+        });
+    }
+
+    /// A new worker in a new instance cgroup, waiting for its tool.
+    fn make_spare(&self, preload: Option<&Path>) -> Result<Spare, Failure> {
+        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let delegation = match self.layers.cgroup {
             true => Some(Delegation::create(&self.cgroup, id).map_err(|f| {
                 Failure::new(
                     Code::SandboxSetupFailed,
@@ -163,45 +187,147 @@ impl Sandbox {
             Some(d) => Some(open_dir(&d.dir().join(MAIN_LEAF))?),
             None => None,
         };
+        let (channel, theirs) = proto::channel()?;
+        let spawn = Spawn {
+            instance: id,
+            layers: self.layers,
+            preload: preload.map(Path::to_owned),
+        };
+        let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
+        Ok(Spare {
+            id,
+            delegation,
+            worker,
+            channel,
+        })
+    }
+
+    /// Run `tool` (installed with artifact `artifact`) in a worker of its
+    /// own: the spare if one is ready, else a new one. Returns once the
+    /// outcome is known; a worker that delivered one is reaped and its
+    /// cgroup removed afterwards, in the background.
+    pub fn run(
+        self: &Arc<Self>,
+        tool: &str,
+        artifact: &Path,
+        input: RunInput,
+        budget_ms: u64,
+    ) -> RunOutcome {
+        let started = Instant::now();
+        let mut ready = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(spare) = ready.take_if(|s| !s.worker.alive()) {
+            // Killed while it waited (a daemon that starts removes the
+            // instance cgroups it finds).
+            tracing::warn!(instance = spare.id, "the spare worker died while it waited");
+            spare.discard();
+        }
+        let had_spare = ready.is_some();
+        let spare = match ready {
+            Some(spare) => Ok(spare),
+            None => self.make_spare(Some(artifact)),
+        };
+        let out = match spare {
+            Ok(spare) => {
+                let id = spare.id;
+                let mut out =
+                    self.instance(spare, tool, artifact, input, budget_ms, started, had_spare);
+                out.instance_id = id;
+                out
+            }
+            Err(f) => RunOutcome {
+                code: f.code,
+                message: f.message,
+                ..RunOutcome::default()
+            },
+        };
+        // The next spare is made once this run is over, so that the two do
+        // not compete for the CPU.
+        self.replenish(Some(artifact));
+        if out.code != Code::Success {
+            tracing::info!(tool, instance = out.instance_id, code = %out.code, "run failed: {}", out.message);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn instance(
+        &self,
+        spare: Spare,
+        tool: &str,
+        artifact: &Path,
+        input: RunInput,
+        budget_ms: u64,
+        started: Instant,
+        had_spare: bool,
+    ) -> RunOutcome {
+        let Spare {
+            id,
+            mut delegation,
+            worker,
+            channel,
+        } = spare;
+        if let Err(f) = self.hand_over(&channel, tool, artifact) {
+            // Nothing of the tool ran: the run fails with the reason itself.
+            Spare {
+                id,
+                delegation,
+                worker,
+                channel,
+            }
+            .discard();
+            return RunOutcome {
+                code: f.code,
+                message: f.message,
+                ..RunOutcome::default()
+            };
+        }
+        let deadline = Instant::now() + Duration::from_millis(budget_ms) + WALL_GRACE;
+        let talk = self.converse(&channel, &worker, delegation.as_mut(), input, deadline);
+        drop(channel);
+        let answered = Instant::now();
+        let us = |from: Instant, to: Instant| to.duration_since(from).as_micros() as u64;
+        match talk {
+            Ok(Some(out)) => {
+                let pid = worker.pid;
+                let tool_name = tool.to_owned();
+                std::thread::spawn(move || {
+                    let _ = worker.reap(true);
+                    let reaped = Instant::now();
+                    drop(delegation);
+                    tracing::info!(
+                        tool = tool_name,
+                        instance = id,
+                        worker = pid,
+                        spare = had_spare,
+                        run_us = us(started, answered),
+                        reap_us = us(answered, reaped),
+                        cleanup_us = us(reaped, Instant::now()),
+                        "run ended"
+                    );
+                });
+                out
+            }
+            Ok(None) | Err(_) => {
+                let status = worker.reap(false);
+                let out = self.killed(&worker, status, talk.err(), delegation.as_ref());
+                drop(delegation);
+                out
+            }
+        }
+    }
+
+    /// Give a spare its tool: the worker learns what to load and which
+    /// ClawFS directory to bind.
+    fn hand_over(&self, channel: &UnixStream, tool: &str, artifact: &Path) -> Result<(), Failure> {
         // The tool's ClawFS directory exists before the worker binds it.
         let clawfs = self.clawfs_root.join(tool);
         drop(Root::open(&clawfs, 0)?);
-        let (ours, theirs) = proto::channel()?;
-        let spawn = Spawn {
-            instance: id,
+        let setup = Setup {
             tool: tool.to_owned(),
             artifact: artifact.to_owned(),
             clawfs,
-            layers: self.layers,
         };
-        let prepared = Instant::now();
-        let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
-        drop((theirs, leaf));
-        let spawned = Instant::now();
-        let deadline = spawned + Duration::from_millis(budget_ms) + WALL_GRACE;
-        let talk = self.converse(&ours, &worker, delegation.as_mut(), input, deadline);
-        drop(ours);
-        let answered = Instant::now();
-        let status = worker.reap(talk.as_ref().is_ok_and(Option::is_some));
-        let reaped = Instant::now();
-        let out = match talk {
-            Ok(Some(out)) => out,
-            Ok(None) | Err(_) => self.killed(&worker, status, talk.err(), delegation.as_ref()),
-        };
-        drop(delegation);
-        let us = |from: Instant, to: Instant| to.duration_since(from).as_micros() as u64;
-        tracing::info!(
-            tool,
-            instance = id,
-            worker = worker.pid,
-            prepare_us = us(started, prepared),
-            spawn_us = us(prepared, spawned),
-            run_us = us(spawned, answered),
-            reap_us = us(answered, reaped),
-            cleanup_us = us(reaped, Instant::now()),
-            "run ended"
-        );
-        Ok(out)
+        proto::send(channel.as_fd(), &ToWorker::Setup(setup), &[])
     }
 
     /// Ask the launcher for a worker.
@@ -263,8 +389,12 @@ impl Sandbox {
                 }
             })
         };
+        // The input goes at once, queued behind the setup: the worker
+        // reads it once ready. If the worker could not set up, its
+        // `SetupFailed` (waiting in our socket) says why, not the send.
+        let sent = proto::send(ch.as_fd(), &ToWorker::Input(input), &[]);
         match recv()? {
-            Some((FromWorker::Ready, _)) => {}
+            Some((FromWorker::Ready, _)) => sent?,
             Some((FromWorker::SetupFailed(code, message), _)) => {
                 return Err(Failure::new(code, message));
             }
@@ -276,7 +406,6 @@ impl Sandbox {
             }
             None => return Ok(None),
         }
-        proto::send(ch.as_fd(), &ToWorker::Input(input), &[])?;
         let mut pids = PidMap::new(worker.pid);
         while let Some((msg, _)) = recv()? {
             let (reply, fd): (ToWorker, Option<OwnedFd>) = match msg {
@@ -385,6 +514,16 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
     })
 }
 
+impl Spare {
+    /// Let a spare go unused: its channel closes, it exits, it is reaped,
+    /// its cgroup removed.
+    fn discard(self) {
+        drop(self.channel);
+        let _ = self.worker.reap(false);
+        drop(self.delegation);
+    }
+}
+
 /// A live worker: the daemon is its parent (`CLONE_PARENT`).
 struct Worker {
     pid: i32,
@@ -392,6 +531,19 @@ struct Worker {
 }
 
 impl Worker {
+    /// Has it not exited yet?
+    fn alive(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let now = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(0))
+    }
+
     /// Wait for the worker to exit; `finished` workers get a short grace,
     /// others are killed at once. Returns how it ended.
     fn reap(&self, finished: bool) -> Option<WaitIdStatus> {

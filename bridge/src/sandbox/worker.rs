@@ -1,12 +1,14 @@
 //! An instance worker: the launcher's clone, in new user, pid, net and mnt
 //! namespaces (and, with the cgroup layer, born in its instance cgroup).
-//! Before any tool byte runs it stacks the worker AppArmor profile, builds
+//! It is made ahead of its run and waits for its tool ([`Setup`]). Then,
+//! before any tool byte runs, it stacks the worker AppArmor profile, builds
 //! a mount tree holding only its ClawFS directory, three device nodes and a
 //! pid-only `/proc`, drops every capability, sets no_new_privs and installs
 //! the worker seccomp filter. Then it runs the tool once, talking to the
 //! daemon over its channel, and exits.
 
-use super::proto::{self, FromWorker, Spawn, ToWorker};
+use super::launcher::Tools;
+use super::proto::{self, FromWorker, Setup, Spawn, ToWorker};
 use super::sys;
 use crate::apparmor::{self, LAUNCHER_PROFILE, WORKER_PROFILE};
 use crate::error::{Code, Failure};
@@ -49,7 +51,7 @@ pub fn main(
     channel: OwnedFd,
     go: OwnedFd,
     rt: &mut Runtime,
-    tool: &Prepared,
+    tools: &mut Tools,
     filter: &Program,
 ) -> ! {
     let mut byte = [0u8; 1];
@@ -58,7 +60,9 @@ pub fn main(
         sys::exit_now(1);
     }
     drop(go);
-    if let Err(f) = setup(spawn, rt, filter) {
+    // What does not depend on the tool is done while the worker is a
+    // spare; a failure is the next run's answer (fail closed).
+    if let Err(f) = ahead(spawn, rt) {
         let _ = proto::send(
             channel.as_fd(),
             &FromWorker::SetupFailed(f.code, f.message),
@@ -66,19 +70,50 @@ pub fn main(
         );
         sys::exit_now(1);
     }
-    let code = match serve(spawn, channel, rt, tool) {
+    let setup = match proto::recv(channel.as_fd()) {
+        Ok(Some((ToWorker::Setup(setup), _))) => setup,
+        // The daemon stopped, or let a spare go.
+        Ok(None) => sys::exit_now(0),
+        Ok(Some((other, _))) => {
+            let why = format!("expected the worker's setup, got {other:?}");
+            let _ = proto::send(
+                channel.as_fd(),
+                &FromWorker::SetupFailed(Code::Eproto, why),
+                &[],
+            );
+            sys::exit_now(1)
+        }
+        Err(_) => sys::exit_now(1),
+    };
+    let tool = match tools.get(rt, &setup.artifact).cloned().and_then(|tool| {
+        apply_layers(&setup, filter)?;
+        Ok(tool)
+    }) {
+        Ok(tool) => tool,
+        Err(f) => {
+            let _ = proto::send(
+                channel.as_fd(),
+                &FromWorker::SetupFailed(f.code, f.message),
+                &[],
+            );
+            sys::exit_now(1);
+        }
+    };
+    let code = match serve(spawn.instance, &setup.tool, channel, rt, &tool) {
         Ok(()) => 0,
         Err(f) => {
-            tracing::error!(instance = spawn.instance, tool = %spawn.tool, "worker: {}", f.message);
+            tracing::error!(instance = spawn.instance, tool = %setup.tool, "worker: {}", f.message);
             1
         }
     };
     sys::exit_now(code)
 }
 
-/// Every layer, in order. AppArmor first: the worker profile allows
-/// exactly the mounts that follow.
-fn setup(spawn: &Spawn, rt: &mut Runtime, filter: &Program) -> Result<(), Failure> {
+/// The steps that do not depend on the tool, in order, while the worker
+/// waits as a spare. AppArmor first: the worker profile allows exactly the
+/// mounts that follow, and a profile change applies to the calling thread
+/// only, so it comes before the worker's other threads exist.
+fn ahead(spawn: &Spawn, rt: &mut Runtime) -> Result<(), Failure> {
     if spawn.layers.apparmor {
         // The launcher runs with no_new_privs, so the worker can only
         // stack its profile on the launcher's: both confine it.
@@ -86,11 +121,18 @@ fn setup(spawn: &Spawn, rt: &mut Runtime, filter: &Program) -> Result<(), Failur
             .and_then(|()| apparmor::require_stacked(LAUNCHER_PROFILE, WORKER_PROFILE))
             .map_err(|f| layer("apparmor", f))?;
     }
-    mount_tree(&spawn.clawfs).map_err(|f| layer("mount namespace", f))?;
-    // Threads that exist before the filter get it too (TSYNC): the epoch
-    // clock, and WASI's reactor, which would otherwise start lazily.
+    // Threads that exist before the filter get it too (TSYNC), and share
+    // the root the mount tree sets up (CLONE_FS): the epoch clock, and
+    // WASI's reactor, which would otherwise start lazily.
     rt.start_clock().map_err(|f| layer("wasm cpu budget", f))?;
     wasmtime_wasi::runtime::in_tokio(async {});
+    Ok(())
+}
+
+/// The rest of the layers once the tool is known, before any of its bytes
+/// run: its mount tree, no capabilities, the worker filter.
+fn apply_layers(setup: &Setup, filter: &Program) -> Result<(), Failure> {
+    mount_tree(&setup.clawfs).map_err(|f| layer("mount namespace", f))?;
     sys::keep_capabilities(rustix::thread::CapabilitySet::empty())
         .map_err(|f| layer("capabilities", f))?;
     filter.install().map_err(|f| layer("seccomp", f))
@@ -164,7 +206,13 @@ fn enter_root() -> Result<(), Failure> {
 }
 
 /// Announce readiness, take the input, run, send the outcome.
-fn serve(spawn: &Spawn, channel: OwnedFd, rt: &Runtime, tool: &Prepared) -> Result<(), Failure> {
+fn serve(
+    instance: u64,
+    name: &str,
+    channel: OwnedFd,
+    rt: &Runtime,
+    tool: &Prepared,
+) -> Result<(), Failure> {
     proto::send(channel.as_fd(), &FromWorker::Ready, &[])?;
     let input: RunInput = match proto::recv(channel.as_fd())? {
         Some((ToWorker::Input(input), _)) => input,
@@ -180,11 +228,11 @@ fn serve(spawn: &Spawn, channel: OwnedFd, rt: &Runtime, tool: &Prepared) -> Resu
         channel: Mutex::new(channel),
     });
     let place = Placement {
-        id: spawn.instance,
+        id: instance,
         root: CLAWFS_IN_WORKER.into(),
         outside: broker.clone(),
     };
-    let outcome = rt.run_at(&spawn.tool, &place, tool, input);
+    let outcome = rt.run_at(name, &place, tool, input);
     let channel = broker.channel.lock().unwrap_or_else(|p| p.into_inner());
     proto::send(channel.as_fd(), &FromWorker::Done(Box::new(outcome)), &[])
 }

@@ -24,6 +24,17 @@ const TROUBLE: [&str; 5] = [
     "clawos: FAILED",
     "clawos: daemon exited",
 ];
+/// Shell (one line): once the daemon has had up to 5 s to reap finished
+/// workers and remove their cgroups (it does so after answering), the
+/// number of instance cgroups left and the AppArmor labels of the processes
+/// in them. After runs that is `1 clawos-launcher//&clawos-worker
+/// (enforce)`: only the spare worker the daemon keeps ready.
+pub const INSTANCE_CGROUPS_LEFT: &str = "for i in $(seq 100); do \
+    C=$(ls -d /sys/fs/cgroup/clawos/instance-* 2>/dev/null); \
+    [ $(echo $C | wc -w) = 1 ] && [ $(wc -l <$C/main/cgroup.procs) = 1 ] && break; sleep 0.05; done; \
+    echo $(echo $C | wc -w) $(for c in $C; do for p in $(cat $c/main/cgroup.procs); do \
+    cat /proc/$p/attr/current; done; done)";
+
 /// The appliance init's readiness marker (after the daemon's own
 /// `clawos-wasm-daemon ready` line).
 pub const READY: &str = "clawos: ready";

@@ -103,10 +103,11 @@ fn profiles_are_loaded_in_enforce_mode_and_confine_the_daemon() {
     );
     assert_eq!(
         g.sh("for p in $(pidof clawos-wasm-daemon); do cat /proc/$p/attr/current; done | sort -u"),
-        // The daemon and its launcher (a fork, in its own profile).
+        // The daemon, its launcher (a fork, in its own profile) and the
+        // spare worker (a clone of the launcher, its profile stacked).
         out(
             0,
-            "clawos-launcher (enforce)\nclawos-wasm-daemon (enforce)\n"
+            "clawos-launcher (enforce)\nclawos-launcher//&clawos-worker (enforce)\nclawos-wasm-daemon (enforce)\n"
         )
     );
     assert_eq!(

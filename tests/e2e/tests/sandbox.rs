@@ -10,13 +10,18 @@ use clawos_e2e::{Boot, Disk, Guest};
 use serial_test::serial;
 
 /// Shell (one line) that starts a 10 s spinner run in the background and
-/// sets W (worker pid), D (daemon), L (launcher) and I (instance cgroup).
+/// sets W (worker pid: in an instance cgroup, in its own root; the spare
+/// waiting beside it has no root of its own yet), D (daemon), L (launcher:
+/// the daemon's child in no instance cgroup) and I (instance cgroup).
 const START_SPINNER: &str = "clawosctl run spinner >/tmp/spin.out 2>&1 & \
-    W=; for i in $(seq 200); do W=$(cat /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs 2>/dev/null | head -n 1); \
+    W=; for i in $(seq 200); do for p in $(cat /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs 2>/dev/null); do \
+    [ -d /proc/$p/root/clawfs ] && W=$p; done; \
     [ -n \"$W\" ] && break; sleep 0.05; done; \
     D=$(awk '/^PPid/ {print $2}' /proc/$W/status); \
+    X=$(cat /sys/fs/cgroup/clawos/*/main/cgroup.procs 2>/dev/null); \
     L=$(for s in /proc/[0-9]*/status; do p=${s#/proc/}; p=${p%/status}; \
-        [ \"$p\" != \"$W\" ] && [ \"$(awk '/^PPid/ {print $2}' $s 2>/dev/null)\" = \"$D\" ] && echo $p; done); \
+        echo \"$X\" | grep -qx \"$p\" && continue; \
+        [ \"$(awk '/^PPid/ {print $2}' $s 2>/dev/null)\" = \"$D\" ] && echo $p; done); \
     I=$(dirname $(dirname $(grep -l \"^$W$\" /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs))); \
     echo \"W=$W D=$D L=$L I=$I\"";
 
@@ -37,8 +42,8 @@ fn spinner_ended(g: &mut Guest) {
     );
     // The instance cgroup went with the instance.
     assert_eq!(
-        g.sh_ok("ls /sys/fs/cgroup/clawos | grep -c instance- || true"),
-        "0\n"
+        g.sh_ok(clawos_e2e::INSTANCE_CGROUPS_LEFT),
+        "1 clawos-launcher//&clawos-worker (enforce)\n"
     );
 }
 
@@ -98,6 +103,22 @@ fn every_bridge_thread_is_filtered_and_the_worker_is_namespaced() {
     assert_eq!(g.sh_ok("ls -1 /proc/$W/root/"), "clawfs\ndev\nproc\n");
     assert_eq!(g.sh_ok("ls -1 /proc/$W/root/dev/"), "null\nurandom\nzero\n");
     spinner_ended(&mut g);
+    // The next run's worker is made once a run is over: one spare in its
+    // own instance cgroup, the daemon's child, in the worker profile and
+    // filtered, waiting for its tool (its mount tree and own filter come
+    // with it).
+    let spare = g.sh_ok(
+        "S=$(cat /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs); \
+         echo \"$(echo $S | wc -w) $(awk '/^PPid/ {print $2}' /proc/$S/status) $(cat /proc/$S/attr/current)\"; \
+         awk '/^(Seccomp|NoNewPrivs):/ {printf \"%s%s \", $1, $2}' /proc/$S/status; echo; echo $D",
+    );
+    let lines: Vec<&str> = spare.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("1 {} clawos-launcher//&clawos-worker (enforce)", lines[2]).as_str()),
+        "spare: {spare}"
+    );
+    assert_eq!(lines[1], "NoNewPrivs:1 Seccomp:2 ", "spare: {spare}");
     g.poweroff();
 }
 

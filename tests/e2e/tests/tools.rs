@@ -36,8 +36,8 @@ fn sample_tools_run_in_the_guest_with_exact_results() {
     );
     clawos_e2e::run_sample_tools(&mut g);
     assert_eq!(
-        g.sh("ls /sys/fs/cgroup/clawos | grep -c instance-"),
-        out(1, "0\n"),
+        g.sh(clawos_e2e::INSTANCE_CGROUPS_LEFT),
+        out(0, "1 clawos-launcher//&clawos-worker (enforce)\n"),
         "the instance's cgroup is removed when it ends"
     );
     // P1.7 codes as clawosctl's exit status.

@@ -4,13 +4,19 @@
 //! initramfs; test-only, never in the image).
 //!
 //! Cases, each timed from the request (or the process start) to the result:
-//! 1. sandboxed, cold: the daemon's request path, right after the tool's
-//!    artifact changed, so the launcher loads the `.cwasm` again, then a new
-//!    instance cgroup and a new worker with every layer;
+//! 1. sandboxed, cold: a request to an idle daemon right after the tool's
+//!    artifact changed, so its worker loads the `.cwasm` again; a new worker
+//!    in a new instance cgroup with every layer (the daemon's spare);
 //! 2. sandboxed, warm: the same with the tool already loaded (still a new
 //!    cgroup and a new worker with every layer: every run gets one);
-//! 3. `wasmtime run` of the same `.cwasm` (a process per run);
-//! 4. `crun run` of an OCI bundle whose process is `/bin/true`.
+//! 3. sandboxed, back to back: warm requests with no pause, so a run often
+//!    finds the next spare still being made and makes its own worker;
+//! 4. `wasmtime run` of the same `.cwasm` (a process per run);
+//! 5. `crun run` of an OCI bundle whose process is `/bin/true`.
+//!
+//! Cases 1, 2, 4 and 5 leave the guest idle for 300 ms before each sample
+//! (the daemon makes its next spare worker meanwhile), as between a
+//! platform's requests.
 //!
 //! Prints p50 and p99 of each and the ratios to the cold sandboxed p50.
 
@@ -46,6 +52,9 @@ struct Cli {
     #[arg(long, default_value = "/run/clawos-bench")]
     work: PathBuf,
 }
+
+/// How long the guest is left idle before each sample (not for case 3).
+const IDLE: Duration = Duration::from_millis(300);
 
 fn die(what: &str) -> ! {
     eprintln!("clawos-guest-bench: {what}");
@@ -163,7 +172,9 @@ fn main() {
         took
     };
 
-    // Cold: a new modification time makes the launcher load the artifact again.
+    let idle = || std::thread::sleep(IDLE);
+    // Cold: a new modification time makes the artifact a version no
+    // process has loaded.
     let cold: Vec<Duration> = (0..n)
         .map(|i| {
             let when = SystemTime::now() + Duration::from_secs(i as u64 + 1);
@@ -172,11 +183,18 @@ fn main() {
                 .open(&artifact)
                 .and_then(|f| f.set_modified(when))
                 .unwrap_or_else(|e| die(&format!("touch {}: {e}", artifact.display())));
+            idle();
             run()
         })
         .collect();
     run();
-    let warm: Vec<Duration> = (0..n).map(|_| run()).collect();
+    let warm: Vec<Duration> = (0..n)
+        .map(|_| {
+            idle();
+            run()
+        })
+        .collect();
+    let back_to_back: Vec<Duration> = (0..n).map(|_| run()).collect();
 
     let mut wasmtime = Command::new(&cli.wasmtime);
     // The bridge's engine settings that the artifact records (epoch
@@ -191,7 +209,12 @@ fn main() {
         ])
         .arg(&artifact);
     time_command(&mut wasmtime);
-    let wasmtime_runs: Vec<Duration> = (0..n).map(|_| time_command(&mut wasmtime)).collect();
+    let wasmtime_runs: Vec<Duration> = (0..n)
+        .map(|_| {
+            idle();
+            time_command(&mut wasmtime)
+        })
+        .collect();
 
     let bundle = bundle(&cli.work);
     let mut crun_runs = Vec::new();
@@ -203,6 +226,7 @@ fn main() {
         crun.args(["run", "--no-pivot", "--bundle"])
             .arg(&bundle)
             .arg(format!("clawos-bench-{i}"));
+        idle();
         let took = time_command(&mut crun);
         if i > 0 {
             crun_runs.push(took);
@@ -228,6 +252,7 @@ fn main() {
             "sandboxed, warm (tool loaded, new worker, all layers)",
             warm,
         ),
+        ("sandboxed, warm, back to back (no pause)", back_to_back),
         ("wasmtime run of the same .cwasm", wasmtime_runs),
         ("crun run, /bin/true", crun_runs),
     ];
