@@ -23,9 +23,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Wall time a worker gets beyond its CPU budget before it is killed:
-/// setup, instantiation and the result's trip back.
+/// Wall time a worker gets beyond its CPU budget once set up before it is
+/// killed: instantiation and the result's trip back.
 const WALL_GRACE: Duration = Duration::from_secs(5);
+/// Wall time a worker gets to set up: loading its tool, when the launcher
+/// had not, runs under the instance's CPU quota (5% of a CPU).
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
 /// How long a worker that sent its result may take to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -281,8 +284,8 @@ impl Sandbox {
                 ..RunOutcome::default()
             };
         }
-        let deadline = Instant::now() + Duration::from_millis(budget_ms) + WALL_GRACE;
-        let talk = self.converse(&channel, &worker, delegation.as_mut(), input, deadline);
+        let budget = Duration::from_millis(budget_ms);
+        let talk = self.converse(&channel, &worker, delegation.as_mut(), input, budget);
         drop(channel);
         let answered = Instant::now();
         let us = |from: Instant, to: Instant| to.duration_since(from).as_micros() as u64;
@@ -372,18 +375,22 @@ impl Sandbox {
         worker: &Worker,
         mut delegation: Option<&mut Delegation>,
         input: RunInput,
-        deadline: Instant,
+        budget: Duration,
     ) -> Result<Option<RunOutcome>, Failure> {
+        // Setup first (loading the tool if the launcher had not, under the
+        // instance's CPU quota), then the run's own wall time.
+        let deadline = std::cell::Cell::new(Instant::now() + SETUP_LIMIT);
+        let phase = std::cell::Cell::new("setup");
         let recv = || -> Result<Option<(FromWorker, Vec<OwnedFd>)>, Failure> {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.get().saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(wall_time());
+                return Err(wall_time(phase.get()));
             }
             ch.set_read_timeout(Some(left))
                 .map_err(|e| Failure::io("channel timeout", &e))?;
             proto::recv(ch.as_fd()).map_err(|f| {
-                if Instant::now() >= deadline {
-                    wall_time()
+                if Instant::now() >= deadline.get() {
+                    wall_time(phase.get())
                 } else {
                     f
                 }
@@ -394,7 +401,11 @@ impl Sandbox {
         // `SetupFailed` (waiting in our socket) says why, not the send.
         let sent = proto::send(ch.as_fd(), &ToWorker::Input(input), &[]);
         match recv()? {
-            Some((FromWorker::Ready, _)) => sent?,
+            Some((FromWorker::Ready, _)) => {
+                sent?;
+                deadline.set(Instant::now() + budget + WALL_GRACE);
+                phase.set("run");
+            }
             Some((FromWorker::SetupFailed(code, message), _)) => {
                 return Err(Failure::new(code, message));
             }
@@ -420,7 +431,7 @@ impl Sandbox {
                     timeout_ms,
                 } => {
                     let wait = Duration::from_millis(timeout_ms)
-                        .min(deadline.saturating_duration_since(Instant::now()));
+                        .min(deadline.get().saturating_duration_since(Instant::now()));
                     match self.egress.connect(&host, port, wait) {
                         Ok(stream) => (ToWorker::Connected, Some(OwnedFd::from(stream))),
                         Err(f) => (ToWorker::Refused(f.code, f.message), None),
@@ -491,10 +502,10 @@ impl Sandbox {
     }
 }
 
-fn wall_time() -> Failure {
+fn wall_time(phase: &str) -> Failure {
     Failure::new(
         Code::InstanceKilled,
-        "the worker ran past its wall-time limit",
+        format!("the worker ran past its wall-time limit ({phase})"),
     )
 }
 
