@@ -5,12 +5,14 @@
 //! |---|---|---|---|
 //! | daemon | many (tokio) | `daemon.toml`: no process creation | init |
 //! | launcher | one | `launcher.toml`: clone3 and the workers' setup | the daemon's fork, before its first thread |
-//! | worker | two (tool, epoch clock) | `worker.toml`, the tightest | the launcher's clone3 |
+//! | worker | a few (tool, epoch clock, WASI's reactor) | `worker.toml`, the tightest | the launcher's clone3, ahead of its run |
 //!
-//! [`Sandbox::run`] is the daemon's side of one instance: it prepares the
-//! instance cgroup, asks the launcher for a worker, answers the worker's
-//! egress and cgroup requests under the daemon's policy, reaps it through
-//! its pidfd and removes the cgroup. See docs/sandbox.md.
+//! [`Sandbox::run`] is the daemon's side of one instance: it takes the
+//! spare worker made ahead in its instance cgroup (or has the launcher
+//! make one), sends it its tool and input, answers the worker's egress and
+//! cgroup requests under the daemon's policy, returns the outcome, then
+//! reaps the worker through its pidfd and removes the cgroup while the next
+//! spare is made. See docs/sandbox.md.
 
 pub mod launcher;
 pub mod proto;
