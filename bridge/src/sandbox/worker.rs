@@ -1,11 +1,12 @@
 //! An instance worker: the launcher's clone, in new user, pid, net and mnt
 //! namespaces (and, with the cgroup layer, born in its instance cgroup).
-//! It is made ahead of its run and waits for its tool ([`Setup`]). Then,
-//! before any tool byte runs, it stacks the worker AppArmor profile, builds
-//! a mount tree holding only its ClawFS directory, three device nodes and a
-//! pid-only `/proc`, drops every capability, sets no_new_privs and installs
-//! the worker seccomp filter. Then it runs the tool once, talking to the
-//! daemon over its channel, and exits.
+//! It is made ahead of its run: it stacks the worker AppArmor profile,
+//! starts its threads and waits for its tool ([`Setup`]). Then, before any
+//! tool byte runs, it builds a mount tree holding only its ClawFS
+//! directory, three device nodes and a pid-only `/proc`, drops every
+//! capability, sets no_new_privs and installs the worker seccomp filter.
+//! Then it runs the tool once, talking to the daemon over its channel, and
+//! exits.
 
 use super::launcher::Tools;
 use super::proto::{self, FromWorker, Setup, Spawn, ToWorker};
@@ -63,26 +64,19 @@ pub fn main(
     // What does not depend on the tool is done while the worker is a
     // spare; a failure is the next run's answer (fail closed).
     if let Err(f) = ahead(spawn, rt) {
-        let _ = proto::send(
-            channel.as_fd(),
-            &FromWorker::SetupFailed(f.code, f.message),
-            &[],
-        );
-        sys::exit_now(1);
+        setup_failed(&channel, f);
     }
     let setup = match proto::recv(channel.as_fd()) {
         Ok(Some((ToWorker::Setup(setup), _))) => setup,
         // The daemon stopped, or let a spare go.
         Ok(None) => sys::exit_now(0),
-        Ok(Some((other, _))) => {
-            let why = format!("expected the worker's setup, got {other:?}");
-            let _ = proto::send(
-                channel.as_fd(),
-                &FromWorker::SetupFailed(Code::Eproto, why),
-                &[],
-            );
-            sys::exit_now(1)
-        }
+        Ok(Some((other, _))) => setup_failed(
+            &channel,
+            Failure::new(
+                Code::Eproto,
+                format!("expected the worker's setup, got {other:?}"),
+            ),
+        ),
         Err(_) => sys::exit_now(1),
     };
     let tool = match tools.get(rt, &setup.artifact).cloned().and_then(|tool| {
@@ -90,14 +84,7 @@ pub fn main(
         Ok(tool)
     }) {
         Ok(tool) => tool,
-        Err(f) => {
-            let _ = proto::send(
-                channel.as_fd(),
-                &FromWorker::SetupFailed(f.code, f.message),
-                &[],
-            );
-            sys::exit_now(1);
-        }
+        Err(f) => setup_failed(&channel, f),
     };
     let code = match serve(spawn.instance, &setup.tool, channel, rt, &tool) {
         Ok(()) => 0,
@@ -107,6 +94,17 @@ pub fn main(
         }
     };
     sys::exit_now(code)
+}
+
+/// Tell the daemon why the worker cannot run its tool (the run ends with
+/// that code), and exit.
+fn setup_failed(channel: &OwnedFd, f: Failure) -> ! {
+    let _ = proto::send(
+        channel.as_fd(),
+        &FromWorker::SetupFailed(f.code, f.message),
+        &[],
+    );
+    sys::exit_now(1)
 }
 
 /// The steps that do not depend on the tool, in order, while the worker
