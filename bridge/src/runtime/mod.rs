@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
@@ -327,10 +328,25 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, instance);
         store.limiter(|s| &mut s.account);
-        // Ticks are global, so the first one may come at any point of its
-        // period: one tick more makes the budget a minimum, not a maximum.
-        store.set_epoch_deadline(deadline_ms.div_ceil(self.tick_ms) + 1);
-        store.epoch_deadline_trap();
+        // Ticks only say when to look at the clock. Ticks are global and the
+        // ticker can run late (a worker throttled by cpu.max), so a tick
+        // count alone could end a run before its budget: the run ends at
+        // the first tick past `info.deadline`, which `run_at` sets when the
+        // run starts, and never before it.
+        let tick_ms = self.tick_ms;
+        store.set_epoch_deadline(deadline_ms.div_ceil(tick_ms) + 1);
+        store.epoch_deadline_callback(move |state| {
+            let left = state
+                .data()
+                .info
+                .deadline
+                .saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            Ok(UpdateDeadline::Continue(left_ms.div_ceil(tick_ms).max(1)))
+        });
         Ok(store)
     }
 
@@ -390,6 +406,8 @@ impl Runtime {
         };
 
         let started = Instant::now();
+        // The budget covers instantiation and `run`, from here.
+        store.data_mut().info.deadline = started + Duration::from_millis(deadline_ms);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let instance = tool.pre.instantiate(&mut store);
             let instantiated = Instant::now();
