@@ -21,6 +21,8 @@ packages=(
     qemu-system-x86 ovmf                     # booting the appliance (make run, make qemu-test)
     postgresql                               # the network tests' real server (started by the tests)
     crun                                     # the guest benchmark's container runtime (make bench)
+    llvm-22-dev libzstd-dev zlib1g-dev       # bpf-linker (the eBPF monitors), against rustc's own LLVM 22
+    bpftool                                  # the e2e tests list the daemon's programs with it
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -59,7 +61,8 @@ for t in $targets; do args+=(-t "$t"); done
 for c in $components; do args+=(-c "$c"); done
 if rustup run "$channel" rustc --print target-libdir --target wasm32-wasip2 >/dev/null 2>&1 \
     && [ -d "$(rustup run "$channel" rustc --print target-libdir --target wasm32-wasip2)" ] \
-    && rustup run "$channel" cargo clippy --version >/dev/null 2>&1; then
+    && rustup run "$channel" cargo clippy --version >/dev/null 2>&1 \
+    && [ -d "$(rustup run "$channel" rustc --print sysroot)/lib/rustlib/src/rust/library/core" ]; then
     say "rust $channel with ${targets} is installed"
 else
     say "installing rust $channel with ${targets} (${components})"

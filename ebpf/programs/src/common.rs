@@ -1,0 +1,149 @@
+//! Maps, loader-set globals, the cgroup filter and the event writer.
+
+use aya_ebpf::bindings::{
+    BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+    bpf_ktime_get_ns, bpf_probe_read_kernel,
+};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, RingBuf};
+use clawos_ebpf_types::{Event, Field, MAX_PORTS, RING_BYTES};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+/// Events, to the daemon.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Events the ring buffer had no room for. Memory-mapped: the daemon reads
+/// the count without a bpf() call (its seccomp filter refuses them all).
+#[map(name = "LOST")]
+pub static LOST: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+// Set by the loader before the programs are verified (.rodata).
+#[unsafe(no_mangle)]
+static ROOT_CGROUP: u64 = 0;
+#[unsafe(no_mangle)]
+static ROOT_LEVEL: u32 = 1;
+#[unsafe(no_mangle)]
+static DAEMON_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static PORTS: [u16; MAX_PORTS] = [0; MAX_PORTS];
+#[unsafe(no_mangle)]
+static PORT_COUNT: u32 = 0;
+
+/// A loader-set global. Volatile: the compiler must not fold the
+/// build-time zero into the program.
+#[inline(always)]
+fn global<T: Copy>(v: &T) -> T {
+    // SAFETY: a valid reference to a static.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// The current task's group one level below the bridge's root (its
+/// instance's cgroup, or the daemon's), if the task is in the bridge's
+/// subtree at all.
+#[inline(always)]
+pub fn bridge_group() -> Option<u64> {
+    let level = global(&ROOT_LEVEL) as i32;
+    // SAFETY: helper calls without pointer arguments.
+    let root = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+    if root == 0 || root != global(&ROOT_CGROUP) {
+        return None;
+    }
+    // SAFETY: as above.
+    Some(unsafe { bpf_get_current_ancestor_cgroup_id(level + 1) })
+}
+
+/// The daemon's own pid.
+#[inline(always)]
+pub fn daemon_pid() -> u32 {
+    global(&DAEMON_PID)
+}
+
+/// Is `port` in the egress allow-list?
+#[inline(always)]
+pub fn port_allowed(port: u16) -> bool {
+    let n = global(&PORT_COUNT) as usize;
+    let mut i = 0;
+    while i < MAX_PORTS {
+        if i >= n {
+            return false;
+        }
+        if global(&PORTS[i]) == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Read a `T` at `field` of the kernel struct at `base`.
+#[inline(always)]
+pub fn read<T: Copy>(base: *const u8, field: Field) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
+    unsafe { bpf_probe_read_kernel(base.add(field.offset as usize) as *const T).ok() }
+}
+
+/// Write one event: the common header, then `fill` for the rest. When the
+/// ring buffer is full the event is counted in `LOST`, never dropped
+/// without a trace.
+#[inline(always)]
+pub fn emit(group: u64, op: u32, verdict: i32, fill: impl FnOnce(&mut Event)) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            // SAFETY: the entry is the ring buffer's memory for one Event,
+            // ours until submitted; every field is written below or by `fill`.
+            let e = unsafe { &mut *entry.as_mut_ptr() };
+            let id = bpf_get_current_pid_tgid();
+            // SAFETY: helper call without pointer arguments.
+            e.ts_ns = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: helper call without pointer arguments.
+            e.cgroup = unsafe { bpf_get_current_cgroup_id() };
+            e.group = group;
+            e.pid = (id >> 32) as u32;
+            e.tid = id as u32;
+            e.op = op;
+            e.verdict = verdict;
+            e.arg = 0;
+            e.ino = 0;
+            e.family = 0;
+            e.port = 0;
+            e.protocol = 0;
+            e.addr = [0; 16];
+            e.path_len = 0;
+            e._pad = 0;
+            fill(e);
+            // Wake the reader only when a quarter of the ring is waiting:
+            // a wake-up per event would cost the monitored process more
+            // than the event itself. The reader also drains on a short
+            // timer, so a quiet ring is read within its period.
+            let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+            let wake = if waiting > u64::from(RING_BYTES / 4) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(wake as u64);
+        }
+        None => {
+            if let Some(n) = LOST.get_ptr_mut(0) {
+                // SAFETY: the map's one u64, shared by every CPU: an atomic
+                // add (BPF_XADD) so that no loss goes uncounted.
+                // (core's AtomicU64 has no fetch_add on this target: the
+                // intrinsic is what it would call.)
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+            }
+        }
+    }
+}
+
+/// The verdict to return: an earlier program's refusal stands.
+#[inline(always)]
+pub fn verdict(previous: i32, ours: i32) -> i32 {
+    if previous != 0 { previous } else { ours }
+}

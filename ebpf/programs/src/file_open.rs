@@ -1,0 +1,42 @@
+//! `file_open`: every open by a bridge process, with the file's path (as
+//! seen from the process's root), inode and read/write mode. Sleepable: the
+//! kernel lets only sleepable LSM programs call `bpf_d_path`.
+
+use crate::common::{bridge_group, emit, read, verdict};
+use aya_ebpf::bindings::path;
+use aya_ebpf::helpers::bpf_d_path;
+use aya_ebpf::macros::lsm;
+use aya_ebpf::programs::LsmContext;
+use clawos_ebpf_types::{FILE_F_INODE, FILE_F_MODE, FILE_F_PATH, INODE_I_INO, OP_OPEN, PATH_BYTES};
+
+#[lsm(hook = "file_open", sleepable)]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    // LSM_HOOK(int, 0, file_open, struct file *file)
+    let previous: i32 = ctx.arg(1);
+    let Some(group) = bridge_group() else {
+        return previous;
+    };
+    let file: *const u8 = ctx.arg(0);
+    let mode: u32 = read(file, FILE_F_MODE).unwrap_or(0);
+    let inode: *const u8 = read(file, FILE_F_INODE).unwrap_or(core::ptr::null());
+    let ino: u64 = read(inode, INODE_I_INO).unwrap_or(0);
+    emit(group, OP_OPEN, 0, |e| {
+        e.arg = u64::from(mode);
+        e.ino = ino;
+        // SAFETY: `file` is the hook's `struct file *` (a BTF pointer the
+        // verifier knows), f_path lies at the offset the loader checked,
+        // and the buffer is the event's own.
+        let n = unsafe {
+            bpf_d_path(
+                file.add(FILE_F_PATH.offset as usize) as *const path,
+                e.path.as_mut_ptr() as *mut _,
+                PATH_BYTES as u32,
+            )
+        };
+        // The length counts the NUL.
+        if n > 1 {
+            e.path_len = (n - 1) as u32;
+        }
+    });
+    verdict(previous, 0)
+}

@@ -1,0 +1,38 @@
+//! `file_permission`: reads and writes of regular files by bridge
+//! processes other than the daemon (whose own are its log and state:
+//! reporting them would feed back). The path is the one its open reported,
+//! matched by inode.
+
+use crate::common::{bridge_group, daemon_pid, emit, read, verdict};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::macros::lsm;
+use aya_ebpf::programs::LsmContext;
+use clawos_ebpf_types::{FILE_F_INODE, INODE_I_INO, INODE_I_MODE, OP_ACCESS};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+
+#[lsm(hook = "file_permission")]
+pub fn file_permission(ctx: LsmContext) -> i32 {
+    // LSM_HOOK(int, 0, file_permission, struct file *file, int mask)
+    let previous: i32 = ctx.arg(2);
+    let Some(group) = bridge_group() else {
+        return previous;
+    };
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == daemon_pid() {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let mask: i32 = ctx.arg(1);
+    let inode: *const u8 = read(file, FILE_F_INODE).unwrap_or(core::ptr::null());
+    let mode: u16 = read(inode, INODE_I_MODE).unwrap_or(0);
+    if mode & S_IFMT != S_IFREG {
+        return previous;
+    }
+    let ino: u64 = read(inode, INODE_I_INO).unwrap_or(0);
+    emit(group, OP_ACCESS, 0, |e| {
+        e.arg = mask as u32 as u64;
+        e.ino = ino;
+    });
+    verdict(previous, 0)
+}

@@ -1,0 +1,68 @@
+//! `socket_connect`: every connect by a bridge process, and the kernel's
+//! egress check: an IPv4 or IPv6 connect to a port outside the egress
+//! allow-list is refused with EPERM, whatever the daemon's own proxy
+//! decided.
+
+use crate::common::{bridge_group, emit, port_allowed, read, verdict};
+use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
+use aya_ebpf::macros::lsm;
+use aya_ebpf::programs::LsmContext;
+use clawos_ebpf_types::{Field, OP_CONNECT, SOCKET_TYPE};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EPERM: i32 = 1;
+
+// struct sockaddr_in / sockaddr_in6 (the uapi: fixed for every kernel).
+const SA_FAMILY: Field = Field {
+    strukt: "sockaddr",
+    member: "sa_family",
+    offset: 0,
+};
+const SA_PORT: Field = Field {
+    strukt: "sockaddr_in",
+    member: "sin_port",
+    offset: 2,
+};
+const SIN_ADDR: usize = 4;
+const SIN6_ADDR: usize = 8;
+
+#[lsm(hook = "socket_connect")]
+pub fn socket_connect(ctx: LsmContext) -> i32 {
+    // LSM_HOOK(int, 0, socket_connect, struct socket *sock,
+    //          struct sockaddr *address, int addrlen)
+    let previous: i32 = ctx.arg(3);
+    let Some(group) = bridge_group() else {
+        return previous;
+    };
+    let sock: *const u8 = ctx.arg(0);
+    let address: *const u8 = ctx.arg(1);
+    let addrlen: i32 = ctx.arg(2);
+    let family: u16 = read(address, SA_FAMILY).unwrap_or(0);
+    let kind: i16 = read(sock, SOCKET_TYPE).unwrap_or(0);
+    let inet = family == AF_INET || family == AF_INET6;
+    let port = if inet {
+        u16::from_be(read(address, SA_PORT).unwrap_or(0))
+    } else {
+        0
+    };
+    let ours = if inet && !port_allowed(port) {
+        -EPERM
+    } else {
+        0
+    };
+    emit(group, OP_CONNECT, ours, |e| {
+        e.family = family;
+        e.port = port;
+        e.arg = kind as u16 as u64;
+        if family == AF_INET && addrlen >= 8 {
+            // SAFETY: the kernel's copy of the caller's address, at least
+            // addrlen bytes; the helper checks the read.
+            let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN_ADDR), &mut e.addr[..4]) };
+        } else if family == AF_INET6 && addrlen >= 24 {
+            // SAFETY: as above.
+            let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN6_ADDR), &mut e.addr) };
+        }
+    });
+    verdict(previous, ours)
+}

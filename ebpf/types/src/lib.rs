@@ -1,0 +1,183 @@
+//! What the bridge's eBPF monitors (`ebpf/programs`) and the daemon that
+//! loads them (`clawos_bridge::monitor`) agree on: the event record on the
+//! ring buffer, the operation codes, the names of the programs, maps and
+//! globals, and the kernel struct offsets the programs read.
+//!
+//! `no_std` and free of dependencies: it builds for `bpfel-unknown-none`.
+
+#![no_std]
+
+/// Bytes of a path kept in an event (`d_path` of the opened file, the
+/// exec'd file name), NUL included; longer ones are cut.
+pub const PATH_BYTES: usize = 256;
+
+/// Size of the ring buffer the programs write events to. A power of two
+/// and a multiple of the page size (the kernel's rule).
+pub const RING_BYTES: u32 = 8 << 20;
+
+/// Ports the kernel's egress check can hold (the allow-list's ports).
+pub const MAX_PORTS: usize = 32;
+
+/// One operation of a bridge process, as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    /// The task's own cgroup (its cgroup v2 inode number).
+    pub cgroup: u64,
+    /// The task's ancestor one level below the bridge's root
+    /// (`<root>/instance-N`, `<root>/daemon`): says which instance.
+    pub group: u64,
+    /// Process (thread group) id and thread id, in the initial pid namespace.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// One of the `OP_*` values.
+    pub op: u32,
+    /// What the program answered the kernel: 0, or a negative errno it
+    /// refused the operation with.
+    pub verdict: i32,
+    /// `OP_OPEN`: the file's `f_mode` (FMODE_READ 1, FMODE_WRITE 2);
+    /// `OP_ACCESS`: the `MAY_*` mask; `OP_CLONE`: clone flags;
+    /// `OP_SOCKET`: the socket type.
+    pub arg: u64,
+    /// The file's inode number (`OP_OPEN`, `OP_ACCESS`).
+    pub ino: u64,
+    /// Address family (`OP_SOCKET`, `OP_CONNECT`).
+    pub family: u16,
+    /// Destination port, host byte order (`OP_CONNECT`).
+    pub port: u16,
+    /// Protocol (`OP_SOCKET`).
+    pub protocol: u32,
+    /// Destination address (`OP_CONNECT`): 4 bytes for AF_INET, 16 for
+    /// AF_INET6, network byte order.
+    pub addr: [u8; 16],
+    /// Bytes of `path` in use, NUL excluded.
+    pub path_len: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// Path (`OP_OPEN`: the file, as seen from the process's root;
+    /// `OP_EXEC`: the file name given to execve).
+    pub path: [u8; PATH_BYTES],
+}
+
+/// `file_open`: a file was opened.
+pub const OP_OPEN: u32 = 1;
+/// `file_permission`: a read or write on an open regular file.
+pub const OP_ACCESS: u32 = 2;
+/// `socket_create`.
+pub const OP_SOCKET: u32 = 3;
+/// `socket_connect`.
+pub const OP_CONNECT: u32 = 4;
+/// `bprm_check_security`: an execve.
+pub const OP_EXEC: u32 = 5;
+/// `task_alloc`: a new process or thread.
+pub const OP_CLONE: u32 = 6;
+
+/// The name of an `OP_*` value.
+pub fn op_name(op: u32) -> &'static str {
+    match op {
+        OP_OPEN => "open",
+        OP_ACCESS => "access",
+        OP_SOCKET => "socket",
+        OP_CONNECT => "connect",
+        OP_EXEC => "exec",
+        OP_CLONE => "clone",
+        _ => "unknown",
+    }
+}
+
+/// The LSM programs, by the hook each attaches to (program name = hook).
+pub const HOOKS: [&str; 6] = [
+    "file_open",
+    "file_permission",
+    "socket_create",
+    "socket_connect",
+    "bprm_check_security",
+    "task_alloc",
+];
+
+/// The ring buffer map.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU count of events the ring buffer had no room for.
+pub const MAP_LOST: &str = "LOST";
+
+/// Global: the bridge's cgroup root's id. Events come only from its subtree.
+pub const GLOBAL_ROOT_CGROUP: &str = "ROOT_CGROUP";
+/// Global: level of that cgroup below the cgroup2 root (1 for `/clawos`).
+pub const GLOBAL_ROOT_LEVEL: &str = "ROOT_LEVEL";
+/// Global: the daemon's pid. Its own reads and writes are not reported
+/// (they are its log and state: reporting them would feed back).
+pub const GLOBAL_DAEMON_PID: &str = "DAEMON_PID";
+/// Global: the egress ports, `[u16; MAX_PORTS]`, and how many are in use.
+pub const GLOBAL_PORTS: &str = "PORTS";
+/// Global: how many of `PORTS` are in use.
+pub const GLOBAL_PORT_COUNT: &str = "PORT_COUNT";
+
+/// A field of a kernel struct the programs read, at the byte offset they
+/// were built with. The loader checks each against the running kernel's
+/// BTF and refuses to load on any difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The struct (`struct file`).
+    pub strukt: &'static str,
+    /// The member.
+    pub member: &'static str,
+    /// Byte offset.
+    pub offset: u32,
+}
+
+/// `struct file.f_path` (what `bpf_d_path` is given).
+pub const FILE_F_PATH: Field = Field {
+    strukt: "file",
+    member: "f_path",
+    offset: 16,
+};
+/// `struct file.f_inode`.
+pub const FILE_F_INODE: Field = Field {
+    strukt: "file",
+    member: "f_inode",
+    offset: 32,
+};
+/// `struct file.f_mode`.
+pub const FILE_F_MODE: Field = Field {
+    strukt: "file",
+    member: "f_mode",
+    offset: 68,
+};
+/// `struct inode.i_mode`.
+pub const INODE_I_MODE: Field = Field {
+    strukt: "inode",
+    member: "i_mode",
+    offset: 0,
+};
+/// `struct inode.i_ino`.
+pub const INODE_I_INO: Field = Field {
+    strukt: "inode",
+    member: "i_ino",
+    offset: 48,
+};
+/// `struct linux_binprm.filename`.
+pub const BINPRM_FILENAME: Field = Field {
+    strukt: "linux_binprm",
+    member: "filename",
+    offset: 96,
+};
+/// `struct socket.type`.
+pub const SOCKET_TYPE: Field = Field {
+    strukt: "socket",
+    member: "type",
+    offset: 4,
+};
+
+/// Every field the programs read.
+pub const FIELDS: [Field; 7] = [
+    FILE_F_PATH,
+    FILE_F_INODE,
+    FILE_F_MODE,
+    INODE_I_MODE,
+    INODE_I_INO,
+    BINPRM_FILENAME,
+    SOCKET_TYPE,
+];
