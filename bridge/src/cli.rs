@@ -286,6 +286,31 @@ fn human(resp: &Response) {
                 s.memory_limit_bytes >> 20,
                 s.cpu_budget_ms
             );
+            match &s.monitor {
+                Some(m) => {
+                    let programs: Vec<String> = m
+                        .programs
+                        .iter()
+                        .map(|p| format!("{} (id {})", p.hook, p.id))
+                        .collect();
+                    let _ = writeln!(out, "ebpf programs:     {}", programs.join(", "));
+                    let _ = writeln!(out, "ebpf events:       {} ({} lost)", m.events, m.lost);
+                    let alerts: Vec<String> = m
+                        .alerts
+                        .iter()
+                        .map(|(rule, n)| format!("{rule} {n}"))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "alerts:            {} ({} instances killed)",
+                        alerts.join(", "),
+                        m.kills
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "ebpf programs:     none (development host)");
+                }
+            }
         }
         Body::Empty => {}
     }

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{Code, Failure};
 use crate::ipc::frame;
 use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
+use crate::monitor::Monitor;
 use crate::registry::Registry;
 use crate::runtime::{RunInput, Runtime};
 use crate::sandbox::Sandbox;
@@ -41,6 +42,7 @@ pub struct Daemon {
     config: Config,
     runtime: Arc<Runtime>,
     sandbox: Arc<Sandbox>,
+    monitor: Option<Monitor>,
     registry: Arc<Registry>,
     runs: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -52,7 +54,12 @@ impl Daemon {
     /// Open the registry with `runtime` (which precompiles installs) and run
     /// tools in `sandbox`. Fails with SANDBOX_SETUP_FAILED (or the I/O code)
     /// naming what could not be set up.
-    pub fn new(config: Config, runtime: Runtime, sandbox: Sandbox) -> Result<Daemon, Failure> {
+    pub fn new(
+        config: Config,
+        runtime: Runtime,
+        sandbox: Sandbox,
+        monitor: Option<Monitor>,
+    ) -> Result<Daemon, Failure> {
         let runtime = Arc::new(runtime);
         let sandbox = Arc::new(sandbox);
         let registry = Arc::new(Registry::open(&config.state_dir, &runtime)?);
@@ -63,6 +70,7 @@ impl Daemon {
             config,
             runtime,
             sandbox,
+            monitor,
             registry,
             counters: Counters::default(),
             started: Instant::now(),
@@ -77,6 +85,9 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Failure> {
         let listener = bind(&self.config.socket)?;
+        if let Some(m) = &self.monitor {
+            m.spawn_reader(self.sandbox.launcher_pid())?;
+        }
         tracing::info!(
             socket = %self.config.socket.display(),
             tools = self.registry.list().len(),
@@ -137,6 +148,7 @@ impl Daemon {
             connections: self.counters.connections.load(Ordering::Relaxed),
             memory_limit_bytes: self.config.sandbox.memory_limit_bytes,
             cpu_budget_ms: self.config.sandbox.cpu_budget_ms,
+            monitor: self.monitor.as_ref().map(Monitor::status),
         }
     }
 

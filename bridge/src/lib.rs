@@ -26,6 +26,7 @@ pub mod egress;
 pub mod error;
 pub mod host;
 pub mod ipc;
+pub mod monitor;
 pub mod outside;
 pub mod registry;
 pub mod runtime;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use clawos_bridge::config::{Config, LogFormat};
 use clawos_bridge::daemon::Daemon;
+use clawos_bridge::monitor::Monitor;
 use clawos_bridge::runtime::Runtime;
 use clawos_bridge::sandbox::{Sandbox, detect_layers};
 use clawos_bridge::seccomp::Kind;
@@ -22,7 +23,7 @@ const DEFAULT_CONFIG: &str = "/etc/clawos/daemon.toml";
     long_about = "Run ClawOS tools (WebAssembly components) in the bridge's sandbox and serve \
                   clawosctl over a Unix socket.\n\nConfiguration: /etc/clawos/daemon.toml if it exists \
                   (see config/daemon.toml for every key and its default). Logs go to standard error; \
-                  RUST_LOG sets the level (default info). Stop with SIGTERM or SIGINT: runs in flight \
+                  log_filter in the configuration, or RUST_LOG, sets what is written (default info). Stop with SIGTERM or SIGINT: runs in flight \
                   get ipc.shutdown_grace_ms to finish."
 )]
 struct Args {
@@ -72,9 +73,13 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+fn init_logging(format: LogFormat, configured: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) => tracing_subscriber::EnvFilter::try_new(&env)
+            .with_context(|| format!("RUST_LOG={env:?} is not a valid filter"))?,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(configured)
+            .with_context(|| format!("log_filter = {configured:?} is not a valid filter"))?,
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -84,6 +89,7 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
@@ -128,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         }
         std::process::exit(if report.passed() { 0 } else { 1 });
     }
-    init_logging(config.log_format);
+    init_logging(config.log_format, &config.log_filter)?;
     raise_open_file_limit();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
     let start = |f| anyhow::anyhow!("cannot start: {f}");
@@ -137,6 +143,11 @@ fn main() -> anyhow::Result<()> {
     // runtime clock, no async runtime yet.
     let runtime = Runtime::idle(&config).map_err(start)?;
     let (sandbox, runtime) = Sandbox::start(&config, runtime, layers).map_err(start)?;
+    // Still one thread, and before the filter below refuses bpf().
+    let monitor = match layers.ebpf {
+        true => Some(Monitor::load(&config).map_err(start)?),
+        false => None,
+    };
     // Before any thread and before any request: the filter covers every
     // thread the daemon will have.
     let filter = Kind::Daemon
@@ -147,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         .install()
         .map_err(|f| anyhow::anyhow!("cannot start: sandbox layer seccomp (daemon): {f}"))?;
     tracing::info!(kind = "daemon", instructions = filter.bytes.len() / 8, sha256 = %filter.digest(), "seccomp filter installed");
-    let daemon = Daemon::new(config, runtime, sandbox).map_err(start)?;
+    let daemon = Daemon::new(config, runtime, sandbox, monitor).map_err(start)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("clawos-daemon")

@@ -59,6 +59,9 @@ pub struct Config {
     pub allowed_gids: Vec<u32>,
     /// Log format: "text" or "json".
     pub log_format: LogFormat,
+    /// Which records are written (tracing-subscriber EnvFilter syntax);
+    /// RUST_LOG, when set, replaces it.
+    pub log_filter: String,
     /// IPC limits.
     pub ipc: IpcLimits,
     /// Per-instance WASM sandbox limits (layer 5a).
@@ -76,6 +79,27 @@ pub struct Config {
     /// The P1.5 limits file; missing means the built-in limits (the
     /// repository's config/limits.toml).
     pub limits_file: PathBuf,
+    /// The eBPF monitors (layer 4).
+    pub monitor: MonitorConfig,
+}
+
+/// The eBPF monitors: the object the daemon loads and its rules file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// The monitors' eBPF object (built from ebpf/programs).
+    pub object: PathBuf,
+    /// The anomaly rules (config/monitor-rules.toml in the repository).
+    pub rules_file: PathBuf,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> MonitorConfig {
+        MonitorConfig {
+            object: PathBuf::from("/usr/lib/clawos/clawos-monitor.o"),
+            rules_file: PathBuf::from("/etc/clawos/monitor-rules.toml"),
+        }
+    }
 }
 
 /// Log output format.
@@ -173,6 +197,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/clawos"),
             allowed_gids: Vec::new(),
             log_format: LogFormat::Text,
+            log_filter: "info".into(),
             ipc: IpcLimits::default(),
             sandbox: SandboxLimits::default(),
             engine: EngineConfig::default(),
@@ -181,6 +206,7 @@ impl Default for Config {
             network: NetworkPolicy::default(),
             cgroup: CgroupPolicy::default(),
             limits_file: PathBuf::from("/etc/clawos/limits.toml"),
+            monitor: MonitorConfig::default(),
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct DaemonStatus {
     pub memory_limit_bytes: u64,
     /// Per-invocation CPU budget, ms.
     pub cpu_budget_ms: u64,
+    /// The eBPF monitors, when loaded (not on a development host).
+    pub monitor: Option<crate::monitor::MonitorStatus>,
 }
 
 impl Response {

@@ -21,4 +21,8 @@ pub mod sys;
 pub mod worker;
 
 pub use proto::Layers;
+
+/// Where a worker sees its tool's ClawFS directory, in its own root
+/// (`worker::mount_tree`).
+pub const WORKER_CLAWFS: &str = "/clawfs";
 pub use supervisor::{Sandbox, detect_layers};

@@ -33,6 +33,9 @@ pub struct Layers {
     pub cgroup: bool,
     /// The worker enters the worker AppArmor profile.
     pub apparmor: bool,
+    /// The eBPF monitors watch the bridge's subtree (the daemon loads them;
+    /// the launcher and workers only live in that subtree).
+    pub ebpf: bool,
 }
 
 /// Daemon to launcher: make a worker for instance `instance`, ahead of the

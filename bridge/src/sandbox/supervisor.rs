@@ -12,6 +12,7 @@ use crate::clawfs::Root;
 use crate::config::{CgroupPolicy, Config};
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
+use crate::monitor::registry::registry;
 use crate::runtime::outcome::RunOutcome;
 use crate::runtime::{RunInput, Runtime};
 use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus};
@@ -39,12 +40,20 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layers, Failure> {
     let cgroup = cgroup::available(policy);
     let apparmor = crate::apparmor::require_confined(crate::apparmor::DAEMON_PROFILE);
+    // The monitors' cgroup filter needs the bridge's cgroup v2 subtree.
+    let ebpf = cgroup
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|()| crate::monitor::bpf_lsm_active());
     let mut missing = Vec::new();
     if let Err(f) = &cgroup {
         missing.push(format!("cgroup v2 ({})", f.message));
     }
     if let Err(f) = &apparmor {
         missing.push(format!("apparmor ({})", f.message));
+    }
+    if let Err(f) = &ebpf {
+        missing.push(format!("ebpf ({})", f.message));
     }
     if !missing.is_empty() {
         if !allow_missing {
@@ -65,11 +74,13 @@ pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layer
     Ok(Layers {
         cgroup: cgroup.is_ok(),
         apparmor: apparmor.is_ok(),
+        ebpf: ebpf.is_ok(),
     })
 }
 
 /// The daemon's handle on the launcher.
 pub struct Sandbox {
+    launcher: u32,
     control: Mutex<OwnedFd>,
     layers: Layers,
     cgroup: CgroupPolicy,
@@ -111,6 +122,11 @@ impl Sandbox {
         if layers.cgroup {
             cgroup::remove_stale(&config.cgroup);
         }
+        if layers.ebpf {
+            // Before the fork: the launcher, and so every worker's parent,
+            // is in the monitored subtree too.
+            crate::monitor::join_daemon_group(&config.cgroup.root)?;
+        }
         let (ours, theirs) = proto::channel()?;
         match sys::fork_single_threaded()? {
             None => {
@@ -124,6 +140,7 @@ impl Sandbox {
                     "sandbox launcher started"
                 );
                 let sandbox = Sandbox {
+                    launcher: pid.as_raw_nonzero().get() as u32,
                     control: Mutex::new(ours.into()),
                     layers,
                     cgroup: config.cgroup.clone(),
@@ -141,6 +158,11 @@ impl Sandbox {
     /// The layers every worker gets.
     pub fn layers(&self) -> Layers {
         self.layers
+    }
+
+    /// The launcher's pid.
+    pub fn launcher_pid(&self) -> u32 {
+        self.launcher
     }
 
     /// Make the first spare worker (in the background).
@@ -186,6 +208,9 @@ impl Sandbox {
             })?),
             false => None,
         };
+        if let Some(d) = &delegation {
+            registry().created(id, d.dir().to_owned());
+        }
         let leaf = match &delegation {
             Some(d) => Some(open_dir(&d.dir().join(MAIN_LEAF))?),
             None => None,
@@ -285,7 +310,18 @@ impl Sandbox {
             };
         }
         let budget = Duration::from_millis(budget_ms);
-        let talk = self.converse(&channel, &worker, delegation.as_mut(), input, budget);
+        // Connects this thread makes for the worker are the instance's.
+        let serving = registry().serve(id);
+        let ready = || registry().running(id, tool);
+        let talk = self.converse(
+            &channel,
+            &worker,
+            delegation.as_mut(),
+            input,
+            budget,
+            &ready,
+        );
+        drop(serving);
         drop(channel);
         let answered = Instant::now();
         let us = |from: Instant, to: Instant| to.duration_since(from).as_micros() as u64;
@@ -295,6 +331,7 @@ impl Sandbox {
                 let tool_name = tool.to_owned();
                 std::thread::spawn(move || {
                     let _ = worker.reap(true);
+                    registry().ended(id);
                     let reaped = Instant::now();
                     drop(delegation);
                     tracing::info!(
@@ -312,6 +349,7 @@ impl Sandbox {
             }
             Ok(None) | Err(_) => {
                 let status = worker.reap(false);
+                registry().ended(id);
                 let out = self.killed(&worker, status, talk.err(), delegation.as_ref());
                 drop(delegation);
                 out
@@ -376,6 +414,7 @@ impl Sandbox {
         mut delegation: Option<&mut Delegation>,
         input: RunInput,
         budget: Duration,
+        ready: &dyn Fn(),
     ) -> Result<Option<RunOutcome>, Failure> {
         // Setup first (loading the tool if the launcher had not, under the
         // instance's CPU quota), then the run's own wall time.
@@ -403,6 +442,7 @@ impl Sandbox {
         match recv()? {
             Some((FromWorker::Ready, _)) => {
                 sent?;
+                ready();
                 deadline.set(Instant::now() + budget + WALL_GRACE);
                 phase.set("run");
             }

@@ -1,0 +1,678 @@
+//! Layer 4: the eBPF LSM monitors (`ebpf/programs`), loaded by the daemon
+//! at start, before its seccomp filter refuses `bpf()`.
+//!
+//! The programs see every file open, read and write, socket, connect,
+//! execve and new task of the bridge's processes (the cgroup subtree
+//! `cgroup.root`: daemon, launcher, workers), refuse execve and connects to
+//! ports outside the egress allow-list in the kernel, and send one event
+//! per operation over a ring buffer. A task here turns each event into a
+//! `clawos::event` record naming its instance, applies the anomaly rules
+//! ([`rules`]) and raises `clawos::alert` records, killing the instance
+//! where a rule says so. Events the ring buffer had no room for are
+//! counted by the kernel and reported (`clawos::event` warnings and
+//! `clawosctl status`).
+
+pub mod btf;
+pub mod registry;
+pub mod rules;
+
+use crate::config::Config;
+use crate::egress::Egress;
+use crate::error::{Code, Failure};
+use aya::maps::{Map, MapData, RingBuf};
+use aya::programs::Lsm;
+use aya::{Btf, Ebpf, EbpfLoader};
+use clawos_ebpf_types as t;
+use registry::{Registry, registry};
+use rules::{Alert, Detector, Level, RulesFile, Seen, Who};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The kernel's list of active LSMs.
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+/// The running kernel's BTF.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// The reader drains the ring at least this often.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// `statfs` magic of a cgroup2 mount.
+const CGROUP2_MAGIC: i64 = 0x6367_7270;
+
+fn failed(what: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        Code::SandboxSetupFailed,
+        format!("sandbox layer ebpf: {what}"),
+    )
+}
+
+/// Is BPF LSM active in this kernel? The monitors attach without error when
+/// it is not, and then see nothing: this is the check that fails closed.
+pub fn bpf_lsm_active() -> Result<(), Failure> {
+    let list = std::fs::read_to_string(LSM_LIST)
+        .map_err(|e| failed(format!("cannot read {LSM_LIST}: {e}")))?;
+    if list.trim().split(',').any(|l| l == "bpf") {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "BPF LSM is not active ({LSM_LIST} lists {:?}; the kernel needs CONFIG_BPF_LSM and bpf in lsm=)",
+            list.trim()
+        )))
+    }
+}
+
+/// A program as attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    /// The LSM hook (and program name).
+    pub hook: String,
+    /// The kernel's program id (as `bpftool prog` lists it).
+    pub id: u32,
+}
+
+/// The monitors' figures, for `clawosctl status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    /// The programs, attached.
+    pub programs: Vec<Attached>,
+    /// Events received.
+    pub events: u64,
+    /// Events the ring buffer had no room for (counted in the kernel).
+    pub lost: u64,
+    /// Alerts per rule (every rule listed, zero included).
+    pub alerts: BTreeMap<String, u64>,
+    /// Instances killed by a rule.
+    pub kills: u64,
+}
+
+/// Counters shared by the reader task and status requests.
+#[derive(Debug, Default)]
+struct Stats {
+    events: AtomicU64,
+    lost: AtomicU64,
+    kills: AtomicU64,
+    alerts: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The kernel's count of lost events: the `LOST` map, memory-mapped.
+struct LostCounter {
+    map: std::ptr::NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: a read-only shared mapping of one u64, read with atomic loads.
+#[allow(unsafe_code)]
+unsafe impl Send for LostCounter {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for LostCounter {}
+
+impl LostCounter {
+    fn map(fd: impl AsFd) -> Result<LostCounter, Failure> {
+        let len = rustix::param::page_size();
+        // SAFETY: a new shared read-only mapping of the map's one page; the
+        // kernel keeps it valid until it is unmapped in Drop.
+        #[allow(unsafe_code)]
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|e| failed(format!("cannot map the LOST counter: {e}")))?;
+        Ok(LostCounter {
+            map: std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| failed("mmap returned null"))?,
+            len,
+        })
+    }
+
+    fn get(&self) -> u64 {
+        // SAFETY: the mapping is live and 8-aligned (page-aligned); the
+        // kernel updates it with atomic adds.
+        #[allow(unsafe_code)]
+        let atomic = unsafe { AtomicU64::from_ptr(self.map.as_ptr()) };
+        atomic.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LostCounter {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        #[allow(unsafe_code)]
+        let _ = unsafe { rustix::mm::munmap(self.map.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The loaded and attached monitors.
+pub struct Monitor {
+    /// Holds the programs and their links: dropping it detaches them.
+    _ebpf: Ebpf,
+    /// Taken by the reader task.
+    reading: Mutex<Option<(RingBuf<MapData>, Detector)>>,
+    lost: Arc<LostCounter>,
+    programs: Vec<Attached>,
+    stats: Arc<Stats>,
+    daemon_group: u64,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cgroup2 level of `dir` (0 for the mount's root) and its id.
+fn cgroup_level(dir: &Path) -> Result<(i32, u64), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let id = std::fs::metadata(dir)
+        .map_err(|e| failed(format!("{}: {e}", dir.display())))?
+        .ino();
+    let mut level = 0;
+    let mut at = dir.to_path_buf();
+    loop {
+        let parent = match at.parent() {
+            Some(p) => p.to_path_buf(),
+            None => break,
+        };
+        let magic = rustix::fs::statfs(&parent)
+            .map(|s| s.f_type as i64)
+            .unwrap_or(0);
+        if magic != CGROUP2_MAGIC {
+            break;
+        }
+        level += 1;
+        at = parent;
+    }
+    Ok((level, id))
+}
+
+/// The group the daemon runs in: `<root>/daemon`. It moves itself there
+/// before it forks the launcher, so that both are in the subtree the
+/// monitors watch (the cgroup v2 rule: no process in a group that has
+/// children with controllers, so not `<root>` itself).
+pub fn join_daemon_group(root: &Path) -> Result<(), Failure> {
+    let dir = root.join("daemon");
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(format!("cannot create {}: {e}", dir.display()))),
+    }
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).map_err(|e| {
+        failed(format!(
+            "cannot move the daemon into {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+impl Monitor {
+    /// Check the kernel, load the monitors with this daemon's settings,
+    /// attach every program and map the ring buffer. Any failure names
+    /// what was missing; the daemon does not start without them.
+    pub fn load(config: &Config) -> Result<Monitor, Failure> {
+        bpf_lsm_active()?;
+        let raw = std::fs::read(VMLINUX_BTF)
+            .map_err(|e| failed(format!("cannot read {VMLINUX_BTF}: {e}")))?;
+        let layout = btf::Layout::parse(&raw).map_err(|e| failed(format!("{VMLINUX_BTF}: {e}")))?;
+        let wrong = btf::mismatches(&layout);
+        if !wrong.is_empty() {
+            return Err(failed(format!(
+                "the monitors do not match this kernel: {}",
+                wrong.join("; ")
+            )));
+        }
+        let btf = Btf::parse(&raw, aya::Endianness::default())
+            .map_err(|e| failed(format!("{VMLINUX_BTF}: {e}")))?;
+        let rules = RulesFile::load(&config.monitor.rules_file).map_err(|f| failed(f.message))?;
+        let (level, root_id) = cgroup_level(&config.cgroup.root)?;
+        let (_, daemon_group) = cgroup_level(&config.cgroup.root.join("daemon"))?;
+        let mut ports = [0u16; t::MAX_PORTS];
+        let mut n = 0;
+        for p in config.network.allow.iter().flat_map(|r| r.ports.iter()) {
+            if ports[..n].contains(p) {
+                continue;
+            }
+            if n == t::MAX_PORTS {
+                return Err(failed(format!(
+                    "network.allow names more than {} ports; the kernel's egress check holds {}",
+                    t::MAX_PORTS,
+                    t::MAX_PORTS
+                )));
+            }
+            ports[n] = *p;
+            n += 1;
+        }
+        let pid = std::process::id();
+        let count = n as u32;
+        let level_u32 = level as u32;
+        let mut ebpf = EbpfLoader::new()
+            .btf(&btf)
+            .override_global(t::GLOBAL_ROOT_CGROUP, &root_id, true)
+            .override_global(t::GLOBAL_ROOT_LEVEL, &level_u32, true)
+            .override_global(t::GLOBAL_DAEMON_PID, &pid, true)
+            .override_global(t::GLOBAL_PORTS, &ports, true)
+            .override_global(t::GLOBAL_PORT_COUNT, &count, true)
+            .load_file(&config.monitor.object)
+            .map_err(|e| {
+                failed(format!(
+                    "cannot load {}: {}",
+                    config.monitor.object.display(),
+                    error_chain(&e)
+                ))
+            })?;
+        let mut programs = Vec::new();
+        for hook in t::HOOKS {
+            let program: &mut Lsm = ebpf
+                .program_mut(hook)
+                .ok_or_else(|| failed(format!("the object has no program {hook}")))?
+                .try_into()
+                .map_err(|e| failed(format!("{hook}: {e}")))?;
+            program.load(hook, &btf).map_err(|e| {
+                failed(format!(
+                    "the kernel refused program {hook}: {}",
+                    error_chain(&e)
+                ))
+            })?;
+            program
+                .attach()
+                .map_err(|e| failed(format!("cannot attach {hook}: {}", error_chain(&e))))?;
+            let id = program
+                .info()
+                .map_err(|e| failed(format!("{hook}: {e}")))?
+                .id();
+            programs.push(Attached {
+                hook: hook.to_owned(),
+                id,
+            });
+        }
+        let ring = RingBuf::try_from(
+            ebpf.take_map(t::MAP_EVENTS)
+                .ok_or_else(|| failed("the object has no EVENTS map"))?,
+        )
+        .map_err(|e| failed(format!("EVENTS: {e}")))?;
+        let lost = match ebpf.map(t::MAP_LOST) {
+            Some(Map::Array(data)) => LostCounter::map(data.fd())?,
+            _ => return Err(failed("the object has no LOST array")),
+        };
+        let stats = Stats::default();
+        let detector = Detector::new(rules, Egress::new(config.network.clone()));
+        stats
+            .alerts
+            .lock()
+            .unwrap()
+            .extend(detector.names().into_iter().map(|n| (n, 0)));
+        tracing::info!(
+            programs = %programs.iter().map(|p| format!("{}={}", p.hook, p.id)).collect::<Vec<_>>().join(","),
+            cgroup = %config.cgroup.root.display(),
+            ports = ?&ports[..n],
+            rules = %config.monitor.rules_file.display(),
+            "ebpf monitors attached"
+        );
+        Ok(Monitor {
+            _ebpf: ebpf,
+            reading: Mutex::new(Some((ring, detector))),
+            lost: Arc::new(lost),
+            programs,
+            stats: Arc::new(stats),
+            daemon_group,
+        })
+    }
+
+    /// The figures for `clawosctl status`.
+    pub fn status(&self) -> MonitorStatus {
+        MonitorStatus {
+            programs: self.programs.clone(),
+            events: self.stats.events.load(Ordering::Relaxed),
+            lost: self.lost.get(),
+            alerts: self.stats.alerts.lock().unwrap().clone(),
+            kills: self.stats.kills.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Start the task that reads events (on the current tokio runtime).
+    /// `launcher` is the launcher's pid.
+    pub fn spawn_reader(&self, launcher: u32) -> Result<(), Failure> {
+        let Some((ring, detector)) = self.reading.lock().unwrap().take() else {
+            return Ok(());
+        };
+        // SAFETY: the RingBuf owns its map's descriptor until it drops, and
+        // as_raw_fd always returns that one.
+        #[allow(unsafe_code)]
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| failed(format!("cannot poll the ring buffer: {e}")))?;
+        let mut reader = Reader {
+            detector,
+            registry: registry(),
+            stats: self.stats.clone(),
+            lost: self.lost.clone(),
+            reported_lost: 0,
+            daemon: std::process::id(),
+            launcher,
+            daemon_group: self.daemon_group,
+        };
+        tokio::spawn(async move {
+            let mut fd = fd;
+            let mut lost_checked = std::time::Instant::now();
+            loop {
+                // Woken when a quarter of the ring waits (the programs ask
+                // for no wake-up below that), and every DRAIN_EVERY anyway.
+                match tokio::time::timeout(DRAIN_EVERY, fd.readable_mut()).await {
+                    Ok(Ok(mut guard)) => {
+                        reader.drain(guard.get_inner_mut());
+                        guard.clear_ready();
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(target: "clawos::event", "ring buffer poll failed, monitoring stopped: {e}");
+                        return;
+                    }
+                    Err(_) => reader.drain(fd.get_mut()),
+                }
+                if lost_checked.elapsed() >= Duration::from_secs(1) {
+                    reader.check_lost();
+                    lost_checked = std::time::Instant::now();
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Decode one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Option<t::Event> {
+    if bytes.len() < std::mem::size_of::<t::Event>() {
+        return None;
+    }
+    // SAFETY: at least size_of::<Event>() bytes; Event is plain old data
+    // (integers and byte arrays, every bit pattern valid), read unaligned.
+    #[allow(unsafe_code)]
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<t::Event>()) })
+}
+
+/// The destination of a connect event, if it was IPv4 or IPv6.
+fn destination(e: &t::Event) -> Option<(IpAddr, u16)> {
+    match e.family {
+        2 => {
+            let a = [e.addr[0], e.addr[1], e.addr[2], e.addr[3]];
+            Some((IpAddr::V4(Ipv4Addr::from(a)), e.port))
+        }
+        10 => Some((IpAddr::V6(Ipv6Addr::from(e.addr)), e.port)),
+        _ => None,
+    }
+}
+
+struct Reader {
+    detector: Detector,
+    registry: Arc<Registry>,
+    stats: Arc<Stats>,
+    lost: Arc<LostCounter>,
+    reported_lost: u64,
+    daemon: u32,
+    launcher: u32,
+    daemon_group: u64,
+}
+
+impl Reader {
+    fn check_lost(&mut self) {
+        let now = self.lost.get();
+        if now > self.reported_lost {
+            tracing::warn!(
+                target: "clawos::event",
+                lost = now - self.reported_lost,
+                lost_total = now,
+                "ring buffer full: events lost (counted by the kernel)"
+            );
+            self.reported_lost = now;
+        }
+        self.stats.lost.store(now, Ordering::Relaxed);
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            self.handle(&item);
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        let Some(e) = decode(bytes) else {
+            tracing::error!(target: "clawos::event", bytes = bytes.len(), "short record on the ring buffer");
+            return;
+        };
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let group = self.registry.group(e.group);
+        let who = if e.pid == self.daemon {
+            Who::Daemon
+        } else if e.pid == self.launcher {
+            Who::Launcher
+        } else if group.is_some() {
+            Who::Worker
+        } else {
+            Who::Other
+        };
+        let instance = match (&group, who) {
+            (Some(g), _) => Some(g.instance),
+            (None, Who::Daemon) => self.registry.served_by(e.tid, e.ts_ns),
+            _ => None,
+        };
+        let path_len = (e.path_len as usize).min(t::PATH_BYTES);
+        let path = String::from_utf8_lossy(&e.path[..path_len]).into_owned();
+        let dest = if e.op == t::OP_CONNECT {
+            destination(&e)
+        } else {
+            None
+        };
+        let tool = group.as_ref().and_then(|g| g.tool.clone()).or_else(|| {
+            instance
+                .and_then(|i| self.registry.instance(i))
+                .and_then(|g| g.tool)
+        });
+        let op = t::op_name(e.op);
+        let level = if e.op == t::OP_ACCESS {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        };
+        let recorded = match level {
+            tracing::Level::DEBUG => {
+                tracing::enabled!(target: "clawos::event", tracing::Level::DEBUG)
+            }
+            _ => tracing::enabled!(target: "clawos::event", tracing::Level::INFO),
+        };
+        let instance_field = instance.map_or_else(|| "-".to_owned(), |i| i.to_string());
+        let detail = if !recorded {
+            String::new()
+        } else {
+            match e.op {
+                t::OP_OPEN => format!("path={path:?} mode={}", mode(e.arg)),
+                t::OP_ACCESS => format!("ino={} mask={}", e.ino, mask(e.arg)),
+                t::OP_SOCKET => {
+                    format!("family={} type={} protocol={}", e.family, e.arg, e.protocol)
+                }
+                t::OP_CONNECT => match dest {
+                    Some((ip, port)) => format!("dest={ip} port={port}"),
+                    None => format!("family={}", e.family),
+                },
+                t::OP_EXEC => format!("path={path:?}"),
+                t::OP_CLONE => format!("flags={:#x}", e.arg),
+                _ => String::new(),
+            }
+        };
+        // Reads and writes come one per call: debug records (RUST_LOG=
+        // clawos::event=debug shows them); the rules see every one.
+        macro_rules! record {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "clawos::event",
+                    op,
+                    who = who.name(),
+                    instance = %instance_field,
+                    tool = tool.as_deref().unwrap_or("-"),
+                    pid = e.pid,
+                    tid = e.tid,
+                    verdict = e.verdict,
+                    "{op} {detail}"
+                )
+            };
+        }
+        if recorded {
+            if level == tracing::Level::DEBUG {
+                record!(debug);
+            } else {
+                record!(info);
+            }
+        }
+        let seen = Seen {
+            op: e.op,
+            ts_ns: e.ts_ns,
+            pid: e.pid,
+            tid: e.tid,
+            who,
+            group: if group.is_none() && e.group == 0 {
+                self.daemon_group
+            } else {
+                e.group
+            },
+            instance,
+            running_ns: group.as_ref().and_then(|g| g.running_ns),
+            ended_ns: group.as_ref().and_then(|g| g.ended_ns),
+            path,
+            dest,
+            verdict: e.verdict,
+        };
+        for alert in self.detector.check(&seen) {
+            self.raise(alert, tool.as_deref());
+        }
+    }
+
+    fn raise(&self, alert: Alert, tool: Option<&str>) {
+        *self
+            .stats
+            .alerts
+            .lock()
+            .unwrap()
+            .entry(alert.rule.clone())
+            .or_default() += 1;
+        let mut killed = false;
+        if alert.kill {
+            if let Some(g) = alert.instance.and_then(|i| self.registry.instance(i)) {
+                if g.ended_ns.is_none() {
+                    match std::fs::write(g.dir.join("cgroup.kill"), "1") {
+                        Ok(()) => {
+                            killed = true;
+                            self.stats.kills.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(
+                            target: "clawos::alert",
+                            instance = g.instance,
+                            "cannot kill the instance: {e}"
+                        ),
+                    }
+                }
+            }
+        }
+        let instance = alert
+            .instance
+            .map_or_else(|| "-".to_owned(), |i| i.to_string());
+        let tool = tool.unwrap_or("-");
+        match alert.level {
+            Level::Error => tracing::error!(
+                target: "clawos::alert",
+                rule = %alert.rule,
+                level = "error",
+                instance = %instance,
+                tool,
+                killed,
+                evidence = %alert.evidence,
+                "ALERT {}: {}", alert.rule, alert.evidence
+            ),
+            Level::Warn => tracing::warn!(
+                target: "clawos::alert",
+                rule = %alert.rule,
+                level = "warn",
+                instance = %instance,
+                tool,
+                killed,
+                evidence = %alert.evidence,
+                "ALERT {}: {}", alert.rule, alert.evidence
+            ),
+        }
+    }
+}
+
+/// `f_mode` as r/w letters.
+fn mode(m: u64) -> String {
+    let mut s = String::new();
+    if m & 1 != 0 {
+        s.push('r');
+    }
+    if m & 2 != 0 {
+        s.push('w');
+    }
+    if s.is_empty() {
+        s.push('-');
+    }
+    s
+}
+
+/// A `MAY_*` mask as words.
+fn mask(m: u64) -> &'static str {
+    const MAY_WRITE: u64 = 2;
+    const MAY_READ: u64 = 4;
+    const MAY_APPEND: u64 = 8;
+    if m & (MAY_WRITE | MAY_APPEND) != 0 {
+        "write"
+    } else if m & MAY_READ != 0 {
+        "read"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_to_events() {
+        let mut e: t::Event = decode(&[0u8; std::mem::size_of::<t::Event>()]).unwrap();
+        e.op = t::OP_CONNECT;
+        e.family = 2;
+        e.port = 5432;
+        e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(destination(&e), Some(("127.0.0.1".parse().unwrap(), 5432)));
+        e.family = 1;
+        assert_eq!(destination(&e), None);
+        assert!(decode(&[0u8; 8]).is_none());
+    }
+
+    #[test]
+    fn modes_and_masks_read_as_words() {
+        assert_eq!(mode(1), "r");
+        assert_eq!(mode(3), "rw");
+        assert_eq!(mask(4), "read");
+        assert_eq!(mask(2), "write");
+        assert_eq!(mask(8), "write");
+    }
+}
