@@ -13,7 +13,7 @@ CARGO ?= cargo
 export KERNEL_SRC ?= /usr/src/linux-source-6.1.tar.xz
 export CACHE
 
-.PHONY: help setup build tools run demo stop test unit-test lint bench clean kernel image qemu-test
+.PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test
 
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench      benchmarks: the bridge against bare wasmtime, then in the booted guest against wasmtime run and crun"
 	@echo "make build      release binaries: clawos-wasm-daemon, clawosctl"
 	@echo "make tools      the sample tools, as wasm32-wasip2 components"
+	@echo "make ebpf       the eBPF LSM monitors (ebpf/programs; builds bpf-linker once)"
 	@echo "make setup      install the pinned Rust toolchain and Debian packages (run by the others)"
 	@echo "cache: $(CACHE)"
 
@@ -44,7 +45,10 @@ demo: build tools
 kernel: setup
 	scripts/kernel.sh build >/dev/null
 
-image: build tools
+ebpf: setup
+	scripts/ebpf.sh >/dev/null
+
+image: build tools ebpf
 	image/build.sh
 
 run: image
@@ -58,6 +62,7 @@ stop:
 lint: setup
 	$(CARGO) fmt --all -- --check
 	cd tests/tools && $(CARGO) fmt --all -- --check
+	cd ebpf/programs && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 	cd tests/tools && $(CARGO) clippy --release --locked --target wasm32-wasip2 --target-dir $(TOOLS_TARGET) -- -D warnings
 

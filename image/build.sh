@@ -95,6 +95,9 @@ chmod 0755 "$root/init"
 install -m 0644 "$here/image/profile" "$root/etc/profile"
 install -m 0644 "$here/config/daemon.toml" "$root/etc/clawos/daemon.toml"
 install -m 0644 "$here/config/limits.toml" "$root/etc/clawos/limits.toml"
+install -m 0644 "$here/config/monitor-rules.toml" "$root/etc/clawos/monitor-rules.toml"
+# The eBPF monitors (built by make ebpf; a no-op rebuild here).
+install -D -m 0644 "$("$here/scripts/ebpf.sh")" "$root/usr/lib/clawos/clawos-monitor.o"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
 # Root's password is locked (the console shell needs none). The file is
