@@ -168,6 +168,11 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     );
 
     // --- overhead: monitored loop vs no program attached ---------------
+    let clock = g.sh_ok("cat /sys/devices/system/clocksource/clocksource0/current_clocksource");
+    println!(
+        "guest clocksource (bpf_ktime_get_ns reads it): {}",
+        clock.trim()
+    );
     // (wall ns, CPU ns) per iteration.
     let loop_ns = |g: &mut Guest, bare: bool| -> Option<(u64, u64)> {
         let flag = if bare { " --unmonitored" } else { "" };
