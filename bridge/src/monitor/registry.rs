@@ -51,8 +51,18 @@ pub fn registry() -> Arc<Registry> {
 }
 
 /// CLOCK_MONOTONIC now, ns: the clock of `bpf_ktime_get_ns`.
+///
+/// Through libc, not rustix: rustix's first clock call looks for the vDSO
+/// with `prctl(PR_GET_AUXV)`, which the daemon's seccomp filter refuses
+/// (SIGSYS) once installed.
+#[allow(unsafe_code)]
 pub fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 

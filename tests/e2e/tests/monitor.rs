@@ -124,6 +124,35 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     );
     assert!(status_line(&mut g, "alerts:").contains("exec 1"));
 
+    // --- an alert with kill = true ends the instance ---------------------
+    // The probe joins the spare worker's instance cgroup and tries an
+    // execve there: the exec rule kills the instance (cgroup.kill), the
+    // probe with it; the next run gets a new worker.
+    let spare = g.sh_ok("ls -d /sys/fs/cgroup/clawos/instance-*");
+    let spare = spare.trim();
+    assert_eq!(spare.lines().count(), 1, "not one spare instance: {spare}");
+    let killed = g.sh(&format!(
+        "clawos-monitor-probe --join {spare}/main --linger-ms 10000 exec /bin/true"
+    ));
+    assert_eq!(
+        killed.code, 137,
+        "the probe was not killed: {}",
+        killed.text
+    );
+    assert!(
+        killed.text.contains("exec /bin/true: EPERM"),
+        "{}",
+        killed.text
+    );
+    let alert = g.sh_ok(&format!("grep -F 'ALERT exec' {LOG} | tail -1"));
+    let instance = spare.rsplit("instance-").next().unwrap();
+    assert!(
+        alert.contains(&format!("instance={instance} ")) && alert.contains("killed=true"),
+        "{alert}"
+    );
+    assert!(status_line(&mut g, "alerts:").contains("(1 instances killed)"));
+    assert!(g.sh_ok("clawosctl run hello").contains("hello"));
+
     // --- egress: port 80 refused by the kernel, 5432 let through -------
     let c80 = g.sh_ok(&format!(
         "clawos-monitor-probe --join {PROBE_GROUP} connect 80"

@@ -30,6 +30,9 @@ struct Args {
     /// Move into this cgroup (created if missing) before acting.
     #[arg(long)]
     join: Option<PathBuf>,
+    /// Stay this long after acting (for an alert that kills the group).
+    #[arg(long, default_value_t = 0)]
+    linger_ms: u64,
     #[command(subcommand)]
     what: What,
 }
@@ -79,6 +82,7 @@ fn main() {
         std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
             .unwrap_or_else(|e| panic!("cannot join {}: {e}", dir.display()));
     }
+    let linger = Duration::from_millis(args.linger_ms);
     match args.what {
         What::Exec { path } => match std::process::Command::new(&path).status() {
             Ok(s) => println!("exec {path}: ok ({s})"),
@@ -128,4 +132,5 @@ fn main() {
             }
         }
     }
+    std::thread::sleep(linger);
 }
