@@ -153,10 +153,13 @@ fn instance_cgroup_has_the_p15_limits_and_they_bite() {
     );
     assert!(f[4] > 0.0, "never throttled: {cpu}");
     // pids: a shell moved into the instance's leaf forks until pids.max.
-    // The sleeps do not hold the console's output open; the instance's
-    // end (cgroup.kill) takes them.
+    // Each child waits on a FIFO nobody writes (shell builtins only: an
+    // execve in an instance is refused, and the eBPF monitors' exec rule
+    // kills the instance); the children do not hold the console's output
+    // open, and the instance's end (cgroup.kill) takes them.
     let forks = g.sh_ok(
-        "sh -c \"echo \\$\\$ > $I/main/cgroup.procs; for i in \\$(seq 40); do sleep 30 >/dev/null 2>&1 & done\" 2>/tmp/fork.err; \
+        "rm -f /tmp/hold; mkfifo /tmp/hold; \
+         sh -c \"echo \\$\\$ > $I/main/cgroup.procs; i=0; while [ \\$i -lt 40 ]; do (read x </tmp/hold) >/dev/null 2>&1 & i=\\$((i + 1)); done\" 2>/tmp/fork.err; \
          cat /tmp/fork.err $I/pids.current; awk '/^max/ {print ($2 > 0)}' $I/main/pids.events",
     );
     eprintln!("e2e: forks past pids.max: {}", forks.replace('\n', " | "));
