@@ -93,7 +93,6 @@ pub struct MonitorStatus {
 #[derive(Debug, Default)]
 struct Stats {
     events: AtomicU64,
-    lost: AtomicU64,
     kills: AtomicU64,
     alerts: Mutex<BTreeMap<String, u64>>,
 }

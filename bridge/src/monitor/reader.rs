@@ -58,7 +58,6 @@ impl Reader {
             );
             self.reported_lost = now;
         }
-        self.stats.lost.store(now, Ordering::Relaxed);
     }
 
     pub(super) fn drain(&mut self, ring: &mut RingBuf<MapData>) {
