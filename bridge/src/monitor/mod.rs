@@ -159,7 +159,6 @@ pub struct Monitor {
     lost: Arc<LostCounter>,
     programs: Vec<Attached>,
     stats: Arc<Stats>,
-    daemon_group: u64,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -228,7 +227,6 @@ impl Monitor {
             .map_err(|e| failed(format!("{VMLINUX_BTF}: {e}")))?;
         let rules = RulesFile::load(&config.monitor.rules_file).map_err(|f| failed(f.message))?;
         let (level, root_id) = cgroup_level(&config.cgroup.root)?;
-        let (_, daemon_group) = cgroup_level(&config.cgroup.root.join("daemon"))?;
         let mut ports = [0u16; t::MAX_PORTS];
         let mut n = 0;
         for p in config.network.allow.iter().flat_map(|r| r.ports.iter()) {
@@ -317,7 +315,6 @@ impl Monitor {
             lost: Arc::new(lost),
             programs,
             stats: Arc::new(stats),
-            daemon_group,
         })
     }
 
@@ -353,7 +350,6 @@ impl Monitor {
             reported_lost: 0,
             daemon: std::process::id(),
             launcher,
-            daemon_group: self.daemon_group,
         };
         tokio::spawn(async move {
             let mut fd = fd;

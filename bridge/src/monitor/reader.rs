@@ -43,7 +43,6 @@ pub(super) struct Reader {
     pub(super) reported_lost: u64,
     pub(super) daemon: u32,
     pub(super) launcher: u32,
-    pub(super) daemon_group: u64,
 }
 
 impl Reader {
@@ -160,11 +159,7 @@ impl Reader {
             pid: e.pid,
             tid: e.tid,
             who,
-            group: if group.is_none() && e.group == 0 {
-                self.daemon_group
-            } else {
-                e.group
-            },
+            group: e.group,
             instance,
             running_ns: group.as_ref().and_then(|g| g.running_ns),
             ended_ns: group.as_ref().and_then(|g| g.ended_ns),
