@@ -1,0 +1,155 @@
+//! Repeats of a file operation are counted, not reported one by one.
+//!
+//! Each bridge thread has a small table (`RECENT`, keyed by its task) of
+//! the last file operations it made: (operation, inode, mode or mask). The
+//! first operation of a kind is an event of its own, with its path; the
+//! same operation again only adds one to its slot. The count goes out as
+//! a summary event (`repeats` > 0) when a second has passed since the
+//! slot's last report (looked at every `CHECK_EVERY` repeats, so that the
+//! clock is not read on every call), when the slot is taken by another
+//! operation, and when the thread ends (`task_free`). Every operation is
+//! thus in an event, in a summary's count, or in the lost count.
+//!
+//! An event per call would cost a tight open/read loop more than the
+//! calls themselves (a ring buffer record, the clock, `d_path`).
+
+use crate::common::{Who, emit_as};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::HashMap;
+use clawos_ebpf_types::{RECENT_SLOTS, RECENT_THREADS, REPORT_EVERY_NS};
+
+/// Repeats between two looks at the clock.
+const CHECK_EVERY: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    ino: u64,
+    /// When this slot last went out (event or summary), `bpf_ktime_get_ns`.
+    reported_ns: u64,
+    op: u32,
+    arg: u32,
+    /// Repeats since then.
+    count: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Recent {
+    who: Who,
+    /// The slot the next new operation takes.
+    next: u32,
+    _pad: u32,
+    slots: [Slot; RECENT_SLOTS],
+}
+
+/// Thread (its `task_struct`'s address) -> its recent file operations.
+/// The address, not the thread id: a task_struct is freed only after
+/// `task_free` has run for it, so a key never names two threads, while a
+/// thread id can be reused first. A full map (more bridge threads than
+/// `RECENT_THREADS`) only means that the threads beyond it report every
+/// call.
+#[map(name = "RECENT")]
+static RECENT: HashMap<u64, Recent> = HashMap::with_max_entries(RECENT_THREADS, 0);
+
+const EMPTY: Slot = Slot {
+    ino: 0,
+    reported_ns: 0,
+    op: 0,
+    arg: 0,
+    count: 0,
+    _pad: 0,
+};
+
+fn summary(who: &Who, s: &Slot) {
+    emit_as(who, s.op, 0, s.count, |e| {
+        e.arg = u64::from(s.arg);
+        e.ino = s.ino;
+        e.repeats = s.count;
+    });
+}
+
+/// Is this operation a repeat (counted here, no event needed)? `false`:
+/// the caller reports it as an event of its own.
+#[inline(always)]
+pub fn repeated(group: u64, op: u32, arg: u32, ino: u64) -> bool {
+    // SAFETY: helper call without pointer arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let recent = match RECENT.get_ptr_mut(&task) {
+        Some(r) => r,
+        None => {
+            let fresh = Recent {
+                who: Who::current(group),
+                next: 0,
+                _pad: 0,
+                slots: [EMPTY; RECENT_SLOTS],
+            };
+            if RECENT.insert(&task, &fresh, 0).is_err() {
+                return false;
+            }
+            match RECENT.get_ptr_mut(&task) {
+                Some(r) => r,
+                None => return false,
+            }
+        }
+    };
+    // SAFETY: the map's value for this thread; only this thread writes
+    // it while it runs (task_free reads it after the thread has ended).
+    let recent = unsafe { &mut *recent };
+    let mut i = 0;
+    while i < RECENT_SLOTS {
+        let s = &mut recent.slots[i];
+        if s.op == op && s.ino == ino && s.arg == arg {
+            s.count += 1;
+            if s.count % CHECK_EVERY == 0 {
+                // SAFETY: helper call without pointer arguments.
+                let now = unsafe { bpf_ktime_get_ns() };
+                if now.wrapping_sub(s.reported_ns) >= REPORT_EVERY_NS {
+                    summary(&recent.who, s);
+                    s.count = 0;
+                    s.reported_ns = now;
+                }
+            }
+            return true;
+        }
+        i += 1;
+    }
+    let n = (recent.next as usize) % RECENT_SLOTS;
+    recent.next = ((n + 1) % RECENT_SLOTS) as u32;
+    let s = &mut recent.slots[n];
+    if s.count > 0 {
+        summary(&recent.who, s);
+    }
+    *s = Slot {
+        ino,
+        // SAFETY: helper call without pointer arguments.
+        reported_ns: unsafe { bpf_ktime_get_ns() },
+        op,
+        arg,
+        count: 0,
+        _pad: 0,
+    };
+    false
+}
+
+/// A thread ended (`task` is its task_struct's address): its counts go
+/// out, and its table.
+#[inline(always)]
+pub fn flush(task: u64) {
+    let Some(recent) = RECENT.get_ptr(&task) else {
+        return;
+    };
+    // SAFETY: the map's value; the thread it belongs to has ended.
+    let recent = unsafe { &*recent };
+    let mut i = 0;
+    while i < RECENT_SLOTS {
+        let s = &recent.slots[i];
+        if s.count > 0 {
+            summary(&recent.who, s);
+        }
+        i += 1;
+    }
+    let _ = RECENT.remove(&task);
+}
