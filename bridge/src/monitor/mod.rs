@@ -81,12 +81,7 @@ pub struct MonitorStatus {
     pub programs: Vec<Attached>,
     /// Events received.
     pub events: u64,
-    /// Operations those events stand for: one per event, and a summary's
-    /// repeats (docs/monitor.md).
-    #[serde(default)]
-    pub operations: u64,
-    /// Operations whose event the ring buffer had no room for (counted in
-    /// the kernel).
+    /// Events the ring buffer had no room for (counted in the kernel).
     pub lost: u64,
     /// Alerts per rule (every rule listed, zero included).
     pub alerts: BTreeMap<String, u64>,
@@ -98,12 +93,11 @@ pub struct MonitorStatus {
 #[derive(Debug, Default)]
 struct Stats {
     events: AtomicU64,
-    operations: AtomicU64,
     kills: AtomicU64,
     alerts: Mutex<BTreeMap<String, u64>>,
 }
 
-/// The kernel's count of lost operations: the `LOST` map, memory-mapped.
+/// The kernel's count of lost events: the `LOST` map, memory-mapped.
 struct LostCounter {
     map: std::ptr::NonNull<u64>,
     len: usize,
@@ -329,7 +323,6 @@ impl Monitor {
         MonitorStatus {
             programs: self.programs.clone(),
             events: self.stats.events.load(Ordering::Relaxed),
-            operations: self.stats.operations.load(Ordering::Relaxed),
             lost: self.lost.get(),
             alerts: self.stats.alerts.lock().unwrap().clone(),
             kills: self.stats.kills.load(Ordering::Relaxed),

@@ -1,10 +1,8 @@
 //! `file_open`: every open by a bridge process, with the file's path (as
-//! seen from the process's root), inode and read/write mode; opens of the
-//! same file in the same mode again are counted (`repeats`). Sleepable: the
+//! seen from the process's root), inode and read/write mode. Sleepable: the
 //! kernel lets only sleepable LSM programs call `bpf_d_path`.
 
-use crate::common::{bridge_group, emit, load, verdict};
-use crate::repeats::repeated;
+use crate::common::{bridge_group, emit, read, verdict};
 use aya_ebpf::bindings::path;
 use aya_ebpf::helpers::bpf_d_path;
 use aya_ebpf::macros::lsm;
@@ -19,12 +17,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         return previous;
     };
     let file: *const u8 = ctx.arg(0);
-    let mode: u32 = load(file, FILE_F_MODE);
-    let inode: *const u8 = load(file, FILE_F_INODE);
-    let ino: u64 = load(inode, INODE_I_INO);
-    if repeated(group, OP_OPEN, mode, ino) {
-        return verdict(previous, 0);
-    }
+    let mode: u32 = read(file, FILE_F_MODE).unwrap_or(0);
+    let inode: *const u8 = read(file, FILE_F_INODE).unwrap_or(core::ptr::null());
+    let ino: u64 = read(inode, INODE_I_INO).unwrap_or(0);
     emit(group, OP_OPEN, 0, |e| {
         e.arg = u64::from(mode);
         e.ino = ino;

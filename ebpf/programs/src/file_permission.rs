@@ -1,11 +1,9 @@
 //! `file_permission`: reads and writes of regular files by bridge
 //! processes other than the daemon (whose own are its log and state:
 //! reporting them would feed back). The path is the one its open reported,
-//! matched by inode. The same access to the same file again is counted
-//! (`repeats`).
+//! matched by inode.
 
-use crate::common::{bridge_group, daemon_pid, emit, load, verdict};
-use crate::repeats::repeated;
+use crate::common::{bridge_group, daemon_pid, emit, read, verdict};
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
@@ -26,15 +24,12 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
     }
     let file: *const u8 = ctx.arg(0);
     let mask: i32 = ctx.arg(1);
-    let inode: *const u8 = load(file, FILE_F_INODE);
-    let mode: u16 = load(inode, INODE_I_MODE);
+    let inode: *const u8 = read(file, FILE_F_INODE).unwrap_or(core::ptr::null());
+    let mode: u16 = read(inode, INODE_I_MODE).unwrap_or(0);
     if mode & S_IFMT != S_IFREG {
         return previous;
     }
-    let ino: u64 = load(inode, INODE_I_INO);
-    if repeated(group, OP_ACCESS, mask as u32, ino) {
-        return verdict(previous, 0);
-    }
+    let ino: u64 = read(inode, INODE_I_INO).unwrap_or(0);
     emit(group, OP_ACCESS, 0, |e| {
         e.arg = mask as u32 as u64;
         e.ino = ino;
