@@ -223,8 +223,11 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     let mut monitored = Vec::new();
     let mut paused = Vec::new();
     let mut bare = Vec::new();
-    for _ in 0..6 {
-        if bare.len() == 3 {
+    // Five rounds: under TCG a sample of 3000 iterations varies by about
+    // a tenth from one to the next, so one round decides little.
+    const ROUNDS: usize = 5;
+    for _ in 0..ROUNDS + 3 {
+        if bare.len() == ROUNDS {
             break;
         }
         let m =
@@ -250,7 +253,12 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
         }
         wait_ready(&mut g);
     }
-    assert_eq!(bare.len(), 3, "no window without monitors in 6 tries");
+    assert_eq!(
+        bare.len(),
+        ROUNDS,
+        "too few windows without monitors in {} tries",
+        ROUNDS + 3
+    );
     let median = |v: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| {
         let mut x: Vec<u64> = v.iter().map(pick).collect();
         x.sort_unstable();
@@ -260,8 +268,15 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     let (mc, bc) = (median(&monitored, |s| s.1), median(&bare, |s| s.1));
     let (pw, pc) = (median(&paused, |s| s.0), median(&paused, |s| s.1));
     let pct = |a: u64, b: u64| (a as f64 / b as f64 - 1.0) * 100.0;
+    let walls = |v: &[(u64, u64)]| v.iter().map(|s| s.0).collect::<Vec<_>>();
     println!(
-        "overhead, open+read+close, medians of 3 x 3000, no programs {bw} ns wall / {bc} ns CPU: \
+        "overhead samples, wall ns per iteration: no programs {:?}; daemon reading {:?}; daemon paused {:?}",
+        walls(&bare),
+        walls(&monitored),
+        walls(&paused)
+    );
+    println!(
+        "overhead, open+read+close, medians of {ROUNDS} x 3000, no programs {bw} ns wall / {bc} ns CPU: \
          monitored, daemon reading {mw} ns ({:+.1}%) / {mc} ns ({:+.1}%); \
          monitored, daemon paused {pw} ns ({:+.1}%) / {pc} ns ({:+.1}%)",
         pct(mw, bw),
