@@ -83,7 +83,8 @@ pub struct Runtime {
     network: Arc<NetworkPolicy>,
     devices: Arc<DevicePolicy>,
     cgroup: Arc<CgroupPolicy>,
-    // Dropping the sender stops the epoch thread; `None` until started.
+    // A message wakes the epoch thread (the first one starts its ticks);
+    // dropping the sender stops it. `None` until started.
     ticker: Option<mpsc::Sender<()>>,
 }
 
@@ -187,19 +188,29 @@ impl Runtime {
         std::thread::Builder::new()
             .name("clawos-epoch".into())
             .spawn(move || {
+                // Asleep until the first store is made: a spare worker
+                // waits for its tool without waking a hundred times a
+                // second (no budget runs before a store exists).
+                if rx.recv().is_err() {
+                    return;
+                }
                 // One tick per tick_ms of wall time, however late this
                 // thread runs: in a worker throttled by its cgroup's cpu.max
                 // it may sleep through most of a second, and counting its
                 // wake-ups would stretch every budget twentyfold.
                 let start = Instant::now();
                 let mut ticks: u128 = 0;
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    rx.recv_timeout(Duration::from_millis(tick_ms))
-                {
-                    let due = start.elapsed().as_millis() / u128::from(tick_ms);
-                    while ticks < due {
-                        ticking.increment_epoch();
-                        ticks += 1;
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(tick_ms)) {
+                        Ok(()) => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let due = start.elapsed().as_millis() / u128::from(tick_ms);
+                            while ticks < due {
+                                ticking.increment_epoch();
+                                ticks += 1;
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
             })
@@ -328,6 +339,11 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, instance);
         store.limiter(|s| &mut s.account);
+        if let Some(clock) = &self.ticker {
+            // The epoch thread ticks from the first store on (see
+            // start_clock); it ends only with the runtime.
+            let _ = clock.send(());
+        }
         // Ticks only say when to look at the clock. Ticks are global and the
         // ticker can run late (a worker throttled by cpu.max), so a tick
         // count alone could end a run before its budget: the run ends at
