@@ -48,5 +48,11 @@ fn a_burst_of_ticks_does_not_end_a_run_before_its_budget() {
         spent >= 300_000,
         "stopped after {spent} us with {extra_ticks} extra ticks"
     );
-    assert!(extra_ticks > 1000, "only {extra_ticks} extra ticks");
+    // A burst: ten times the ticks the clock itself gives over the budget
+    // (how many more depends on how busy the machine's cores are).
+    let clock_ticks = 300 / config.engine.epoch_tick_ms;
+    assert!(
+        extra_ticks > 10 * clock_ticks,
+        "only {extra_ticks} extra ticks, against {clock_ticks} from the clock"
+    );
 }
