@@ -294,7 +294,11 @@ fn human(resp: &Response) {
                         .map(|p| format!("{} (id {})", p.hook, p.id))
                         .collect();
                     let _ = writeln!(out, "ebpf programs:     {}", programs.join(", "));
-                    let _ = writeln!(out, "ebpf events:       {} ({} lost)", m.events, m.lost);
+                    let _ = writeln!(
+                        out,
+                        "ebpf events:       {} for {} operations ({} lost)",
+                        m.events, m.operations, m.lost
+                    );
                     let alerts: Vec<String> = m
                         .alerts
                         .iter()

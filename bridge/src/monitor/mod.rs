@@ -4,8 +4,11 @@
 //! The programs see every file open, read and write, socket, connect,
 //! execve and new task of the bridge's processes (the cgroup subtree
 //! `cgroup.root`: daemon, launcher, workers), refuse execve and connects to
-//! ports outside the egress allow-list in the kernel, and send one event
-//! per operation over a ring buffer. A task here turns each event into a
+//! ports outside the egress allow-list in the kernel, and send events over
+//! a ring buffer: one per operation, except repeats of a file operation,
+//! which the kernel counts and sends as summaries (a thread's counts go out
+//! at the latest as it ends: the `sched_process_exit` tracepoint program).
+//! A task here turns each event into a
 //! `clawos::event` record naming its instance, applies the anomaly rules
 //! ([`rules`]) and raises `clawos::alert` records, killing the instance
 //! where a rule says so. Events the ring buffer had no room for are
@@ -21,7 +24,7 @@ use crate::config::Config;
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
 use aya::maps::{Map, MapData, RingBuf};
-use aya::programs::Lsm;
+use aya::programs::{BtfTracePoint, Lsm, ProgramError, ProgramInfo};
 use aya::{Btf, Ebpf, EbpfLoader};
 use clawos_ebpf_types as t;
 use registry::registry;
@@ -68,7 +71,7 @@ pub fn bpf_lsm_active() -> Result<(), Failure> {
 /// A program as attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attached {
-    /// The LSM hook (and program name).
+    /// The LSM hook or tracepoint (and program name).
     pub hook: String,
     /// The kernel's program id (as `bpftool prog` lists it).
     pub id: u32,
@@ -81,7 +84,12 @@ pub struct MonitorStatus {
     pub programs: Vec<Attached>,
     /// Events received.
     pub events: u64,
-    /// Events the ring buffer had no room for (counted in the kernel).
+    /// Operations those events stand for: one per event, and a summary's
+    /// repeats (docs/monitor.md).
+    #[serde(default)]
+    pub operations: u64,
+    /// Operations whose event the ring buffer had no room for (counted in
+    /// the kernel).
     pub lost: u64,
     /// Alerts per rule (every rule listed, zero included).
     pub alerts: BTreeMap<String, u64>,
@@ -93,11 +101,12 @@ pub struct MonitorStatus {
 #[derive(Debug, Default)]
 struct Stats {
     events: AtomicU64,
+    operations: AtomicU64,
     kills: AtomicU64,
     alerts: Mutex<BTreeMap<String, u64>>,
 }
 
-/// The kernel's count of lost events: the `LOST` map, memory-mapped.
+/// The kernel's count of lost operations: the `LOST` map, memory-mapped.
 struct LostCounter {
     map: std::ptr::NonNull<u64>,
     len: usize,
@@ -263,28 +272,22 @@ impl Monitor {
             })?;
         let mut programs = Vec::new();
         for hook in t::HOOKS {
-            let program: &mut Lsm = ebpf
-                .program_mut(hook)
-                .ok_or_else(|| failed(format!("the object has no program {hook}")))?
-                .try_into()
-                .map_err(|e| failed(format!("{hook}: {e}")))?;
-            program.load(hook, &btf).map_err(|e| {
-                failed(format!(
-                    "the kernel refused program {hook}: {}",
-                    error_chain(&e)
-                ))
-            })?;
+            let program: &mut Lsm = program(&mut ebpf, hook)?;
+            program.load(hook, &btf).map_err(|e| refused(hook, &e))?;
             program
                 .attach()
                 .map_err(|e| failed(format!("cannot attach {hook}: {}", error_chain(&e))))?;
-            let id = program
-                .info()
-                .map_err(|e| failed(format!("{hook}: {e}")))?
-                .id();
-            programs.push(Attached {
-                hook: hook.to_owned(),
-                id,
-            });
+            programs.push(attached(hook, program.info())?);
+        }
+        for tracepoint in t::TRACEPOINTS {
+            let program: &mut BtfTracePoint = program(&mut ebpf, tracepoint)?;
+            program
+                .load(tracepoint, &btf)
+                .map_err(|e| refused(tracepoint, &e))?;
+            program
+                .attach()
+                .map_err(|e| failed(format!("cannot attach {tracepoint}: {}", error_chain(&e))))?;
+            programs.push(attached(tracepoint, program.info())?);
         }
         let ring = RingBuf::try_from(
             ebpf.take_map(t::MAP_EVENTS)
@@ -323,6 +326,7 @@ impl Monitor {
         MonitorStatus {
             programs: self.programs.clone(),
             events: self.stats.events.load(Ordering::Relaxed),
+            operations: self.stats.operations.load(Ordering::Relaxed),
             lost: self.lost.get(),
             alerts: self.stats.alerts.lock().unwrap().clone(),
             kills: self.stats.kills.load(Ordering::Relaxed),
@@ -376,6 +380,32 @@ impl Monitor {
         });
         Ok(())
     }
+}
+
+/// The object's program `name`, as its kind.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, Failure>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| failed(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(|e| failed(format!("{name}: {e}")))
+}
+
+fn refused(name: &str, e: &ProgramError) -> Failure {
+    failed(format!(
+        "the kernel refused program {name}: {}",
+        error_chain(e)
+    ))
+}
+
+fn attached(name: &str, info: Result<ProgramInfo, ProgramError>) -> Result<Attached, Failure> {
+    let id = info.map_err(|e| failed(format!("{name}: {e}")))?.id();
+    Ok(Attached {
+        hook: name.to_owned(),
+        id,
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

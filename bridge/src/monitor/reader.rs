@@ -23,6 +23,12 @@ pub fn decode(bytes: &[u8]) -> Option<t::Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<t::Event>()) })
 }
 
+/// The operations an event stands for: a summary its repeats, any other
+/// event itself.
+fn operations(e: &t::Event) -> u64 {
+    u64::from(e.repeats.max(1))
+}
+
 /// The destination of a connect event, if it was IPv4 or IPv6.
 fn destination(e: &t::Event) -> Option<(IpAddr, u16)> {
     match e.family {
@@ -53,7 +59,7 @@ impl Reader {
                 target: "clawos::event",
                 lost = now - self.reported_lost,
                 lost_total = now,
-                "ring buffer full: events lost (counted by the kernel)"
+                "ring buffer full: operations lost (counted by the kernel)"
             );
             self.reported_lost = now;
         }
@@ -71,6 +77,10 @@ impl Reader {
             return;
         };
         self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let repeats = e.repeats;
+        self.stats
+            .operations
+            .fetch_add(operations(&e), Ordering::Relaxed);
         let group = self.registry.group(e.group);
         let who = if e.pid == self.daemon {
             Who::Daemon
@@ -99,7 +109,7 @@ impl Reader {
                 .and_then(|g| g.tool)
         });
         let op = t::op_name(e.op);
-        let level = if e.op == t::OP_ACCESS {
+        let level = if e.op == t::OP_ACCESS || repeats > 0 {
             tracing::Level::DEBUG
         } else {
             tracing::Level::INFO
@@ -113,6 +123,13 @@ impl Reader {
         let instance_field = instance.map_or_else(|| "-".to_owned(), |i| i.to_string());
         let detail = if !recorded {
             String::new()
+        } else if repeats > 0 {
+            // A summary: the same operation again, on a file its first
+            // event named (by inode).
+            match e.op {
+                t::OP_OPEN => format!("ino={} mode={} repeats={repeats}", e.ino, mode(e.arg)),
+                _ => format!("ino={} mask={} repeats={repeats}", e.ino, mask(e.arg)),
+            }
         } else {
             match e.op {
                 t::OP_OPEN => format!("path={path:?} mode={}", mode(e.arg)),
@@ -129,8 +146,8 @@ impl Reader {
                 _ => String::new(),
             }
         };
-        // Reads and writes come one per call: debug records (RUST_LOG=
-        // clawos::event=debug shows them); the rules see every one.
+        // Reads and writes, and summaries of repeats, are debug records
+        // (RUST_LOG=clawos::event=debug shows them).
         macro_rules! record {
             ($level:ident) => {
                 tracing::$level!(
@@ -152,6 +169,12 @@ impl Reader {
             } else {
                 record!(info);
             }
+        }
+        // The rules judge operations as first seen. A summary only counts
+        // repeats of one already judged, and has no path; the one at a
+        // thread's end comes after its instance ended by nature.
+        if repeats > 0 {
+            return;
         }
         let seen = Seen {
             op: e.op,
@@ -270,6 +293,15 @@ mod tests {
         e.family = 1;
         assert_eq!(destination(&e), None);
         assert!(decode(&[0u8; 8]).is_none());
+    }
+
+    #[test]
+    fn a_summary_stands_for_its_repeats() {
+        let mut e: t::Event = decode(&[0u8; std::mem::size_of::<t::Event>()]).unwrap();
+        e.op = t::OP_ACCESS;
+        assert_eq!(operations(&e), 1);
+        e.repeats = 19_999;
+        assert_eq!(operations(&e), 19_999);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Events the ring buffer had no room for. Memory-mapped: the daemon reads
+/// Operations whose event the ring buffer had no room for. Memory-mapped: the daemon reads
 /// the count without a bpf() call (its seccomp filter refuses them all).
 #[map(name = "LOST")]
 pub static LOST: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -41,19 +41,30 @@ fn global<T: Copy>(v: &T) -> T {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// The current task's group one level below the bridge's root (its
-/// instance's cgroup, or the daemon's), if the task is in the bridge's
+/// Is the current task in the bridge's cgroup subtree (daemon, launcher,
+/// workers)? One helper call: every program asks it first.
+#[inline(always)]
+pub fn in_bridge() -> bool {
+    let level = global(&ROOT_LEVEL) as i32;
+    // SAFETY: helper call without pointer arguments.
+    let root = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+    root != 0 && root == global(&ROOT_CGROUP)
+}
+
+/// The current task's group one level below the bridge's root: its
+/// instance's cgroup, or the daemon's. Only for a task `in_bridge`.
+#[inline(always)]
+pub fn group() -> u64 {
+    let level = global(&ROOT_LEVEL) as i32;
+    // SAFETY: helper call without pointer arguments.
+    unsafe { bpf_get_current_ancestor_cgroup_id(level + 1) }
+}
+
+/// The current task's group (see `group`), if it is in the bridge's
 /// subtree at all.
 #[inline(always)]
 pub fn bridge_group() -> Option<u64> {
-    let level = global(&ROOT_LEVEL) as i32;
-    // SAFETY: helper calls without pointer arguments.
-    let root = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-    if root == 0 || root != global(&ROOT_CGROUP) {
-        return None;
-    }
-    // SAFETY: as above.
-    Some(unsafe { bpf_get_current_ancestor_cgroup_id(level + 1) })
+    if in_bridge() { Some(group()) } else { None }
 }
 
 /// The daemon's own pid.
@@ -79,6 +90,18 @@ pub fn port_allowed(port: u16) -> bool {
     false
 }
 
+/// Load the `T` at `field` of the kernel struct at `base`, a pointer the
+/// verifier knows the BTF type of (a hook's argument, or a pointer loaded
+/// this way): one load instruction, which the verifier checks against the
+/// type and the kernel guards against a fault, instead of a
+/// `bpf_probe_read_kernel` call (the hot path of every file hook).
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, field: Field) -> T {
+    // SAFETY: see above; the offset is checked against the running
+    // kernel's BTF by the loader, and by the verifier.
+    unsafe { core::ptr::read_volatile(base.add(field.offset as usize) as *const T) }
+}
+
 /// Read a `T` at `field` of the kernel struct at `base`.
 #[inline(always)]
 pub fn read<T: Copy>(base: *const u8, field: Field) -> Option<T> {
@@ -89,24 +112,60 @@ pub fn read<T: Copy>(base: *const u8, field: Field) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.add(field.offset as usize) as *const T).ok() }
 }
 
-/// Write one event: the common header, then `fill` for the rest. When the
-/// ring buffer is full the event is counted in `LOST`, never dropped
-/// without a trace.
+/// Whose operation an event is.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Who {
+    pub pid: u32,
+    pub tid: u32,
+    pub group: u64,
+    pub cgroup: u64,
+}
+
+impl Who {
+    /// The current task, in `group` (see `bridge_group`).
+    #[inline(always)]
+    pub fn current(group: u64) -> Who {
+        let id = bpf_get_current_pid_tgid();
+        Who {
+            pid: (id >> 32) as u32,
+            tid: id as u32,
+            group,
+            // SAFETY: helper call without pointer arguments.
+            cgroup: unsafe { bpf_get_current_cgroup_id() },
+        }
+    }
+
+    /// Is this the thread `pid_tgid` (as `bpf_get_current_pid_tgid`
+    /// gives it)?
+    #[inline(always)]
+    pub fn is(&self, pid_tgid: u64) -> bool {
+        self.tid == pid_tgid as u32 && self.pid == (pid_tgid >> 32) as u32
+    }
+}
+
+/// Write one event of the current task: see `emit_as`.
 #[inline(always)]
 pub fn emit(group: u64, op: u32, verdict: i32, fill: impl FnOnce(&mut Event)) {
+    emit_as(&Who::current(group), op, verdict, 1, fill)
+}
+
+/// Write one event of `who` that stands for `ops` operations: the common
+/// header, then `fill` for the rest. When the ring buffer is full the
+/// operations are counted in `LOST`, never dropped without a trace.
+#[inline(always)]
+pub fn emit_as(who: &Who, op: u32, verdict: i32, ops: u32, fill: impl FnOnce(&mut Event)) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             // SAFETY: the entry is the ring buffer's memory for one Event,
             // ours until submitted; every field is written below or by `fill`.
             let e = unsafe { &mut *entry.as_mut_ptr() };
-            let id = bpf_get_current_pid_tgid();
             // SAFETY: helper call without pointer arguments.
             e.ts_ns = unsafe { bpf_ktime_get_ns() };
-            // SAFETY: helper call without pointer arguments.
-            e.cgroup = unsafe { bpf_get_current_cgroup_id() };
-            e.group = group;
-            e.pid = (id >> 32) as u32;
-            e.tid = id as u32;
+            e.cgroup = who.cgroup;
+            e.group = who.group;
+            e.pid = who.pid;
+            e.tid = who.tid;
             e.op = op;
             e.verdict = verdict;
             e.arg = 0;
@@ -116,7 +175,7 @@ pub fn emit(group: u64, op: u32, verdict: i32, fill: impl FnOnce(&mut Event)) {
             e.protocol = 0;
             e.addr = [0; 16];
             e.path_len = 0;
-            e._pad = 0;
+            e.repeats = 0;
             fill(e);
             // Wake the reader only when a quarter of the ring is waiting:
             // a wake-up per event would cost the monitored process more
@@ -136,7 +195,7 @@ pub fn emit(group: u64, op: u32, verdict: i32, fill: impl FnOnce(&mut Event)) {
                 // add (BPF_XADD) so that no loss goes uncounted.
                 // (core's AtomicU64 has no fetch_add on this target: the
                 // intrinsic is what it would call.)
-                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, u64::from(ops)) };
             }
         }
     }

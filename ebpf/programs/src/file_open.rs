@@ -1,26 +1,33 @@
 //! `file_open`: every open by a bridge process, with the file's path (as
-//! seen from the process's root), inode and read/write mode. Sleepable: the
-//! kernel lets only sleepable LSM programs call `bpf_d_path`.
+//! seen from the process's root), inode and read/write mode; opens of the
+//! same file in the same mode again are counted (`repeats`). Not
+//! sleepable: the kernel allows `bpf_d_path` in any LSM program on a hook
+//! that may sleep (`file_open` is one), and a sleepable program costs
+//! more on every call (its trampoline enters RCU tasks trace).
 
-use crate::common::{bridge_group, emit, read, verdict};
+use crate::common::{emit, group, in_bridge, load, verdict};
+use crate::repeats::repeated;
 use aya_ebpf::bindings::path;
-use aya_ebpf::helpers::bpf_d_path;
+use aya_ebpf::helpers::{bpf_d_path, bpf_get_current_pid_tgid};
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
 use clawos_ebpf_types::{FILE_F_INODE, FILE_F_MODE, FILE_F_PATH, INODE_I_INO, OP_OPEN, PATH_BYTES};
 
-#[lsm(hook = "file_open", sleepable)]
+#[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     // LSM_HOOK(int, 0, file_open, struct file *file)
     let previous: i32 = ctx.arg(1);
-    let Some(group) = bridge_group() else {
+    if !in_bridge() {
         return previous;
-    };
+    }
     let file: *const u8 = ctx.arg(0);
-    let mode: u32 = read(file, FILE_F_MODE).unwrap_or(0);
-    let inode: *const u8 = read(file, FILE_F_INODE).unwrap_or(core::ptr::null());
-    let ino: u64 = read(inode, INODE_I_INO).unwrap_or(0);
-    emit(group, OP_OPEN, 0, |e| {
+    let mode: u32 = load(file, FILE_F_MODE);
+    let inode: *const u8 = load(file, FILE_F_INODE);
+    let ino: u64 = load(inode, INODE_I_INO);
+    if repeated(bpf_get_current_pid_tgid(), OP_OPEN, mode, ino) {
+        return verdict(previous, 0);
+    }
+    emit(group(), OP_OPEN, 0, |e| {
         e.arg = u64::from(mode);
         e.ino = ino;
         // SAFETY: `file` is the hook's `struct file *` (a BTF pointer the

@@ -1,9 +1,11 @@
 //! `file_permission`: reads and writes of regular files by bridge
 //! processes other than the daemon (whose own are its log and state:
 //! reporting them would feed back). The path is the one its open reported,
-//! matched by inode.
+//! matched by inode. The same access to the same file again is counted
+//! (`repeats`).
 
-use crate::common::{bridge_group, daemon_pid, emit, read, verdict};
+use crate::common::{daemon_pid, emit, group, in_bridge, load, verdict};
+use crate::repeats::repeated;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
@@ -16,21 +18,25 @@ const S_IFREG: u16 = 0o100000;
 pub fn file_permission(ctx: LsmContext) -> i32 {
     // LSM_HOOK(int, 0, file_permission, struct file *file, int mask)
     let previous: i32 = ctx.arg(2);
-    let Some(group) = bridge_group() else {
+    if !in_bridge() {
         return previous;
-    };
-    if (bpf_get_current_pid_tgid() >> 32) as u32 == daemon_pid() {
+    }
+    let id = bpf_get_current_pid_tgid();
+    if (id >> 32) as u32 == daemon_pid() {
         return previous;
     }
     let file: *const u8 = ctx.arg(0);
     let mask: i32 = ctx.arg(1);
-    let inode: *const u8 = read(file, FILE_F_INODE).unwrap_or(core::ptr::null());
-    let mode: u16 = read(inode, INODE_I_MODE).unwrap_or(0);
+    let inode: *const u8 = load(file, FILE_F_INODE);
+    let mode: u16 = load(inode, INODE_I_MODE);
     if mode & S_IFMT != S_IFREG {
         return previous;
     }
-    let ino: u64 = read(inode, INODE_I_INO).unwrap_or(0);
-    emit(group, OP_ACCESS, 0, |e| {
+    let ino: u64 = load(inode, INODE_I_INO);
+    if repeated(id, OP_ACCESS, mask as u32, ino) {
+        return verdict(previous, 0);
+    }
+    emit(group(), OP_ACCESS, 0, |e| {
         e.arg = mask as u32 as u64;
         e.ino = ino;
     });

@@ -16,9 +16,11 @@ mod bprm_check_security;
 mod common;
 mod file_open;
 mod file_permission;
+mod repeats;
 mod socket_connect;
 mod socket_create;
 mod task_alloc;
+mod thread_exit;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

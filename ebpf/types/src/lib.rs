@@ -15,6 +15,19 @@ pub const PATH_BYTES: usize = 256;
 /// and a multiple of the page size (the kernel's rule).
 pub const RING_BYTES: u32 = 8 << 20;
 
+/// File operations each bridge thread keeps a count of: the first of a
+/// kind (operation, inode, mode or mask) is an event; the same again only
+/// counts, and the count goes out in a summary event (`Event::repeats`)
+/// at least every `REPORT_EVERY_NS` while they go on, when the slot is
+/// taken by another operation, and when the thread ends.
+pub const RECENT_SLOTS: usize = 8;
+
+/// Threads that can have such a table at once (more report every call).
+pub const RECENT_THREADS: u32 = 8192;
+
+/// How often the count of a repeated operation goes out while it goes on.
+pub const REPORT_EVERY_NS: u64 = 1_000_000_000;
+
 /// Ports the kernel's egress check can hold (the allow-list's ports).
 pub const MAX_PORTS: usize = 32;
 
@@ -55,8 +68,10 @@ pub struct Event {
     pub addr: [u8; 16],
     /// Bytes of `path` in use, NUL excluded.
     pub path_len: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// 0: this event is one operation. N > 0: a summary, standing for N
+    /// more of the operation (`op`, `arg`, `ino`) this thread already
+    /// reported (see `RECENT_SLOTS`); it has no path.
+    pub repeats: u32,
     /// Path (`OP_OPEN`: the file, as seen from the process's root;
     /// `OP_EXEC`: the file name given to execve).
     pub path: [u8; PATH_BYTES],
@@ -98,9 +113,14 @@ pub const HOOKS: [&str; 6] = [
     "task_alloc",
 ];
 
+/// The BTF tracepoint programs, by the tracepoint each attaches to
+/// (program name = tracepoint): `sched_process_exit` sends the counts of an
+/// ending thread's repeated file operations.
+pub const TRACEPOINTS: [&str; 1] = ["sched_process_exit"];
+
 /// The ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Per-CPU count of events the ring buffer had no room for.
+/// Count of operations whose event the ring buffer had no room for.
 pub const MAP_LOST: &str = "LOST";
 
 /// Global: the bridge's cgroup root's id. Events come only from its subtree.

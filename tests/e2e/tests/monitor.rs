@@ -36,27 +36,42 @@ fn status_line(g: &mut Guest, label: &str) -> String {
     out.trim().trim_start_matches(label).trim().to_owned()
 }
 
-/// Events received and lost, from `clawosctl status`.
-fn event_counts(g: &mut Guest) -> (u64, u64) {
+/// The monitors' counts, from `clawosctl status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counts {
+    /// Events received.
+    events: u64,
+    /// Operations they stand for (a summary stands for its repeats).
+    operations: u64,
+    /// Operations the ring buffer had no room for (the kernel's count).
+    lost: u64,
+}
+
+fn counts(g: &mut Guest) -> Counts {
     let line = status_line(g, "ebpf events:");
-    // "12345 (6 lost)"
-    let mut words = line.split_whitespace();
-    let events = words.next().and_then(|w| w.parse().ok());
-    let lost = words
-        .next()
-        .and_then(|w| w.trim_start_matches('(').parse().ok());
-    match (events, lost) {
-        (Some(e), Some(l)) => (e, l),
+    // "12345 for 40000 operations (6 lost)"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let figure = |i: usize| {
+        words
+            .get(i)
+            .and_then(|w| w.trim_start_matches('(').parse().ok())
+    };
+    match (figure(0), figure(2), figure(4)) {
+        (Some(events), Some(operations), Some(lost)) => Counts {
+            events,
+            operations,
+            lost,
+        },
         _ => panic!("cannot read the event counts from {line:?}"),
     }
 }
 
-/// Wait until the daemon's event count stops moving (the reader has caught up).
-fn settle(g: &mut Guest) -> (u64, u64) {
-    let mut last = event_counts(g);
+/// Wait until the daemon's counts stop moving (the reader has caught up).
+fn settle(g: &mut Guest) -> Counts {
+    let mut last = counts(g);
     for _ in 0..60 {
         g.sh_ok("sleep 1");
-        let now = event_counts(g);
+        let now = counts(g);
         if now == last {
             return now;
         }
@@ -95,20 +110,28 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     assert!(lsm.trim().split(',').any(|l| l == "bpf"), "{lsm}");
     let programs = status_line(&mut g, "ebpf programs:");
     let listed = g.sh_ok("bpftool prog show");
-    for hook in clawos_ebpf_types::HOOKS {
+    let hooks = clawos_ebpf_types::HOOKS.iter().map(|h| (h, "lsm"));
+    let tracepoints = clawos_ebpf_types::TRACEPOINTS
+        .iter()
+        .map(|t| (t, "tracing"));
+    for (name, kind) in hooks.chain(tracepoints) {
         let id = programs
             .split(", ")
-            .find_map(|p| p.strip_prefix(&format!("{hook} (id ")))
+            .find_map(|p| p.strip_prefix(&format!("{name} (id ")))
             .and_then(|rest| rest.trim_end_matches(')').parse::<u32>().ok())
-            .unwrap_or_else(|| g.fail(&format!("status does not list {hook}: {programs}")));
-        // bpftool: "<id>: lsm  name <name, at most 15 bytes>  tag ..."
-        let name = &hook[..hook.len().min(15)];
+            .unwrap_or_else(|| g.fail(&format!("status does not list {name}: {programs}")));
+        // bpftool: "<id>: <kind>  name <name, at most 15 bytes>  tag ..."
+        let short = &name[..name.len().min(15)];
         assert!(
-            listed.contains(&format!("{id}: lsm  name {name} ")),
-            "bpftool does not show {hook} as lsm program {id}:\n{listed}"
+            listed.contains(&format!("{id}: {kind}  name {short} ")),
+            "bpftool does not show {name} as {kind} program {id}:\n{listed}"
         );
     }
-    assert_eq!(lsm_programs(&mut g), 6, "{listed}");
+    assert_eq!(
+        lsm_programs(&mut g),
+        clawos_ebpf_types::HOOKS.len(),
+        "{listed}"
+    );
 
     // --- exec from the bridge's subtree: refused, and the exec alert ---
     let exec = g.sh_ok(&format!(
@@ -174,116 +197,38 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     assert!(!alert.contains("port 5432"), "{alert}");
     assert!(status_line(&mut g, "alerts:").contains("egress 1"));
 
-    // --- load: every event arrives or is counted lost ------------------
+    // --- load: every operation arrives or is counted lost -------------
+    // The first open and the first read are events of their own; their
+    // repeats are counted in the kernel and arrive as summaries (at least
+    // once a second, and when the probe's thread ends).
     g.sh_ok("head -c 4096 /dev/urandom > /tmp/load.bin");
     let n: u64 = 20_000;
-    let (events_before, lost_before) = settle(&mut g);
+    let before = settle(&mut g);
     let out = g.sh_within(
         &format!("clawos-monitor-probe --join {PROBE_GROUP} open-loop {n} /tmp/load.bin"),
         Duration::from_secs(600),
     );
     assert_eq!(out.code, 0, "{}", out.text);
-    let (events_after, lost_after) = settle(&mut g);
-    let (received, lost) = (events_after - events_before, lost_after - lost_before);
+    let after = settle(&mut g);
+    let (events, received, lost) = (
+        after.events - before.events,
+        after.operations - before.operations,
+        after.lost - before.lost,
+    );
     println!(
-        "load: {n} opens and {n} reads in the bridge's subtree; events received {received}, lost (kernel count) {lost}"
+        "load: {n} opens and {n} reads in the bridge's subtree; {received} operations received in {events} events, {lost} lost (kernel count)"
     );
     // Nothing else in the subtree was busy (the daemon's own reads and
-    // writes are not reported): every event arrived or was counted lost.
+    // writes are not reported): every operation arrived or was counted
+    // lost.
     assert_eq!(
         received + lost,
         2 * n,
-        "events neither received nor counted lost"
+        "operations neither received nor counted lost"
     );
+    assert!(events < n, "repeats were not summarised: {events} events");
 
-    // --- overhead: monitored loop vs no program attached ---------------
-    let clock = g.sh_ok("cat /sys/devices/system/clocksource/clocksource0/current_clocksource");
-    println!(
-        "guest clocksource (bpf_ktime_get_ns reads it once per event): {}",
-        clock.trim()
-    );
-    // (wall ns, CPU ns) per iteration.
-    let loop_ns = |g: &mut Guest, bare: bool| -> Option<(u64, u64)> {
-        let flag = if bare { " --unmonitored" } else { "" };
-        let out = g.sh_ok(&format!(
-            "clawos-monitor-probe --join {PROBE_GROUP} open-loop 3000 /tmp/load.bin{flag}"
-        ));
-        if bare && !out.contains("monitored: no") {
-            return None;
-        }
-        // "open-loop 3000: W ns per iteration, C ns CPU"
-        let line = out
-            .lines()
-            .find_map(|l| l.strip_prefix("open-loop 3000: "))?;
-        let mut figures = line
-            .split_whitespace()
-            .filter_map(|w| w.parse::<u64>().ok());
-        Some((figures.next()?, figures.next()?))
-    };
-    let mut monitored = Vec::new();
-    let mut paused = Vec::new();
-    let mut bare = Vec::new();
-    // Five rounds: under TCG a sample of 3000 iterations varies by about
-    // a tenth from one to the next, so one round decides little.
-    const ROUNDS: usize = 5;
-    for _ in 0..ROUNDS + 3 {
-        if bare.len() == ROUNDS {
-            break;
-        }
-        let m =
-            loop_ns(&mut g, false).unwrap_or_else(|| g.fail("no figure from the monitored loop"));
-        // The programs' own cost, without the daemon reading their events
-        // on the other CPU meanwhile (under TCG it takes host time from the
-        // loop): the daemon paused, the 6000 events wait in the ring.
-        let pid = daemon_pid(&mut g);
-        g.sh_ok(&format!("kill -STOP {pid}"));
-        let p = loop_ns(&mut g, false);
-        g.sh_ok(&format!("kill -CONT {pid}"));
-        let p = p.unwrap_or_else(|| g.fail("no figure from the loop with the daemon paused"));
-        // Stop the daemon: its programs go with it. init restarts it after
-        // its back-off (1 s), and the start takes seconds under TCG: a bare
-        // sample counts only if an execve from the bridge's subtree (which
-        // the monitors refuse) worked before and after it.
-        kill_daemon(&mut g);
-        g.sh_ok("sleep 0.3");
-        if let Some(b) = loop_ns(&mut g, true) {
-            monitored.push(m);
-            paused.push(p);
-            bare.push(b);
-        }
-        wait_ready(&mut g);
-    }
-    assert_eq!(
-        bare.len(),
-        ROUNDS,
-        "too few windows without monitors in {} tries",
-        ROUNDS + 3
-    );
-    let median = |v: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| {
-        let mut x: Vec<u64> = v.iter().map(pick).collect();
-        x.sort_unstable();
-        x[x.len() / 2]
-    };
-    let (mw, bw) = (median(&monitored, |s| s.0), median(&bare, |s| s.0));
-    let (mc, bc) = (median(&monitored, |s| s.1), median(&bare, |s| s.1));
-    let (pw, pc) = (median(&paused, |s| s.0), median(&paused, |s| s.1));
-    let pct = |a: u64, b: u64| (a as f64 / b as f64 - 1.0) * 100.0;
-    let walls = |v: &[(u64, u64)]| v.iter().map(|s| s.0).collect::<Vec<_>>();
-    println!(
-        "overhead samples, wall ns per iteration: no programs {:?}; daemon reading {:?}; daemon paused {:?}",
-        walls(&bare),
-        walls(&monitored),
-        walls(&paused)
-    );
-    println!(
-        "overhead, open+read+close, medians of {ROUNDS} x 3000, no programs {bw} ns wall / {bc} ns CPU: \
-         monitored, daemon reading {mw} ns ({:+.1}%) / {mc} ns ({:+.1}%); \
-         monitored, daemon paused {pw} ns ({:+.1}%) / {pc} ns ({:+.1}%)",
-        pct(mw, bw),
-        pct(mc, bc),
-        pct(pw, bw),
-        pct(pc, bc)
-    );
+    overhead(&mut g);
 
     // --- a tool's opens, reads, writes and proxied connect -------------
     // Reads and writes are debug records (one per call): switch them on in
@@ -342,6 +287,39 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
         g.sh_ok(&format!("grep -F 'connect' {LOG} | tail -20"))
     );
 
+    // --- repeats: the first of each operation, then their count --------
+    let out = g.sh_ok(&format!(
+        "clawos-monitor-probe --join {PROBE_GROUP} open-loop 100 /tmp/load.bin"
+    ));
+    let pid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap_or_else(|| panic!("no pid from the probe: {out}"))
+        .trim()
+        .to_owned();
+    settle(&mut g);
+    let records = g.sh_ok(&format!(
+        "grep -F 'clawos::event' {LOG} | grep -F ' pid={pid} ' || true"
+    ));
+    let firsts = |what: &str| {
+        records
+            .lines()
+            .filter(|l| l.contains(what) && !l.contains("repeats="))
+            .count()
+    };
+    let repeats = |what: &str| -> u64 {
+        records
+            .lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| l.split("repeats=").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(firsts("open path=\"/tmp/load.bin\" mode=r"), 1, "{records}");
+    assert_eq!(firsts("access ino="), 1, "{records}");
+    assert_eq!(repeats(" open ino="), 99, "{records}");
+    assert_eq!(repeats(" access ino="), 99, "{records}");
+
     g.poweroff();
 }
 
@@ -359,7 +337,7 @@ fn kill_daemon(g: &mut Guest) {
 fn wait_ready(g: &mut Guest) {
     g.expect("clawos: ready", Duration::from_secs(120));
     for _ in 0..50 {
-        if lsm_programs(g) == 6 {
+        if lsm_programs(g) == clawos_ebpf_types::HOOKS.len() {
             return;
         }
         g.sh_ok("sleep 0.2");
@@ -370,4 +348,184 @@ fn wait_ready(g: &mut Guest) {
 fn restart_daemon(g: &mut Guest) {
     kill_daemon(g);
     wait_ready(g);
+}
+
+/// Iterations of open+read+close in one overhead sample (a fraction of a
+/// second under TCG, where one sample can differ from the next by a third).
+const LOOP: u32 = 10_000;
+
+/// Samples of each kind per round.
+const SAMPLES: usize = 2;
+
+/// One sample of the probe's loop, per iteration: wall ns, CPU ns, and
+/// wall ns of its fastest twentieth. With
+/// `bare`, `None` unless an execve from the bridge's subtree (which the
+/// monitors refuse) worked before and after the loop: proof that no
+/// program was attached while it ran.
+fn loop_ns(g: &mut Guest, bare: bool) -> Option<Sample> {
+    let flag = if bare { " --unmonitored" } else { "" };
+    let out = g.sh_ok(&format!(
+        "clawos-monitor-probe --join {PROBE_GROUP} open-loop {LOOP} /tmp/load.bin{flag}"
+    ));
+    if bare && !out.contains("monitored: no") {
+        return None;
+    }
+    // "open-loop N: W ns per iteration, C ns CPU, best B ns"
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("open-loop {LOOP}: ")))?;
+    let mut figures = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok());
+    Some(Sample {
+        wall: figures.next()?,
+        cpu: figures.next()?,
+        best: figures.next()?,
+    })
+}
+
+/// See [`loop_ns`].
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    wall: u64,
+    cpu: u64,
+    best: u64,
+}
+
+/// The bridge's groups other than the probe's: every instance's, then the
+/// daemon's (daemon and launcher). A thawed daemon may remove an instance
+/// group it finds left behind: the instances' come first.
+const BRIDGE_GROUPS: &str = "$(ls -d /sys/fs/cgroup/clawos/*/ | grep -v /probe/ | sort -r)";
+
+/// Freeze (or thaw) every bridge process but the probe (cgroup.freeze),
+/// and wait until the kernel says each group is so.
+fn freeze_bridge(g: &mut Guest, frozen: bool) {
+    let v = u8::from(frozen);
+    g.sh_ok(&format!(
+        "for d in {BRIDGE_GROUPS}; do echo {v} > $d/cgroup.freeze || [ ! -d $d ]; done"
+    ));
+    let waited = g.sh(&format!(
+        "(for i in $(seq 100); do n=0; for d in {BRIDGE_GROUPS}; do [ ! -d $d ] || grep -q '^frozen {v}$' $d/cgroup.events || n=1; done; \
+         [ $n = 0 ] && exit 0; sleep 0.1; done; exit 1)"
+    ));
+    if waited.code != 0 {
+        g.fail(&format!("the bridge's groups did not report frozen {v}"));
+    }
+}
+
+/// The cost of the monitors on a loop of open+read+close in the bridge's
+/// subtree, against the same loop with no program attached, in rounds of
+/// three samples:
+///
+/// - monitored, as in service: the daemon reading events meanwhile, its
+///   spare worker waiting (their own wake-ups are in this figure too);
+/// - monitored, the rest of the bridge frozen (cgroup.freeze): only the
+///   programs' own cost differs from the next sample;
+/// - no programs: the daemon killed while frozen (its links go with it),
+///   its launcher and spare worker ended, and init's restart of it held
+///   frozen in the daemon's group until the sample is taken.
+fn overhead(g: &mut Guest) {
+    let clock = g.sh_ok("cat /sys/devices/system/clocksource/clocksource0/current_clocksource");
+    println!(
+        "guest clocksource (bpf_ktime_get_ns reads it once per event): {}",
+        clock.trim()
+    );
+    let mut monitored = Vec::new();
+    let mut frozen = Vec::new();
+    let mut bare = Vec::new();
+    // Five rounds: one sample decides little under TCG.
+    const ROUNDS: usize = 5;
+    let mut rounds = 0;
+    for _ in 0..ROUNDS + 3 {
+        if rounds == ROUNDS {
+            break;
+        }
+        // After a restart the daemon makes its spare worker: let it settle.
+        settle(g);
+        let m: Vec<Sample> = (0..SAMPLES)
+            .map(|_| {
+                loop_ns(g, false).unwrap_or_else(|| g.fail("no figure from the monitored loop"))
+            })
+            .collect();
+        // (clawosctl cannot ask a frozen daemon.)
+        let pid = daemon_pid(g);
+        freeze_bridge(g, true);
+        let f: Vec<Sample> = (0..SAMPLES)
+            .map(|_| {
+                loop_ns(g, false)
+                    .unwrap_or_else(|| g.fail("no figure from the loop with the bridge frozen"))
+            })
+            .collect();
+        let old = g.sh_ok("cat /sys/fs/cgroup/clawos/daemon/cgroup.procs");
+        let old = old.split_whitespace().collect::<Vec<_>>().join(" ");
+        g.sh_ok(&format!("kill -KILL {pid}"));
+        // The programs are detached once the daemon is gone. Its launcher
+        // and spare worker end when thawed (they hold init's pipe from the
+        // daemon: init restarts it only then); the daemon's group, empty,
+        // is frozen again, and init's new daemon (after its back-off)
+        // freezes as it joins it.
+        let emptied = g.sh(&format!(
+            "(for d in {BRIDGE_GROUPS}; do echo 0 > $d/cgroup.freeze || [ ! -d $d ]; done; \
+              for i in $(seq 300); do n=0; for d in {BRIDGE_GROUPS}; do \
+                [ ! -d $d ] || grep -q '^populated 0$' $d/cgroup.events || n=1; done; \
+                [ $n = 0 ] && break; sleep 0.1; done; \
+              [ $n = 0 ] && echo 1 > /sys/fs/cgroup/clawos/daemon/cgroup.freeze)"
+        ));
+        if emptied.code != 0 {
+            g.fail("the killed daemon's launcher and spare worker did not end");
+        }
+        let held = g.sh(&format!(
+            "(old=' {old} '; for i in $(seq 600); do \
+               for p in $(cat /sys/fs/cgroup/clawos/daemon/cgroup.procs); do \
+                 case \"$old\" in *\" $p \"*) ;; *) grep -q '^frozen 1$' /sys/fs/cgroup/clawos/daemon/cgroup.events && exit 0 ;; esac; \
+               done; sleep 0.1; done; exit 1)"
+        ));
+        if held.code != 0 {
+            g.fail("init's new daemon did not appear frozen in its group");
+        }
+        let b: Option<Vec<Sample>> = (0..SAMPLES).map(|_| loop_ns(g, true)).collect();
+        freeze_bridge(g, false);
+        if let Some(b) = b {
+            monitored.extend(m);
+            frozen.extend(f);
+            bare.extend(b);
+            rounds += 1;
+        }
+        wait_ready(g);
+    }
+    assert_eq!(
+        rounds,
+        ROUNDS,
+        "too few windows without monitors in {} tries",
+        ROUNDS + 3
+    );
+    let median = |v: &[Sample], pick: fn(&Sample) -> u64| {
+        let mut x: Vec<u64> = v.iter().map(pick).collect();
+        x.sort_unstable();
+        x[x.len() / 2]
+    };
+    let pct = |a: u64, b: u64| (a as f64 / b as f64 - 1.0) * 100.0;
+    let figures: [(&str, fn(&Sample) -> u64); 3] = [
+        ("wall", |s| s.wall),
+        ("CPU", |s| s.cpu),
+        ("fastest twentieth, wall", |s| s.best),
+    ];
+    for (what, pick) in figures {
+        let all = |v: &[Sample]| v.iter().map(pick).collect::<Vec<_>>();
+        let (b, f, m) = (
+            median(&bare, pick),
+            median(&frozen, pick),
+            median(&monitored, pick),
+        );
+        println!(
+            "overhead, open+read+close, {what}, ns per iteration, medians of {ROUNDS} x {SAMPLES} x {LOOP}: \
+             no programs {b}; monitored, bridge frozen {f} ({:+.1}%); monitored, in service {m} ({:+.1}%); \
+             samples {:?} / {:?} / {:?}",
+            pct(f, b),
+            pct(m, b),
+            all(&bare),
+            all(&frozen),
+            all(&monitored)
+        );
+    }
 }
