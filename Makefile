@@ -75,7 +75,7 @@ unit-test: lint
 # an extra initramfs (the layer matrix); the image never contains them.
 qemu-test: image
 	$(CARGO) build --release --locked -p clawos-inguest
-	$(CARGO) test --release --locked -p clawos-e2e -- --nocapture
+	CLAWOS_MONITOR_FLOOR=$$(scripts/ebpf.sh --floor) $(CARGO) test --release --locked -p clawos-e2e -- --nocapture
 
 test: unit-test
 	$(MAKE) --no-print-directory qemu-test

@@ -27,10 +27,16 @@ if [ ! -x "$linker_root/bin/bpf-linker" ]; then
         --no-default-features --features llvm-22 --root "$linker_root" >&2
 fi
 
-target=$CACHE/ebpf-target
+# --floor: the test-only build whose file hooks return right after the
+# cgroup check (feature `floor`), for the floor of the e2e overhead figures.
+# Never in the image.
+target=$CACHE/ebpf-target features=()
+if [ "${1:-}" = --floor ]; then
+    target=$CACHE/ebpf-target-floor features=(--features floor)
+fi
 (
     cd "$here/ebpf/programs"
     PATH=$linker_root/bin:$PATH RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$target \
-        cargo build --release --locked --target bpfel-unknown-none -Z build-std=core >&2
+        cargo build --release --locked --target bpfel-unknown-none -Z build-std=core "${features[@]}" >&2
 )
 echo "$target/bpfel-unknown-none/release/clawos-monitor"

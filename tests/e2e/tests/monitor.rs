@@ -15,8 +15,12 @@ use clawos_e2e::{Disk, Guest, Overlay, READY, inguest_binary};
 use serial_test::serial;
 use std::time::Duration;
 
+// The cost of the monitors on an open() loop (its own file: it is long).
+#[path = "monitor/overhead.rs"]
+mod overhead;
+
 const LOG: &str = "/run/clawos/daemon.log";
-const PROBE_GROUP: &str = "/sys/fs/cgroup/clawos/probe";
+pub(crate) const PROBE_GROUP: &str = "/sys/fs/cgroup/clawos/probe";
 
 /// `clawos::event` records in the daemon's log that contain every needle.
 fn events_with(g: &mut Guest, needles: &[&str]) -> usize {
@@ -38,7 +42,7 @@ fn status_line(g: &mut Guest, label: &str) -> String {
 
 /// The monitors' counts, from `clawosctl status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Counts {
+pub(crate) struct Counts {
     /// Events received.
     events: u64,
     /// Operations they stand for (a summary stands for its repeats).
@@ -67,7 +71,7 @@ fn counts(g: &mut Guest) -> Counts {
 }
 
 /// Wait until the daemon's counts stop moving (the reader has caught up).
-fn settle(g: &mut Guest) -> Counts {
+pub(crate) fn settle(g: &mut Guest) -> Counts {
     let mut last = counts(g);
     for _ in 0..60 {
         g.sh_ok("sleep 1");
@@ -93,12 +97,20 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
         bpftool.exists(),
         "bpftool is missing: scripts/setup.sh installs it"
     );
+    // Test-only: the monitors built with their file hooks returning after
+    // the cgroup check, for the floor of the overhead figures.
+    let floor = std::env::var_os("CLAWOS_MONITOR_FLOOR").unwrap_or_else(|| {
+        panic!(
+            "CLAWOS_MONITOR_FLOOR is not set: make qemu-test builds it (scripts/ebpf.sh --floor)"
+        )
+    });
     let overlay = Overlay::new(&[
         (
             inguest_binary("clawos-monitor-probe"),
             "usr/bin/clawos-monitor-probe",
         ),
         (bpftool, "usr/sbin/bpftool"),
+        (floor.into(), overhead::FLOOR_OBJECT.trim_start_matches('/')),
     ]);
     let disk = Disk::fresh();
     // The overhead part kills the daemon (init restarts it): "daemon
@@ -228,7 +240,7 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     );
     assert!(events < n, "repeats were not summarised: {events} events");
 
-    overhead(&mut g);
+    overhead::overhead(&mut g);
 
     // --- a tool's opens, reads, writes and proxied connect -------------
     // Reads and writes are debug records (one per call): switch them on in
@@ -323,7 +335,7 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     g.poweroff();
 }
 
-fn daemon_pid(g: &mut Guest) -> String {
+pub(crate) fn daemon_pid(g: &mut Guest) -> String {
     let pid = g.sh_ok("clawosctl status | sed -n 's/.*, pid \\([0-9]*\\),.*/\\1/p'");
     pid.trim().to_owned()
 }
@@ -334,7 +346,7 @@ fn kill_daemon(g: &mut Guest) {
 }
 
 /// init restarts a daemon that exited; wait for it and its programs.
-fn wait_ready(g: &mut Guest) {
+pub(crate) fn wait_ready(g: &mut Guest) {
     g.expect("clawos: ready", Duration::from_secs(120));
     for _ in 0..50 {
         if lsm_programs(g) == clawos_ebpf_types::HOOKS.len() {
@@ -348,184 +360,4 @@ fn wait_ready(g: &mut Guest) {
 fn restart_daemon(g: &mut Guest) {
     kill_daemon(g);
     wait_ready(g);
-}
-
-/// Iterations of open+read+close in one overhead sample (a fraction of a
-/// second under TCG, where one sample can differ from the next by a third).
-const LOOP: u32 = 10_000;
-
-/// Samples of each kind per round.
-const SAMPLES: usize = 2;
-
-/// One sample of the probe's loop, per iteration: wall ns, CPU ns, and
-/// wall ns of its fastest twentieth. With
-/// `bare`, `None` unless an execve from the bridge's subtree (which the
-/// monitors refuse) worked before and after the loop: proof that no
-/// program was attached while it ran.
-fn loop_ns(g: &mut Guest, bare: bool) -> Option<Sample> {
-    let flag = if bare { " --unmonitored" } else { "" };
-    let out = g.sh_ok(&format!(
-        "clawos-monitor-probe --join {PROBE_GROUP} open-loop {LOOP} /tmp/load.bin{flag}"
-    ));
-    if bare && !out.contains("monitored: no") {
-        return None;
-    }
-    // "open-loop N: W ns per iteration, C ns CPU, best B ns"
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("open-loop {LOOP}: ")))?;
-    let mut figures = line
-        .split_whitespace()
-        .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok());
-    Some(Sample {
-        wall: figures.next()?,
-        cpu: figures.next()?,
-        best: figures.next()?,
-    })
-}
-
-/// See [`loop_ns`].
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    wall: u64,
-    cpu: u64,
-    best: u64,
-}
-
-/// The bridge's groups other than the probe's: every instance's, then the
-/// daemon's (daemon and launcher). A thawed daemon may remove an instance
-/// group it finds left behind: the instances' come first.
-const BRIDGE_GROUPS: &str = "$(ls -d /sys/fs/cgroup/clawos/*/ | grep -v /probe/ | sort -r)";
-
-/// Freeze (or thaw) every bridge process but the probe (cgroup.freeze),
-/// and wait until the kernel says each group is so.
-fn freeze_bridge(g: &mut Guest, frozen: bool) {
-    let v = u8::from(frozen);
-    g.sh_ok(&format!(
-        "for d in {BRIDGE_GROUPS}; do echo {v} > $d/cgroup.freeze || [ ! -d $d ]; done"
-    ));
-    let waited = g.sh(&format!(
-        "(for i in $(seq 100); do n=0; for d in {BRIDGE_GROUPS}; do [ ! -d $d ] || grep -q '^frozen {v}$' $d/cgroup.events || n=1; done; \
-         [ $n = 0 ] && exit 0; sleep 0.1; done; exit 1)"
-    ));
-    if waited.code != 0 {
-        g.fail(&format!("the bridge's groups did not report frozen {v}"));
-    }
-}
-
-/// The cost of the monitors on a loop of open+read+close in the bridge's
-/// subtree, against the same loop with no program attached, in rounds of
-/// three samples:
-///
-/// - monitored, as in service: the daemon reading events meanwhile, its
-///   spare worker waiting (their own wake-ups are in this figure too);
-/// - monitored, the rest of the bridge frozen (cgroup.freeze): only the
-///   programs' own cost differs from the next sample;
-/// - no programs: the daemon killed while frozen (its links go with it),
-///   its launcher and spare worker ended, and init's restart of it held
-///   frozen in the daemon's group until the sample is taken.
-fn overhead(g: &mut Guest) {
-    let clock = g.sh_ok("cat /sys/devices/system/clocksource/clocksource0/current_clocksource");
-    println!(
-        "guest clocksource (bpf_ktime_get_ns reads it once per event): {}",
-        clock.trim()
-    );
-    let mut monitored = Vec::new();
-    let mut frozen = Vec::new();
-    let mut bare = Vec::new();
-    // Five rounds: one sample decides little under TCG.
-    const ROUNDS: usize = 5;
-    let mut rounds = 0;
-    for _ in 0..ROUNDS + 3 {
-        if rounds == ROUNDS {
-            break;
-        }
-        // After a restart the daemon makes its spare worker: let it settle.
-        settle(g);
-        let m: Vec<Sample> = (0..SAMPLES)
-            .map(|_| {
-                loop_ns(g, false).unwrap_or_else(|| g.fail("no figure from the monitored loop"))
-            })
-            .collect();
-        // (clawosctl cannot ask a frozen daemon.)
-        let pid = daemon_pid(g);
-        freeze_bridge(g, true);
-        let f: Vec<Sample> = (0..SAMPLES)
-            .map(|_| {
-                loop_ns(g, false)
-                    .unwrap_or_else(|| g.fail("no figure from the loop with the bridge frozen"))
-            })
-            .collect();
-        let old = g.sh_ok("cat /sys/fs/cgroup/clawos/daemon/cgroup.procs");
-        let old = old.split_whitespace().collect::<Vec<_>>().join(" ");
-        g.sh_ok(&format!("kill -KILL {pid}"));
-        // The programs are detached once the daemon is gone. Its launcher
-        // and spare worker end when thawed (they hold init's pipe from the
-        // daemon: init restarts it only then); the daemon's group, empty,
-        // is frozen again, and init's new daemon (after its back-off)
-        // freezes as it joins it.
-        let emptied = g.sh(&format!(
-            "(for d in {BRIDGE_GROUPS}; do echo 0 > $d/cgroup.freeze || [ ! -d $d ]; done; \
-              for i in $(seq 300); do n=0; for d in {BRIDGE_GROUPS}; do \
-                [ ! -d $d ] || grep -q '^populated 0$' $d/cgroup.events || n=1; done; \
-                [ $n = 0 ] && break; sleep 0.1; done; \
-              [ $n = 0 ] && echo 1 > /sys/fs/cgroup/clawos/daemon/cgroup.freeze)"
-        ));
-        if emptied.code != 0 {
-            g.fail("the killed daemon's launcher and spare worker did not end");
-        }
-        let held = g.sh(&format!(
-            "(old=' {old} '; for i in $(seq 600); do \
-               for p in $(cat /sys/fs/cgroup/clawos/daemon/cgroup.procs); do \
-                 case \"$old\" in *\" $p \"*) ;; *) grep -q '^frozen 1$' /sys/fs/cgroup/clawos/daemon/cgroup.events && exit 0 ;; esac; \
-               done; sleep 0.1; done; exit 1)"
-        ));
-        if held.code != 0 {
-            g.fail("init's new daemon did not appear frozen in its group");
-        }
-        let b: Option<Vec<Sample>> = (0..SAMPLES).map(|_| loop_ns(g, true)).collect();
-        freeze_bridge(g, false);
-        if let Some(b) = b {
-            monitored.extend(m);
-            frozen.extend(f);
-            bare.extend(b);
-            rounds += 1;
-        }
-        wait_ready(g);
-    }
-    assert_eq!(
-        rounds,
-        ROUNDS,
-        "too few windows without monitors in {} tries",
-        ROUNDS + 3
-    );
-    let median = |v: &[Sample], pick: fn(&Sample) -> u64| {
-        let mut x: Vec<u64> = v.iter().map(pick).collect();
-        x.sort_unstable();
-        x[x.len() / 2]
-    };
-    let pct = |a: u64, b: u64| (a as f64 / b as f64 - 1.0) * 100.0;
-    let figures: [(&str, fn(&Sample) -> u64); 3] = [
-        ("wall", |s| s.wall),
-        ("CPU", |s| s.cpu),
-        ("fastest twentieth, wall", |s| s.best),
-    ];
-    for (what, pick) in figures {
-        let all = |v: &[Sample]| v.iter().map(pick).collect::<Vec<_>>();
-        let (b, f, m) = (
-            median(&bare, pick),
-            median(&frozen, pick),
-            median(&monitored, pick),
-        );
-        println!(
-            "overhead, open+read+close, {what}, ns per iteration, medians of {ROUNDS} x {SAMPLES} x {LOOP}: \
-             no programs {b}; monitored, bridge frozen {f} ({:+.1}%); monitored, in service {m} ({:+.1}%); \
-             samples {:?} / {:?} / {:?}",
-            pct(f, b),
-            pct(m, b),
-            all(&bare),
-            all(&frozen),
-            all(&monitored)
-        );
-    }
 }
