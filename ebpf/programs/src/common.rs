@@ -135,13 +135,6 @@ impl Who {
             cgroup: unsafe { bpf_get_current_cgroup_id() },
         }
     }
-
-    /// Is this the thread `pid_tgid` (as `bpf_get_current_pid_tgid`
-    /// gives it)?
-    #[inline(always)]
-    pub fn is(&self, pid_tgid: u64) -> bool {
-        self.tid == pid_tgid as u32 && self.pid == (pid_tgid >> 32) as u32
-    }
 }
 
 /// Write one event of the current task: see `emit_as`.

@@ -47,12 +47,10 @@ pub struct Recent {
 
 /// Thread (`bpf_get_current_pid_tgid`: process and thread id in the
 /// initial pid namespace) -> its recent file operations. `thread_exit`
-/// removes a thread's table as it ends, before its ids can be reused; a
-/// table whose `who` is another thread (left behind) is flushed and
-/// started again. The table keeps the group the thread was in when it was
-/// made: bridge threads do not change groups (workers are cloned into
-/// theirs), and one that did would have its summaries name the first. A
-/// full map (more bridge threads than `RECENT_THREADS`) only means that
+/// removes a thread's table as it ends, before its ids can be reused. The
+/// table keeps the group the thread was in when it was made: bridge
+/// threads do not change groups (workers are cloned into theirs), and one
+/// that did would have its summaries name the first. A full map (more bridge threads than `RECENT_THREADS`) only means that
 /// the threads beyond it report every call.
 #[map(name = "RECENT")]
 static RECENT: HashMap<u64, Recent> = HashMap::with_max_entries(RECENT_THREADS, 0);
@@ -81,15 +79,7 @@ fn summary(who: &Who, s: &Slot) {
 #[inline(always)]
 pub fn repeated(id: u64, op: u32, arg: u32, ino: u64) -> bool {
     let recent = match RECENT.get_ptr_mut(&id) {
-        Some(r) => {
-            // SAFETY: the map's value for this thread (see below).
-            if !unsafe { (*r).who.is(id) } {
-                flush_slots(r);
-                // SAFETY: as above.
-                reset(unsafe { &mut *r }, Who::current(group()));
-            }
-            r
-        }
+        Some(r) => r,
         None => {
             if RECENT
                 .insert(&id, &fresh(Who::current(group())), 0)
@@ -150,19 +140,6 @@ fn fresh(who: Who) -> Recent {
         next: 0,
         _pad: 0,
         slots: [EMPTY; RECENT_SLOTS],
-    }
-}
-
-/// Start `recent` again for `who`, in place (a second `Recent` would not
-/// fit on the BPF stack beside the first).
-#[inline(always)]
-fn reset(recent: &mut Recent, who: Who) {
-    recent.who = who;
-    recent.next = 0;
-    let mut i = 0;
-    while i < RECENT_SLOTS {
-        recent.slots[i] = EMPTY;
-        i += 1;
     }
 }
 
