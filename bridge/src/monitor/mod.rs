@@ -197,6 +197,23 @@ fn cgroup_level(dir: &Path) -> Result<(i32, u64), Failure> {
     Ok((level, id))
 }
 
+/// Where the kernel says how high thread ids go.
+const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+
+/// Entries of the threads' tables (`RECENT`, indexed by thread id): the
+/// kernel's `pid_max` (thread ids are below it), at most
+/// `RECENT_THREADS_MAX`. A `pid_max` raised later, or above that, only
+/// means threads with greater ids report every file operation.
+fn recent_threads() -> Result<u32, Failure> {
+    let text = std::fs::read_to_string(PID_MAX)
+        .map_err(|e| failed(format!("cannot read {PID_MAX}: {e}")))?;
+    let max = text
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| failed(format!("{PID_MAX}: {:?} is not a number: {e}", text.trim())))?;
+    Ok(max.clamp(1, t::RECENT_THREADS_MAX))
+}
+
 /// The group the daemon runs in: `<root>/daemon`. It moves itself there
 /// before it forks the launcher, so that both are in the subtree the
 /// monitors watch (the cgroup v2 rule: no process in a group that has
@@ -255,8 +272,10 @@ impl Monitor {
         let pid = std::process::id();
         let count = n as u32;
         let level_u32 = level as u32;
+        let threads = recent_threads()?;
         let mut ebpf = EbpfLoader::new()
             .btf(&btf)
+            .map_max_entries(t::MAP_RECENT, threads)
             .override_global(t::GLOBAL_ROOT_CGROUP, &root_id, true)
             .override_global(t::GLOBAL_ROOT_LEVEL, &level_u32, true)
             .override_global(t::GLOBAL_DAEMON_PID, &pid, true)
@@ -271,14 +290,9 @@ impl Monitor {
                 ))
             })?;
         let mut programs = Vec::new();
-        for hook in t::HOOKS {
-            let program: &mut Lsm = program(&mut ebpf, hook)?;
-            program.load(hook, &btf).map_err(|e| refused(hook, &e))?;
-            program
-                .attach()
-                .map_err(|e| failed(format!("cannot attach {hook}: {}", error_chain(&e))))?;
-            programs.push(attached(hook, program.info())?);
-        }
+        // The thread-end tracepoint first: once a file hook has made a
+        // thread's table, the program that sends its counts as the thread
+        // ends is already there.
         for tracepoint in t::TRACEPOINTS {
             let program: &mut BtfTracePoint = program(&mut ebpf, tracepoint)?;
             program
@@ -288,6 +302,14 @@ impl Monitor {
                 .attach()
                 .map_err(|e| failed(format!("cannot attach {tracepoint}: {}", error_chain(&e))))?;
             programs.push(attached(tracepoint, program.info())?);
+        }
+        for hook in t::HOOKS {
+            let program: &mut Lsm = program(&mut ebpf, hook)?;
+            program.load(hook, &btf).map_err(|e| refused(hook, &e))?;
+            program
+                .attach()
+                .map_err(|e| failed(format!("cannot attach {hook}: {}", error_chain(&e))))?;
+            programs.push(attached(hook, program.info())?);
         }
         let ring = RingBuf::try_from(
             ebpf.take_map(t::MAP_EVENTS)

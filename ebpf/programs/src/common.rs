@@ -123,6 +123,14 @@ pub struct Who {
 }
 
 impl Who {
+    /// No thread (an empty table, see `repeats`).
+    pub const NONE: Who = Who {
+        pid: 0,
+        tid: 0,
+        group: 0,
+        cgroup: 0,
+    };
+
     /// The current task, in `group` (see `bridge_group`).
     #[inline(always)]
     pub fn current(group: u64) -> Who {

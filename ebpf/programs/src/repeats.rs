@@ -1,6 +1,6 @@
 //! Repeats of a file operation are counted, not reported one by one.
 //!
-//! Each bridge thread has a small table (`RECENT`, keyed by its ids) of
+//! Each bridge thread has a small table (`RECENT`, at its thread id) of
 //! the last file operations it made: (operation, inode, mode or mask). The
 //! first operation of a kind is an event of its own, with its path; the
 //! same operation again only adds one to its slot. The count goes out as
@@ -16,8 +16,8 @@
 use crate::common::{Who, emit_as, group};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::HashMap;
-use clawos_ebpf_types::{RECENT_SLOTS, RECENT_THREADS, REPORT_EVERY_NS};
+use aya_ebpf::maps::Array;
+use clawos_ebpf_types::{RECENT_SLOTS, REPORT_EVERY_NS};
 
 /// Repeats between two looks at the clock.
 const CHECK_EVERY: u32 = 64;
@@ -38,6 +38,7 @@ pub struct Slot {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Recent {
+    /// The thread the table is of; all zero when it is of none.
     who: Who,
     /// The slot the next new operation takes.
     next: u32,
@@ -45,15 +46,24 @@ pub struct Recent {
     slots: [Slot; RECENT_SLOTS],
 }
 
-/// Thread (`bpf_get_current_pid_tgid`: process and thread id in the
-/// initial pid namespace) -> its recent file operations. `thread_exit`
-/// removes a thread's table as it ends, before its ids can be reused. The
-/// table keeps the group the thread was in when it was made: bridge
-/// threads do not change groups (workers are cloned into theirs), and one
-/// that did would have its summaries name the first. A full map (more bridge threads than `RECENT_THREADS`) only means that
-/// the threads beyond it report every call.
+/// Thread id (in the initial pid namespace) -> that thread's recent file
+/// operations. An array, not a hash map keyed by the ids: its lookup is a
+/// bounds check and an add, which the verifier inlines, where hashing the
+/// ids cost the hot path about 160 guest instructions a call, half of the
+/// monitors' whole cost on an open() loop (measured under QEMU icount).
+/// The loader sizes it to the kernel's `pid_max` (at most
+/// `RECENT_THREADS_MAX`); a thread whose id lies beyond reports every call.
+///
+/// A table is written only by its own thread (the file hooks, and
+/// `thread_exit` as it ends, which also clears it), so a live thread's id
+/// always finds its own table or an empty one. (The loader attaches
+/// `thread_exit` before the file hooks; a table of another thread, were one
+/// left, would have its counts sent as that thread's before it is reused.) The table keeps the group
+/// the thread was in when it was made: bridge threads do not change groups
+/// (workers are cloned into theirs), and one that did would have its
+/// summaries name the first.
 #[map(name = "RECENT")]
-static RECENT: HashMap<u64, Recent> = HashMap::with_max_entries(RECENT_THREADS, 0);
+static RECENT: Array<Recent> = Array::with_max_entries(1, 0); // (sized by the loader)
 
 const EMPTY: Slot = Slot {
     ino: 0,
@@ -75,27 +85,20 @@ fn summary(who: &Who, s: &Slot) {
 /// Is this operation of the current thread (`id`, its
 /// `bpf_get_current_pid_tgid`) a repeat, counted here, no event needed?
 /// `false`: the caller reports it as an event of its own. The hot path of
-/// every file hook in the bridge: one map lookup, no other helper call.
+/// every file hook in the bridge: one inlined array lookup, no helper call.
 #[inline(always)]
 pub fn repeated(id: u64, op: u32, arg: u32, ino: u64) -> bool {
-    let recent = match RECENT.get_ptr_mut(&id) {
-        Some(r) => r,
-        None => {
-            if RECENT
-                .insert(&id, &fresh(Who::current(group())), 0)
-                .is_err()
-            {
-                return false;
-            }
-            match RECENT.get_ptr_mut(&id) {
-                Some(r) => r,
-                None => return false,
-            }
-        }
+    let (pid, tid) = ((id >> 32) as u32, id as u32);
+    let Some(recent) = RECENT.get_ptr_mut(tid) else {
+        return false;
     };
-    // SAFETY: the map's value for this thread; only this thread reads or
-    // writes it (the file hooks, and thread_exit as it ends).
+    // SAFETY: the map's value at this thread's id; only this thread reads
+    // or writes it (see `RECENT`).
     let recent = unsafe { &mut *recent };
+    if recent.who.tid != tid || recent.who.pid != pid {
+        flush_slots(recent);
+        *recent = fresh(Who::current(group()));
+    }
     let mut i = 0;
     while i < RECENT_SLOTS {
         let s = &mut recent.slots[i];
@@ -159,12 +162,19 @@ fn flush_slots(recent: *const Recent) {
 }
 
 /// The current thread (`id`, its `bpf_get_current_pid_tgid`) is ending:
-/// its counts go out, and its table.
+/// its counts go out, and its table is cleared for the next thread that
+/// gets its id.
 #[inline(always)]
 pub fn flush(id: u64) {
-    let Some(recent) = RECENT.get_ptr(&id) else {
+    let (pid, tid) = ((id >> 32) as u32, id as u32);
+    let Some(recent) = RECENT.get_ptr_mut(tid) else {
         return;
     };
+    // SAFETY: as in `repeated`.
+    let recent = unsafe { &mut *recent };
+    if recent.who.tid != tid || recent.who.pid != pid {
+        return;
+    }
     flush_slots(recent);
-    let _ = RECENT.remove(&id);
+    *recent = fresh(Who::NONE);
 }

@@ -8,7 +8,8 @@
 //! hook would also see every thread end, but from whatever context drops
 //! the last reference, RCU callbacks included; with it attached the guest
 //! froze when the daemon was killed and its links detached.) Threads
-//! outside the bridge have no table: the lookup is all they cost.
+//! outside the bridge have no table: an array lookup and a compare is all
+//! they cost.
 
 use crate::repeats::flush;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;

@@ -22,8 +22,10 @@ pub const RING_BYTES: u32 = 8 << 20;
 /// taken by another operation, and when the thread ends.
 pub const RECENT_SLOTS: usize = 8;
 
-/// Threads that can have such a table at once (more report every call).
-pub const RECENT_THREADS: u32 = 8192;
+/// The most thread ids the table array (`RECENT`) is sized for: the
+/// loader sizes it to the kernel's `pid_max`, but to no more than this
+/// (about 19 MiB of tables). Threads with a greater id report every call.
+pub const RECENT_THREADS_MAX: u32 = 65536;
 
 /// How often the count of a repeated operation goes out while it goes on.
 pub const REPORT_EVERY_NS: u64 = 1_000_000_000;
@@ -122,6 +124,9 @@ pub const TRACEPOINTS: [&str; 1] = ["sched_process_exit"];
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Count of operations whose event the ring buffer had no room for.
 pub const MAP_LOST: &str = "LOST";
+/// The threads' tables of repeated file operations, by thread id (sized
+/// by the loader, see `RECENT_THREADS_MAX`).
+pub const MAP_RECENT: &str = "RECENT";
 
 /// Global: the bridge's cgroup root's id. Events come only from its subtree.
 pub const GLOBAL_ROOT_CGROUP: &str = "ROOT_CGROUP";
