@@ -35,7 +35,7 @@ usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { printf 'qemu: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'qemu: %s\n' "$*" >&2; }
 
-kernel="" initrd="" append="" vars="" mem=1024 smp=2 accel=auto icount="" reboot=0 dry=0 image=""
+kernel="" initrd="" append="" vars="" mem=1024 smp=2 accel=auto icount="" smp_given=0 reboot=0 dry=0 image=""
 while [ $# -gt 0 ]; do
     case $1 in
     --kernel) kernel=$2; shift 2 ;;
@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
     --append) append=$2; shift 2 ;;
     --vars) vars=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
-    --smp) smp=$2; shift 2 ;;
+    --smp) smp=$2 smp_given=1; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
     --icount) icount=$2; shift 2 ;;
     --reboot) reboot=1; shift ;;
@@ -95,6 +95,7 @@ if [ -n "$icount" ]; then
     *) die "--icount takes a shift of 0 to 19 (2^SHIFT ns per guest instruction), not '$icount'" ;;
     esac
     [ "$accel" = auto ] || [ "$accel" = tcg ] || die "--icount needs TCG, not --accel $accel"
+    [ "$smp_given" = 0 ] || [ "$smp" = 1 ] || die "--icount runs one vCPU, not --smp $smp"
     # icount needs single-threaded TCG. One vCPU: with two, the guest's
     # second CPU never comes up under icount (QEMU 7.2, Linux 6.1: the boot
     # stops at "Bringing up secondary CPUs").
