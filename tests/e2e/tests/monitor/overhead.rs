@@ -47,8 +47,7 @@ const LOOP: u32 = 10_000;
 /// Samples of each kind per round.
 const SAMPLES: usize = 2;
 
-/// One sample of the probe's loop, per iteration: wall ns, CPU ns, and
-/// wall ns of its fastest twentieth. With
+/// One sample of the probe's loop, per iteration: wall ns and CPU ns. With
 /// `bare`, `None` unless an execve from the bridge's subtree (which the
 /// monitors refuse) worked before and after the loop: proof that no
 /// program was attached while it ran.
@@ -60,7 +59,7 @@ fn loop_ns(g: &mut Guest, bare: bool) -> Option<Sample> {
     if bare && !out.contains("monitored: no") {
         return None;
     }
-    // "open-loop N: W ns per iteration, C ns CPU, best B ns"
+    // "open-loop N: W ns per iteration, C ns CPU"
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix(&format!("open-loop {LOOP}: ")))?;
@@ -70,7 +69,6 @@ fn loop_ns(g: &mut Guest, bare: bool) -> Option<Sample> {
     Some(Sample {
         wall: figures.next()?,
         cpu: figures.next()?,
-        best: figures.next()?,
     })
 }
 
@@ -82,7 +80,6 @@ type Pick = fn(&Sample) -> u64;
 struct Sample {
     wall: u64,
     cpu: u64,
-    best: u64,
 }
 
 /// The bridge's groups other than the probe's: every instance's, then the
@@ -243,11 +240,7 @@ fn report(label: &str, s: &Samples, rounds: usize) {
         x[x.len() / 2]
     };
     let pct = |a: u64, b: u64| (a as f64 / b as f64 - 1.0) * 100.0;
-    let figures: [(&str, Pick); 3] = [
-        ("wall", |s| s.wall),
-        ("CPU", |s| s.cpu),
-        ("fastest twentieth, wall", |s| s.best),
-    ];
+    let figures: [(&str, Pick); 2] = [("wall", |s| s.wall), ("CPU", |s| s.cpu)];
     for (what, pick) in figures {
         let all = |v: &[Sample]| v.iter().map(pick).collect::<Vec<_>>();
         let (b, f, m) = (

@@ -11,11 +11,9 @@
 //!   checked), so that a connect the kernel allows succeeds.
 //! - `open-loop N FILE [--unmonitored]`: N times open FILE, read one
 //!   byte, close; prints `pid P`, then `open-loop N: T ns per iteration,
-//!   C ns CPU, best B ns`: wall time, the process's own CPU time (user +
-//!   system, which includes the monitors' programs run in its context but
-//!   not the daemon reading their events), and the wall time per iteration
-//!   of the fastest twentieth of the loop (the part least disturbed by
-//!   anything else the machine did meanwhile).
+//!   C ns CPU`: wall time, and the process's own CPU time (user + system,
+//!   which includes the monitors' programs run in its context but not the
+//!   daemon reading their events).
 //!   With `--unmonitored` it also proves that no monitor was attached
 //!   while it ran: an execve (refused by the monitors) before and after
 //!   the loop must both succeed, else it prints `monitored: yes`.
@@ -54,9 +52,6 @@ enum What {
         unmonitored: bool,
     },
 }
-
-/// The open loop is timed in this many parts too (see `open-loop`).
-const CHUNKS: u32 = 20;
 
 fn errno(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -121,26 +116,16 @@ fn main() {
             let exec_ok = || std::process::Command::new("/bin/true").status().is_ok();
             let before = unmonitored && exec_ok();
             let mut byte = [0u8; 1];
-            let chunk = (n / CHUNKS).max(1);
-            let mut best = u128::MAX;
             let cpu0 = cpu_ns();
             let t = Instant::now();
-            let mut done = 0;
-            while done < n {
-                let this = chunk.min(n - done);
-                let c = Instant::now();
-                for _ in 0..this {
-                    let mut f = std::fs::File::open(&file)
-                        .unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
-                    f.read_exact(&mut byte).expect("read one byte");
-                }
-                best = best.min(c.elapsed().as_nanos() / u128::from(this));
-                done += this;
+            for _ in 0..n {
+                let mut f = std::fs::File::open(&file)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+                f.read_exact(&mut byte).expect("read one byte");
             }
             let ns = t.elapsed().as_nanos() / u128::from(n.max(1));
             let cpu = (cpu_ns() - cpu0) / u128::from(n.max(1));
-            let best = if n == 0 { 0 } else { best };
-            println!("open-loop {n}: {ns} ns per iteration, {cpu} ns CPU, best {best} ns");
+            println!("open-loop {n}: {ns} ns per iteration, {cpu} ns CPU");
             if unmonitored {
                 let after = exec_ok();
                 println!("monitored: {}", if before && after { "no" } else { "yes" });
