@@ -9,8 +9,8 @@
 # KERNEL_SRC: a kernel tarball (.tar.xz/.tar.gz) or an unpacked tree. Default,
 # offline: Debian's /usr/src/linux-source-6.1.tar.xz. A tarball named like
 # the pin (kernel-config/pin) must have the pinned sha256.
-# Cache: $CACHE/kernel/<key>/, key = hash of (source, config fragment, this
-# script's build settings). The build tree stays there, so embedding a new
+# Cache: $CACHE/kernel/<key>/, key = hash of (source, the fragment's option
+# lines, this script's build settings). The build tree stays there, so embedding a new
 # rootfs only relinks (the initramfs is the one thing that changes).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,8 +56,10 @@ identify() {
     fi
 }
 
+# The fragment's options only (CONFIG_X=... and "# CONFIG_X is not set", as
+# check.sh reads them): editing a comment does not cost a rebuild.
 key() {
-    { echo "$recipe"; echo "$src_id"; cat "$fragment"; } | sha256sum | cut -c1-16
+    { echo "$recipe"; echo "$src_id"; grep -E '^(CONFIG_[^=]*=|# CONFIG_[^ ]* is not set$)' "$fragment"; } | sha256sum | cut -c1-16
 }
 
 # Unpacked source for a tarball (shared by every config), or the tree itself.
