@@ -53,6 +53,14 @@ struct Args {
     /// (/usr/bin/clawos-wasm-daemon) so that the kernel attaches the profile.
     #[arg(long, conflicts_with = "check_config")]
     check_confinement: bool,
+    /// Print where the kernel fields the eBPF monitors read lie in a
+    /// kernel, as the daemon would hand them to the programs, and exit (0:
+    /// all found; 1: a field is missing or of another size or kind, named).
+    /// BTF is the kernel's raw BTF: /sys/kernel/btf/vmlinux (the default,
+    /// the running kernel) or a build's `.BTF` section (`objcopy -O binary
+    /// --only-section=.BTF vmlinux FILE`).
+    #[arg(long, value_name = "BTF", num_args = 0..=1, default_missing_value = "/sys/kernel/btf/vmlinux", conflicts_with_all = ["check_config", "check_confinement"])]
+    kernel_layout: Option<PathBuf>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -122,6 +130,19 @@ fn raise_open_file_limit() {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(btf) = &args.kernel_layout {
+        let raw = std::fs::read(btf).with_context(|| format!("cannot read {}", btf.display()))?;
+        match clawos_bridge::monitor::layout::Layout::resolve(&raw) {
+            Ok(layout) => println!("{}", layout.describe()),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{}: {e}", btf.display());
+                }
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let config = load_config(&args)?;
     if args.check_config {
         println!("{config:#?}");

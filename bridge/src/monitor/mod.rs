@@ -15,7 +15,7 @@
 //! counted by the kernel and reported (`clawos::event` warnings and
 //! `clawosctl status`).
 
-pub mod btf;
+pub mod layout;
 mod reader;
 pub mod registry;
 pub mod rules;
@@ -241,14 +241,7 @@ impl Monitor {
         bpf_lsm_active()?;
         let raw = std::fs::read(VMLINUX_BTF)
             .map_err(|e| failed(format!("cannot read {VMLINUX_BTF}: {e}")))?;
-        let layout = btf::Layout::parse(&raw).map_err(|e| failed(format!("{VMLINUX_BTF}: {e}")))?;
-        let wrong = btf::mismatches(&layout);
-        if !wrong.is_empty() {
-            return Err(failed(format!(
-                "the monitors do not match this kernel: {}",
-                wrong.join("; ")
-            )));
-        }
+        let layout = kernel_layout(&raw)?;
         let btf = Btf::parse(&raw, aya::Endianness::default())
             .map_err(|e| failed(format!("{VMLINUX_BTF}: {e}")))?;
         let rules = RulesFile::load(&config.monitor.rules_file).map_err(|f| failed(f.message))?;
@@ -281,6 +274,7 @@ impl Monitor {
             .override_global(t::GLOBAL_DAEMON_PID, &pid, true)
             .override_global(t::GLOBAL_PORTS, &ports, true)
             .override_global(t::GLOBAL_PORT_COUNT, &count, true)
+            .override_global(t::GLOBAL_FIELD_OFFSETS, &layout.offsets, true)
             .load_file(&config.monitor.object)
             .map_err(|e| {
                 failed(format!(
@@ -332,6 +326,7 @@ impl Monitor {
             cgroup = %config.cgroup.root.display(),
             ports = ?&ports[..n],
             rules = %config.monitor.rules_file.display(),
+            layout = ?layout.describe(),
             "ebpf monitors attached"
         );
         Ok(Monitor {
@@ -402,6 +397,22 @@ impl Monitor {
         });
         Ok(())
     }
+}
+
+/// Where the fields the programs read lie in the kernel whose BTF is `raw`;
+/// a field it does not have, or has in another size or kind, is named in
+/// the refusal.
+pub fn kernel_layout(raw: &[u8]) -> Result<layout::Layout, Failure> {
+    layout::Layout::resolve(raw).map_err(|errors| {
+        failed(format!(
+            "the monitors cannot read this kernel ({VMLINUX_BTF}): {}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })
 }
 
 /// The object's program `name`, as its kind.

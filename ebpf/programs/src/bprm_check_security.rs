@@ -6,7 +6,7 @@ use crate::common::{bridge_group, emit, read, verdict};
 use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
-use clawos_ebpf_types::{BINPRM_FILENAME, OP_EXEC};
+use clawos_ebpf_types::{F_BINPRM_FILENAME, OP_EXEC};
 
 const EPERM: i32 = 1;
 
@@ -18,7 +18,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return previous;
     };
     let bprm: *const u8 = ctx.arg(0);
-    let filename: *const u8 = read(bprm, BINPRM_FILENAME).unwrap_or(core::ptr::null());
+    let filename: *const u8 = read(bprm, F_BINPRM_FILENAME).unwrap_or(core::ptr::null());
     emit(group, OP_EXEC, -EPERM, |e| {
         if !filename.is_null() {
             // SAFETY: the kernel's copy of the file name; the helper checks the read.

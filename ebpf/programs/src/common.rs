@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
 };
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, RingBuf};
-use clawos_ebpf_types::{Event, Field, MAX_PORTS, RING_BYTES};
+use clawos_ebpf_types::{Event, FIELD_COUNT, MAX_PORTS, RING_BYTES};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 /// Events, to the daemon.
@@ -32,6 +32,13 @@ static DAEMON_PID: u32 = 0;
 static PORTS: [u16; MAX_PORTS] = [0; MAX_PORTS];
 #[unsafe(no_mangle)]
 static PORT_COUNT: u32 = 0;
+/// Where the kernel fields the programs read lie in the running kernel,
+/// by `clawos_ebpf_types::F_*` index (the loader resolves them from the
+/// kernel's BTF). Read-only and frozen: the verifier reads each as a
+/// constant, so a load at one is checked against the kernel's types like
+/// a load at an offset compiled in.
+#[unsafe(no_mangle)]
+static FIELD_OFFSETS: [u32; FIELD_COUNT] = [0; FIELD_COUNT];
 
 /// A loader-set global. Volatile: the compiler must not fold the
 /// build-time zero into the program.
@@ -90,26 +97,46 @@ pub fn port_allowed(port: u16) -> bool {
     false
 }
 
-/// Load the `T` at `field` of the kernel struct at `base`, a pointer the
-/// verifier knows the BTF type of (a hook's argument, or a pointer loaded
-/// this way): one load instruction, which the verifier checks against the
-/// type and the kernel guards against a fault, instead of a
-/// `bpf_probe_read_kernel` call (the hot path of every file hook).
+/// Where kernel field `field` (a `clawos_ebpf_types::F_*` index) lies in
+/// its struct, in this kernel.
 #[inline(always)]
-pub fn load<T: Copy>(base: *const u8, field: Field) -> T {
-    // SAFETY: see above; the offset is checked against the running
-    // kernel's BTF by the loader, and by the verifier.
-    unsafe { core::ptr::read_volatile(base.add(field.offset as usize) as *const T) }
+pub fn offset(field: usize) -> usize {
+    global(&FIELD_OFFSETS[field]) as usize
 }
 
-/// Read a `T` at `field` of the kernel struct at `base`.
+/// The address of kernel field `field` of the struct at `base`.
 #[inline(always)]
-pub fn read<T: Copy>(base: *const u8, field: Field) -> Option<T> {
+pub fn field_ptr(base: *const u8, field: usize) -> *const u8 {
+    base.wrapping_add(offset(field))
+}
+
+/// Load kernel field `field` (an `F_*` index) of the struct at `base`, a
+/// pointer the verifier knows the BTF type of (a hook's argument, or a
+/// pointer loaded this way): one load instruction, which the verifier
+/// checks against the type and the kernel guards against a fault, instead
+/// of a `bpf_probe_read_kernel` call (the hot path of every file hook).
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, field: usize) -> T {
+    // SAFETY: see above; the offset is the running kernel's (resolved by
+    // the loader from its BTF, with the member's size), and the verifier
+    // checks the access against the type.
+    unsafe { core::ptr::read_volatile(field_ptr(base, field) as *const T) }
+}
+
+/// Read kernel field `field` (an `F_*` index) of the struct at `base`.
+#[inline(always)]
+pub fn read<T: Copy>(base: *const u8, field: usize) -> Option<T> {
+    read_at(base, offset(field))
+}
+
+/// Read a `T` at byte `at` of the kernel memory at `base`.
+#[inline(always)]
+pub fn read_at<T: Copy>(base: *const u8, at: usize) -> Option<T> {
     if base.is_null() {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel checks the address; a fault is an error.
-    unsafe { bpf_probe_read_kernel(base.add(field.offset as usize) as *const T).ok() }
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(at) as *const T).ok() }
 }
 
 /// Whose operation an event is.

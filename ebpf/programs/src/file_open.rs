@@ -5,13 +5,13 @@
 //! that may sleep (`file_open` is one), and a sleepable program costs
 //! more on every call (its trampoline enters RCU tasks trace).
 
-use crate::common::{emit, group, in_bridge, load, verdict};
+use crate::common::{emit, field_ptr, group, in_bridge, load, verdict};
 use crate::repeats::repeated;
 use aya_ebpf::bindings::path;
 use aya_ebpf::helpers::{bpf_d_path, bpf_get_current_pid_tgid};
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
-use clawos_ebpf_types::{FILE_F_INODE, FILE_F_MODE, FILE_F_PATH, INODE_I_INO, OP_OPEN, PATH_BYTES};
+use clawos_ebpf_types::{F_FILE_INODE, F_FILE_MODE, F_FILE_PATH, F_INODE_INO, OP_OPEN, PATH_BYTES};
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
@@ -22,9 +22,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         return previous;
     }
     let file: *const u8 = ctx.arg(0);
-    let mode: u32 = load(file, FILE_F_MODE);
-    let inode: *const u8 = load(file, FILE_F_INODE);
-    let ino: u64 = load(inode, INODE_I_INO);
+    let mode: u32 = load(file, F_FILE_MODE);
+    let inode: *const u8 = load(file, F_FILE_INODE);
+    let ino: u64 = load(inode, F_INODE_INO);
     if repeated(bpf_get_current_pid_tgid(), OP_OPEN, mode, ino) {
         return verdict(previous, 0);
     }
@@ -32,11 +32,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         e.arg = u64::from(mode);
         e.ino = ino;
         // SAFETY: `file` is the hook's `struct file *` (a BTF pointer the
-        // verifier knows), f_path lies at the offset the loader checked,
-        // and the buffer is the event's own.
+        // verifier knows), f_path lies at the offset the loader resolved
+        // for this kernel (the verifier checks a struct path is there), and
+        // the buffer is the event's own.
         let n = unsafe {
             bpf_d_path(
-                file.add(FILE_F_PATH.offset as usize) as *const path,
+                field_ptr(file, F_FILE_PATH) as *const path,
                 e.path.as_mut_ptr() as *mut _,
                 PATH_BYTES as u32,
             )

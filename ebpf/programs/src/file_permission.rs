@@ -9,7 +9,7 @@ use crate::repeats::repeated;
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
-use clawos_ebpf_types::{FILE_F_INODE, INODE_I_INO, INODE_I_MODE, OP_ACCESS};
+use clawos_ebpf_types::{F_FILE_INODE, F_INODE_INO, F_INODE_MODE, OP_ACCESS};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
@@ -28,12 +28,12 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
     }
     let file: *const u8 = ctx.arg(0);
     let mask: i32 = ctx.arg(1);
-    let inode: *const u8 = load(file, FILE_F_INODE);
-    let mode: u16 = load(inode, INODE_I_MODE);
+    let inode: *const u8 = load(file, F_FILE_INODE);
+    let mode: u16 = load(inode, F_INODE_MODE);
     if mode & S_IFMT != S_IFREG {
         return previous;
     }
-    let ino: u64 = load(inode, INODE_I_INO);
+    let ino: u64 = load(inode, F_INODE_INO);
     if repeated(id, OP_ACCESS, mask as u32, ino) {
         return verdict(previous, 0);
     }

@@ -3,27 +3,19 @@
 //! allow-list is refused with EPERM, whatever the daemon's own proxy
 //! decided.
 
-use crate::common::{bridge_group, emit, port_allowed, read, verdict};
+use crate::common::{bridge_group, emit, port_allowed, read, read_at, verdict};
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
-use clawos_ebpf_types::{Field, OP_CONNECT, SOCKET_TYPE};
+use clawos_ebpf_types::{F_SOCKET_TYPE, OP_CONNECT};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EPERM: i32 = 1;
 
 // struct sockaddr_in / sockaddr_in6 (the uapi: fixed for every kernel).
-const SA_FAMILY: Field = Field {
-    strukt: "sockaddr",
-    member: "sa_family",
-    offset: 0,
-};
-const SA_PORT: Field = Field {
-    strukt: "sockaddr_in",
-    member: "sin_port",
-    offset: 2,
-};
+const SA_FAMILY: usize = 0;
+const SA_PORT: usize = 2;
 const SIN_ADDR: usize = 4;
 const SIN6_ADDR: usize = 8;
 
@@ -38,11 +30,11 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     let sock: *const u8 = ctx.arg(0);
     let address: *const u8 = ctx.arg(1);
     let addrlen: i32 = ctx.arg(2);
-    let family: u16 = read(address, SA_FAMILY).unwrap_or(0);
-    let kind: i16 = read(sock, SOCKET_TYPE).unwrap_or(0);
+    let family: u16 = read_at(address, SA_FAMILY).unwrap_or(0);
+    let kind: i16 = read(sock, F_SOCKET_TYPE).unwrap_or(0);
     let inet = family == AF_INET || family == AF_INET6;
     let port = if inet {
-        u16::from_be(read(address, SA_PORT).unwrap_or(0))
+        u16::from_be(read_at(address, SA_PORT).unwrap_or(0))
     } else {
         0
     };

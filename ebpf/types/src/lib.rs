@@ -1,7 +1,8 @@
 //! What the bridge's eBPF monitors (`ebpf/programs`) and the daemon that
 //! loads them (`clawos_bridge::monitor`) agree on: the event record on the
 //! ring buffer, the operation codes, the names of the programs, maps and
-//! globals, and the kernel struct offsets the programs read.
+//! globals, and which kernel struct members the programs read (the loader
+//! finds where they lie in the running kernel).
 //!
 //! `no_std` and free of dependencies: it builds for `bpfel-unknown-none`.
 
@@ -140,69 +141,102 @@ pub const GLOBAL_PORTS: &str = "PORTS";
 /// Global: how many of `PORTS` are in use.
 pub const GLOBAL_PORT_COUNT: &str = "PORT_COUNT";
 
-/// A field of a kernel struct the programs read, at the byte offset they
-/// were built with. The loader checks each against the running kernel's
-/// BTF and refuses to load on any difference.
+/// Global: the byte offsets of [`FIELDS`] in the running kernel,
+/// `[u32; FIELD_COUNT]`, indexed by the `F_*` constants. The loader
+/// resolves each from the kernel's BTF and writes them before the programs
+/// are verified; the map is read-only to the programs and frozen, so the
+/// verifier sees each offset as a constant and checks every load and
+/// helper argument made with it against the kernel's types.
+pub const GLOBAL_FIELD_OFFSETS: &str = "FIELD_OFFSETS";
+
+/// What a kernel struct member the programs read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Field {
-    /// The struct (`struct file`).
-    pub strukt: &'static str,
-    /// The member.
-    pub member: &'static str,
-    /// Byte offset.
-    pub offset: u32,
+pub enum Shape {
+    /// An integer (or enum) of `Field::size` bytes, not a bitfield.
+    Int,
+    /// A pointer.
+    Pointer,
+    /// A struct of this name, embedded.
+    Struct(&'static str),
 }
 
-/// `struct file.f_path` (what `bpf_d_path` is given).
-pub const FILE_F_PATH: Field = Field {
-    strukt: "file",
-    member: "f_path",
-    offset: 16,
-};
-/// `struct file.f_inode`.
-pub const FILE_F_INODE: Field = Field {
-    strukt: "file",
-    member: "f_inode",
-    offset: 32,
-};
-/// `struct file.f_mode`.
-pub const FILE_F_MODE: Field = Field {
-    strukt: "file",
-    member: "f_mode",
-    offset: 68,
-};
-/// `struct inode.i_mode`.
-pub const INODE_I_MODE: Field = Field {
-    strukt: "inode",
-    member: "i_mode",
-    offset: 0,
-};
-/// `struct inode.i_ino`.
-pub const INODE_I_INO: Field = Field {
-    strukt: "inode",
-    member: "i_ino",
-    offset: 48,
-};
-/// `struct linux_binprm.filename`.
-pub const BINPRM_FILENAME: Field = Field {
-    strukt: "linux_binprm",
-    member: "filename",
-    offset: 96,
-};
-/// `struct socket.type`.
-pub const SOCKET_TYPE: Field = Field {
-    strukt: "socket",
-    member: "type",
-    offset: 4,
-};
+/// A member of a kernel struct the programs read. Where it lies is not
+/// known here: it differs between kernels (`struct file` alone moved in
+/// 6.6 and again in 6.12), so the loader resolves it from the running
+/// kernel's BTF, through nested and anonymous members, and refuses to load
+/// when the member is missing or not of this size and shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The struct (`file` for `struct file`).
+    pub strukt: &'static str,
+    /// The member, as C names it (`f_path`; `a.b` for a member of a
+    /// named member).
+    pub member: &'static str,
+    /// Bytes the programs read (or, for a struct, hand to a helper).
+    pub size: u32,
+    /// What it must be.
+    pub shape: Shape,
+}
 
-/// Every field the programs read.
-pub const FIELDS: [Field; 7] = [
-    FILE_F_PATH,
-    FILE_F_INODE,
-    FILE_F_MODE,
-    INODE_I_MODE,
-    INODE_I_INO,
-    BINPRM_FILENAME,
-    SOCKET_TYPE,
+/// Index in [`FIELDS`]: `struct file.f_path` (what `bpf_d_path` is given).
+pub const F_FILE_PATH: usize = 0;
+/// Index in [`FIELDS`]: `struct file.f_inode`.
+pub const F_FILE_INODE: usize = 1;
+/// Index in [`FIELDS`]: `struct file.f_mode`.
+pub const F_FILE_MODE: usize = 2;
+/// Index in [`FIELDS`]: `struct inode.i_mode`.
+pub const F_INODE_MODE: usize = 3;
+/// Index in [`FIELDS`]: `struct inode.i_ino`.
+pub const F_INODE_INO: usize = 4;
+/// Index in [`FIELDS`]: `struct linux_binprm.filename`.
+pub const F_BINPRM_FILENAME: usize = 5;
+/// Index in [`FIELDS`]: `struct socket.type`.
+pub const F_SOCKET_TYPE: usize = 6;
+/// How many fields the programs read.
+pub const FIELD_COUNT: usize = 7;
+
+/// Every kernel struct member the programs read, at its `F_*` index.
+pub const FIELDS: [Field; FIELD_COUNT] = [
+    Field {
+        strukt: "file",
+        member: "f_path",
+        size: 16,
+        shape: Shape::Struct("path"),
+    },
+    Field {
+        strukt: "file",
+        member: "f_inode",
+        size: 8,
+        shape: Shape::Pointer,
+    },
+    Field {
+        strukt: "file",
+        member: "f_mode",
+        size: 4,
+        shape: Shape::Int,
+    },
+    Field {
+        strukt: "inode",
+        member: "i_mode",
+        size: 2,
+        shape: Shape::Int,
+    },
+    Field {
+        strukt: "inode",
+        member: "i_ino",
+        size: 8,
+        shape: Shape::Int,
+    },
+    Field {
+        strukt: "linux_binprm",
+        member: "filename",
+        size: 8,
+        shape: Shape::Pointer,
+    },
+    Field {
+        strukt: "socket",
+        member: "type",
+        size: 2,
+        shape: Shape::Int,
+    },
 ];
