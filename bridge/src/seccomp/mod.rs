@@ -306,14 +306,29 @@ impl Policy {
         let setup = |what: &str, e: std::io::Error| {
             Failure::new(Code::SandboxSetupFailed, format!("seccomp: {what}: {e}"))
         };
-        let memfd = rustix::fs::memfd_create("clawos-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| setup("memfd_create", e.into()))?;
+        let memfd = scratch_memfd().map_err(|e| setup("memfd_create", e.into()))?;
         ctx.export_bpf(&memfd).map_err(|e| err("export", e))?;
         let mut file = std::fs::File::from(memfd);
         std::io::Seek::rewind(&mut file).map_err(|e| setup("rewind", e))?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| setup("read back", e))?;
         Ok(Program { bytes })
+    }
+}
+
+/// A memfd for data that is never executed. Kernels since 6.3 want that
+/// said (`MFD_NOEXEC_SEAL`; without it or `MFD_EXEC` 6.6 warns, and
+/// `vm.memfd_noexec = 2` refuses); older ones refuse the flag with EINVAL,
+/// and there the memfd is made without it (it is only written and read
+/// back).
+fn scratch_memfd() -> rustix::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{MemfdFlags, memfd_create};
+    match memfd_create(
+        "clawos-seccomp",
+        MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL,
+    ) {
+        Err(rustix::io::Errno::INVAL) => memfd_create("clawos-seccomp", MemfdFlags::CLOEXEC),
+        other => other,
     }
 }
 

@@ -166,3 +166,24 @@ fn probe_args_come_from_the_deny_entry() {
         [libc::AF_INET as u64, libc::SOCK_RAW as u64, 0, 0, 0, 0]
     );
 }
+
+#[test]
+fn the_export_memfd_is_sealed_against_exec_where_the_kernel_knows_how() {
+    let fd = scratch_memfd().expect("memfd_create");
+    let seals = rustix::fs::fcntl_get_seals(&fd).expect("F_GET_SEALS");
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    // MFD_NOEXEC_SEAL (Linux 6.3) adds F_SEAL_EXEC; before it the flag is
+    // refused and the memfd is made without it.
+    assert_eq!(
+        seals.contains(rustix::fs::SealFlags::EXEC),
+        version >= (6, 3),
+        "kernel {release}: seals {seals:?}"
+    );
+}
