@@ -12,14 +12,27 @@ CARGO ?= cargo
 # Default, offline: Debian's linux-source-6.1; the pin is in kernel-config/pin.
 export KERNEL_SRC ?= /usr/src/linux-source-6.1.tar.xz
 export CACHE
+# The kernel matrix: `make test` also runs the tests that depend on the
+# kernel on a second one (Debian's 6.12 by default), from its own build
+# directory. The appliance's own kernel is pinned to 6.6 (kernel-config/pin),
+# between the two.
+MATRIX_KERNEL_SRC ?= /usr/src/linux-source-6.12.tar.xz
+MATRIX_BUILD := build/matrix
+# The e2e tests whose outcome depends on the kernel: the platform, the
+# monitors (their overhead test aside: it takes a guest of its own, counted
+# by instructions), the sandbox layers, AppArmor, the layer matrix, the
+# sample tools, and the field offsets against the kernel's BTF.
+MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
+	--test layers --test tools --test kernel_layout
 
-.PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test
+.PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test qemu-test-matrix
 
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
 	@echo "make run        boot build/clawos.img in QEMU under OVMF on this terminal (Ctrl-A X quits)"
-	@echo "make test       everything CI checks: format, clippy -D warnings, unit and daemon tests, qemu-test"
+	@echo "make test       everything CI checks: format, clippy -D warnings, unit and daemon tests, qemu-test, qemu-test-matrix"
 	@echo "make qemu-test  build what is missing and boot the appliance in QEMU: the e2e suite (tests/e2e)"
+	@echo "make qemu-test-matrix  the kernel-dependent e2e tests on the second kernel (MATRIX_KERNEL_SRC=$(MATRIX_KERNEL_SRC))"
 	@echo "make kernel     only the appliance kernel (KERNEL_SRC=tarball or tree; default $(KERNEL_SRC))"
 	@echo "make demo       start clawos-wasm-daemon on this host (socket build/run/bridge.sock) and run a sample tool"
 	@echo "make stop       stop the daemon started by make demo"
@@ -77,8 +90,16 @@ qemu-test: image
 	$(CARGO) build --release --locked -p clawos-inguest
 	CLAWOS_MONITOR_FLOOR=$$(scripts/ebpf.sh --floor) $(CARGO) test --release --locked -p clawos-e2e -- --nocapture
 
+# The same image on the matrix's second kernel, in build/matrix, and the
+# kernel-dependent part of the suite against it.
+qemu-test-matrix: build tools ebpf
+	KERNEL_SRC=$(MATRIX_KERNEL_SRC) image/build.sh --out $(MATRIX_BUILD)
+	$(CARGO) build --release --locked -p clawos-inguest
+	CLAWOS_E2E_BUILD=$(CURDIR)/$(MATRIX_BUILD) $(CARGO) test --release --locked -p clawos-e2e $(MATRIX_TESTS) -- --nocapture --skip overhead
+
 test: unit-test
 	$(MAKE) --no-print-directory qemu-test
+	$(MAKE) --no-print-directory qemu-test-matrix
 
 # The guest part boots the image with clawos-guest-bench, the wasmtime CLI
 # of the bridge's version (built once into the cache) and crun.

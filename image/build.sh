@@ -8,6 +8,7 @@
 #                installed and precompiled by the real daemon on this host
 #   esp.vfat     \EFI\BOOT\BOOTX64.EFI = the kernel (EFI stub)
 #   clawos.img   GPT: ESP + data, fixed GUIDs
+#   vmlinux.btf  the kernel's BTF (not in the image; for the e2e suite)
 # Same inputs, same bytes: SOURCE_DATE_EPOCH (default: the last commit's
 # date) for every timestamp, fixed UUIDs and seeds, sorted archives.
 #
@@ -213,7 +214,15 @@ sgdisk -v "$work/clawos.img" >/dev/null || die "sgdisk -v rejects the disk image
 [ "$(sgdisk -i 2 "$work/clawos.img" | sed -n 's/^Partition unique GUID: //p')" = "${DATA_PART_GUID^^}" ] ||
     die "the disk image has no data partition $DATA_PART_GUID"
 
-for f in clawos.img bzImage rootfs.cpio clawos-release; do
+# The kernel's BTF, as the running kernel exports it in
+# /sys/kernel/btf/vmlinux (the vmlinux's .BTF section): not in the image; the
+# e2e suite checks the monitors' field offsets against it.
+objcopy -O binary --only-section=.BTF "$kdir/build/vmlinux" "$work/vmlinux.btf" ||
+    die "cannot take the .BTF section out of $kdir/build/vmlinux"
+chmod 0644 "$work/vmlinux.btf"
+[ -s "$work/vmlinux.btf" ] || die "$kdir/build/vmlinux has no .BTF section (CONFIG_DEBUG_INFO_BTF)"
+
+for f in clawos.img bzImage rootfs.cpio clawos-release vmlinux.btf; do
     cp --sparse=always "$work/$f" "$out/$f.tmp"
     mv "$out/$f.tmp" "$out/$f"
 done

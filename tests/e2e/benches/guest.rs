@@ -5,7 +5,7 @@
 //! a sandboxed invocation (cold and warm) against `wasmtime run` of the
 //! same `.cwasm` and `crun run` of `/bin/true`, in the same guest and run.
 
-use clawos_e2e::{Disk, Guest, Overlay, inguest_binary};
+use clawos_e2e::{Disk, Guest, Overlay, release_binary};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -24,7 +24,7 @@ fn main() {
         .expect("crun is missing: install crun (scripts/setup.sh does)");
     let overlay = Overlay::new(&[
         (
-            inguest_binary("clawos-guest-bench"),
+            release_binary("clawos-guest-bench"),
             "usr/bin/clawos-guest-bench",
         ),
         (wasmtime, "usr/bin/wasmtime"),

@@ -6,7 +6,8 @@
 //! console log is printed before the test fails.
 //!
 //! Artifacts come from `make image` (build/ of the checkout, or the
-//! directory in `CLAWOS_E2E_BUILD`): `clawos.img`, `bzImage`, `clawos-release`.
+//! directory in `CLAWOS_E2E_BUILD`): `clawos.img`, `bzImage`, `clawos-release`,
+//! `vmlinux.btf`.
 
 use regex::Regex;
 use rexpect::ReadUntil;
@@ -54,7 +55,7 @@ pub fn build_dir() -> PathBuf {
     let dir = std::env::var_os("CLAWOS_E2E_BUILD")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("build"));
-    for f in ["clawos.img", "bzImage", "clawos-release"] {
+    for f in ["clawos.img", "bzImage", "clawos-release", "vmlinux.btf"] {
         assert!(
             dir.join(f).is_file(),
             "{} is missing: run `make qemu-test` (it builds the image first) or `make image`",
@@ -64,9 +65,88 @@ pub fn build_dir() -> PathBuf {
     dir
 }
 
-/// A test-only program of `tests/inguest`, built by `make qemu-test` beside
-/// this test binary (`<target>/release/deps/..`).
-pub fn inguest_binary(name: &str) -> PathBuf {
+/// The sha256 of a file, hex.
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("cannot run sha256sum");
+    assert!(
+        out.status.success(),
+        "sha256sum {}: {out:?}",
+        path.display()
+    );
+    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+}
+
+/// Where each kernel field the eBPF monitors read lies, as pahole (dwarves:
+/// a BTF reader of its own, libbpf's) finds it in the BTF file `btf`, in the
+/// daemon's words (`file.f_path=152 file.f_inode=...`, the order of
+/// `clawos_ebpf_types::FIELDS`): what the daemon must resolve on that kernel.
+pub fn pahole_layout(btf: &Path) -> String {
+    clawos_ebpf_types::FIELDS
+        .iter()
+        .map(|f| {
+            let members = pahole_members(btf, f.strukt);
+            let (_, at, size) = members
+                .iter()
+                .find(|(name, _, _)| name == f.member)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "pahole finds no {}.{} in {}: {members:?}",
+                        f.strukt,
+                        f.member,
+                        btf.display()
+                    )
+                });
+            assert_eq!(*size, f.size, "pahole: size of {}.{}", f.strukt, f.member);
+            format!("{}.{}={at}", f.strukt, f.member)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// (name, byte offset, size) of each member line pahole prints for
+/// `struct strukt`: `const struct path  f_path;  /*    64    16 */`. Members
+/// of anonymous structs and unions are printed inside them with their
+/// offset from the start of the outer struct; bitfields (`/* 40: 0  4 */`)
+/// and the closing lines of anonymous members are left out.
+fn pahole_members(btf: &Path, strukt: &str) -> Vec<(String, u32, u32)> {
+    let out = Command::new("pahole")
+        .args(["-F", "btf", "-C", strukt])
+        .arg(btf)
+        .output()
+        .expect("cannot run pahole (dwarves; scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "pahole -C {strukt} {}: {out:?}",
+        btf.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let members: Vec<_> = text
+        .lines()
+        .filter_map(|l| {
+            let (decl, comment) = l.split_once("/*")?;
+            let decl = decl.trim().strip_suffix(';')?;
+            let name = decl.rsplit([' ', '\t', '*']).next()?;
+            let mut nums = comment.trim().trim_end_matches("*/").split_whitespace();
+            let offset = nums.next()?.parse().ok()?;
+            let size = nums.next()?.parse().ok()?;
+            let ok = !name.is_empty() && name != "}" && nums.next().is_none();
+            ok.then(|| (name.to_owned(), offset, size))
+        })
+        .collect();
+    assert!(
+        !members.is_empty(),
+        "pahole printed no members of {strukt}:\n{text}"
+    );
+    members
+}
+
+/// A program built into the release target directory beside this test
+/// binary (`<target>/release/deps/..`): the daemon, or a test-only program
+/// of `tests/inguest` (`make qemu-test` builds both).
+pub fn release_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let bin = exe
         .parent()
@@ -75,7 +155,7 @@ pub fn inguest_binary(name: &str) -> PathBuf {
         .join(name);
     assert!(
         bin.is_file(),
-        "{} is missing: run `make qemu-test` (it builds tests/inguest) or `cargo build --release -p clawos-inguest`",
+        "{} is missing: run `make qemu-test` (it builds the daemon and tests/inguest)",
         bin.display()
     );
     bin

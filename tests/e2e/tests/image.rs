@@ -2,7 +2,7 @@
 //! check refuses a config without BPF LSM, and two image builds from the
 //! same inputs are the same bytes.
 
-use clawos_e2e::{build_dir, check_kernel_config, repo};
+use clawos_e2e::{build_dir, check_kernel_config, repo, sha256};
 use std::path::Path;
 use std::process::Command;
 
@@ -44,12 +44,6 @@ fn config_check_rejects_a_config_without_bpf_lsm() {
     let (code, stderr) = check_kernel_config(&config);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("its dependencies are missing"), "{stderr}");
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
 /// Two more builds of the image from the same inputs, the second forcing

@@ -4,7 +4,7 @@
 //! initramfs: the image never ships a way to switch layers off). Each
 //! stop is checked for its exact errno, signal or P1.7 code.
 
-use clawos_e2e::{Disk, Guest, Overlay, inguest_binary};
+use clawos_e2e::{Disk, Guest, Overlay, release_binary};
 use serial_test::serial;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,7 +52,7 @@ const EXPECTED: [(&str, &str, &str); 34] = [
 #[serial]
 fn each_layer_alone_stops_the_attacks_it_claims() {
     let overlay = Overlay::new(&[(
-        inguest_binary("clawos-layer-matrix"),
+        release_binary("clawos-layer-matrix"),
         "usr/bin/clawos-layer-matrix",
     )]);
     let disk = Disk::fresh();

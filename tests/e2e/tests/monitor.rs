@@ -2,7 +2,9 @@
 //! LSM active and the daemon's programs attached (its status and bpftool
 //! agree), a tool's file operations and proxied connects as events of its
 //! instance, the exec and egress checks of the kernel programs with their
-//! alerts, a load test whose events arrive or are counted lost; and, in a
+//! alerts, a load test whose events arrive or are counted lost; the kernel
+//! field offsets the daemon gave the programs are the ones pahole finds in
+//! this kernel's own BTF; and, in a
 //! guest of its own whose clocks count instructions (`monitor/overhead.rs`),
 //! the cost of a monitored open() loop against the same loop with no
 //! program attached.
@@ -12,7 +14,7 @@
 //! made with the egress code's own policy check switched off, are what a
 //! compromised or buggy bridge process would do.
 
-use clawos_e2e::{Disk, Guest, Overlay, READY, inguest_binary};
+use clawos_e2e::{Disk, Guest, Overlay, READY, build_dir, pahole_layout, release_binary};
 use serial_test::serial;
 use std::time::Duration;
 
@@ -100,7 +102,7 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     );
     let overlay = Overlay::new(&[
         (
-            inguest_binary("clawos-monitor-probe"),
+            release_binary("clawos-monitor-probe"),
             "usr/bin/clawos-monitor-probe",
         ),
         (bpftool, "usr/sbin/bpftool"),
@@ -136,6 +138,27 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
         lsm_programs(&mut g),
         clawos_ebpf_types::HOOKS.len(),
         "{listed}"
+    );
+
+    // --- The programs read this kernel's fields where this kernel has them
+    // The BTF the daemon read is the build's (the same bytes), and the
+    // offsets it handed to the programs are where pahole finds the fields.
+    let btf = build_dir().join("vmlinux.btf");
+    let host_sum = clawos_e2e::sha256(&btf);
+    let guest_sum = g.sh_ok("sha256sum /sys/kernel/btf/vmlinux | cut -d' ' -f1");
+    assert_eq!(
+        guest_sum.trim(),
+        host_sum,
+        "/sys/kernel/btf/vmlinux is not {}",
+        btf.display()
+    );
+    let logged = g.sh_ok(&format!(
+        "grep -m1 'ebpf monitors attached' {LOG} | sed -n 's/.* layout=\"\\([^\"]*\\)\".*/\\1/p'"
+    ));
+    assert_eq!(
+        logged.trim(),
+        pahole_layout(&btf),
+        "the daemon's layout (left) against pahole's"
     );
 
     // --- exec from the bridge's subtree: refused, and the exec alert ---

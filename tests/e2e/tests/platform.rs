@@ -29,6 +29,15 @@ fn running_kernel_is_the_built_one_with_every_required_option() {
     );
     let header = format!("# Linux/x86_64 {version} Kernel Configuration\n");
     assert!(config.contains(&header), "no {header:?} in /proc/config.gz");
+    // Kernels since 6.3 log memfds made without saying whether they may be
+    // executed; the daemon's say so (MFD_NOEXEC_SEAL) where the kernel knows.
+    assert_eq!(
+        g.sh("dmesg | grep -F 'memfd_create() called without'"),
+        clawos_e2e::Output {
+            code: 1,
+            text: String::new()
+        }
+    );
     g.poweroff();
 }
 

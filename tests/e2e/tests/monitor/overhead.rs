@@ -10,7 +10,7 @@
 //! is the instructions the programs add, whatever else the host is doing.
 
 use super::{PROBE_GROUP, daemon_pid, settle, wait_ready};
-use clawos_e2e::{Disk, Guest, Overlay, inguest_binary};
+use clawos_e2e::{Disk, Guest, Overlay, release_binary};
 use serial_test::serial;
 
 #[test]
@@ -25,7 +25,7 @@ fn monitors_cost_on_an_open_loop_in_instructions() {
     });
     let overlay = Overlay::new(&[
         (
-            inguest_binary("clawos-monitor-probe"),
+            release_binary("clawos-monitor-probe"),
             "usr/bin/clawos-monitor-probe",
         ),
         (floor.into(), FLOOR_OBJECT.trim_start_matches('/')),
