@@ -25,7 +25,7 @@ MATRIX_BUILD := build/matrix
 MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
 	--test layers --test tools --test kernel_layout
 
-.PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test qemu-test-matrix
+.PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
 
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
@@ -89,6 +89,9 @@ unit-test: lint
 qemu-test: image
 	$(CARGO) build --release --locked -p clawos-inguest
 	CLAWOS_MONITOR_FLOOR=$$(scripts/ebpf.sh --floor) $(CARGO) test --release --locked -p clawos-e2e -- --nocapture
+
+print-matrix-kernel-src:
+	@echo $(MATRIX_KERNEL_SRC)
 
 # The same image on the matrix's second kernel, in build/matrix, and the
 # kernel-dependent part of the suite against it.
