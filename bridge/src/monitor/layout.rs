@@ -97,23 +97,9 @@ fn place(btf: &Btf, field: &Field) -> Result<u32, LayoutError> {
         strukt: field.strukt.to_owned(),
         member: field.member.to_owned(),
     };
-    let mut strukt = the_struct(btf, field.strukt)?;
-    let mut bits = 0u32;
-    let mut found: Option<Member> = None;
-    for (depth, name) in field.member.split('.').enumerate() {
-        if depth > 0 {
-            // A member of a named member: that member must be a struct or union.
-            let Some(Type::Struct(s) | Type::Union(s)) = found.take().map(|(_, t)| strip(btf, t))
-            else {
-                return Err(no_member());
-            };
-            strukt = s;
-        }
-        let (at, member) = find_member(btf, &strukt, name, 0)?.ok_or_else(no_member)?;
-        bits += at;
-        found = Some(member);
-    }
-    let (member_bits, ty) = found.ok_or_else(no_member)?;
+    let strukt = the_struct(btf, field.strukt)?;
+    let (bits, (member_bits, ty)) =
+        find_member(btf, &strukt, field.member, 0)?.ok_or_else(no_member)?;
     let mismatch = |found: String| LayoutError::Mismatch {
         strukt: field.strukt.to_owned(),
         member: field.member.to_owned(),
@@ -211,7 +197,7 @@ fn find_member(
             && let Type::Struct(inner) | Type::Union(inner) = strip(btf, ty)
             && let Some((at, found)) = find_member(btf, &inner, name, depth + 1)?
         {
-            return Ok(Some((m.bit_offset() + at, found)));
+            return Ok(Some((m.bit_offset().saturating_add(at), found)));
         }
     }
     Ok(None)

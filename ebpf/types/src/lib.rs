@@ -169,8 +169,8 @@ pub enum Shape {
 pub struct Field {
     /// The struct (`file` for `struct file`).
     pub strukt: &'static str,
-    /// The member, as C names it (`f_path`; `a.b` for a member of a
-    /// named member).
+    /// The member, as C names it (`f_path`), directly in the struct or in
+    /// an anonymous struct or union of it.
     pub member: &'static str,
     /// Bytes the programs read (or, for a struct, hand to a helper).
     pub size: u32,
