@@ -402,7 +402,7 @@ impl Monitor {
 /// Where the fields the programs read lie in the kernel whose BTF is `raw`;
 /// a field it does not have, or has in another size or kind, is named in
 /// the refusal.
-pub fn kernel_layout(raw: &[u8]) -> Result<layout::Layout, Failure> {
+fn kernel_layout(raw: &[u8]) -> Result<layout::Layout, Failure> {
     layout::Layout::resolve(raw).map_err(|errors| {
         failed(format!(
             "the monitors cannot read this kernel ({VMLINUX_BTF}): {}",
