@@ -4,8 +4,9 @@
 //! exit status when a run succeeds.
 
 use crate::error::{Code, Failure};
-use crate::ipc::client::Client;
+use crate::ipc::client::{Client, Remote};
 use crate::ipc::proto::{Body, ComponentSource, Request, Response, RunRequest};
+use crate::remote;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -29,6 +30,36 @@ pub struct Cli {
         global = true
     )]
     pub socket: PathBuf,
+    /// Use a daemon's remote API instead of the socket: tls://HOST:PORT
+    /// (the appliance serves port 7443). Needs --ca, --cert and --key.
+    #[arg(long, env = "CLAWOS_CONNECT", value_name = "URL", global = true)]
+    pub connect: Option<String>,
+    /// The CA that issued the daemon's certificate (PEM).
+    #[arg(long, env = "CLAWOS_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM), issued by a CA the daemon trusts.
+    #[arg(
+        long,
+        env = "CLAWOS_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(
+        long,
+        env = "CLAWOS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// The name the daemon's certificate must carry, when it is not the
+    /// host of --connect (e.g. connecting by an address the certificate
+    /// does not list).
+    #[arg(long, env = "CLAWOS_SERVER_NAME", value_name = "NAME", global = true)]
+    pub server_name: Option<String>,
     /// Print the daemon's answer as JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -84,6 +115,43 @@ pub enum Command {
     },
     /// Show the daemon's version, limits and counters.
     Status,
+    /// Make the keys of the remote API (no daemon is contacted).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `clawosctl keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new CA in DIR with the daemon's certificate and a first
+    /// client's: ca.pem/ca.key (keep ca.key offline), server.pem/server.key
+    /// and clients-ca.pem (for the appliance's data partition, tls/),
+    /// CLIENT.pem/CLIENT.key (for clawosctl --cert/--key). Existing files
+    /// are never overwritten.
+    Init {
+        /// The directory (created 0700).
+        dir: PathBuf,
+        /// A name or address clients will connect to (repeatable; the
+        /// daemon's certificate lists them all).
+        #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), "clawos".to_owned()])]
+        server_names: Vec<String>,
+        /// The first client's name (its certificate's common name, shown in the daemon's log).
+        #[arg(long, default_value = "operator")]
+        client: String,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+    },
+    /// Issue a certificate for another client from the CA in DIR.
+    Client {
+        /// The directory made by `keys init`.
+        dir: PathBuf,
+        /// The client's name.
+        name: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+    },
 }
 
 fn request(cli: &Cli) -> Result<Request, Failure> {
@@ -108,6 +176,7 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
             },
             replace: *replace,
         },
+        Command::Keys(_) => unreachable!("keys commands make no request"),
         Command::List => Request::List,
         Command::Remove { name } => Request::Remove { name: name.clone() },
         Command::Status => Request::Status,
@@ -154,21 +223,73 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
     })
 }
 
+/// The connection the options ask for: the remote API with --connect,
+/// else the socket.
+fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let Some(url) = &cli.connect else {
+        return Client::connect(&cli.socket);
+    };
+    let ca = cli.ca.clone().ok_or_else(|| {
+        Failure::new(
+            Code::InvalidArgument,
+            "--connect needs --ca (or CLAWOS_CA): the CA that issued the daemon's certificate",
+        )
+    })?;
+    Client::connect_remote(&Remote {
+        address: Remote::parse_url(url)?,
+        ca,
+        identity: cli.cert.clone().zip(cli.key.clone()),
+        server_name: cli.server_name.clone(),
+    })
+}
+
+fn keys(cmd: &KeysCommand) -> Result<Vec<PathBuf>, Failure> {
+    match cmd {
+        KeysCommand::Init {
+            dir,
+            server_names,
+            client,
+            days,
+        } => remote::keys::init(dir, server_names, client, *days),
+        KeysCommand::Client { dir, name, days } => remote::keys::add_client(dir, name, *days),
+    }
+}
+
+fn report_failure(cli: &Cli, f: &Failure) -> u8 {
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({ "code": f.code.value(), "name": f.code.name(), "message": f.message })
+        );
+    } else {
+        eprintln!("clawosctl: {}: {}", f.code, f.message);
+    }
+    f.code.exit_status()
+}
+
 /// Run `clawosctl` with parsed arguments; returns the process exit status.
 pub fn main(cli: Cli) -> u8 {
-    let result = request(&cli).and_then(|req| Client::connect(&cli.socket)?.request(&req));
-    match result {
-        Err(f) => {
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "code": f.code.value(), "name": f.code.name(), "message": f.message })
-                );
-            } else {
-                eprintln!("clawosctl: {}: {}", f.code, f.message);
+    if let Command::Keys(cmd) = &cli.command {
+        return match keys(cmd) {
+            Ok(files) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "code": 0, "name": "SUCCESS", "written": files })
+                    );
+                } else {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                }
+                0
             }
-            f.code.exit_status()
-        }
+            Err(f) => report_failure(&cli, &f),
+        };
+    }
+    let result = request(&cli).and_then(|req| connect(&cli)?.request(&req));
+    match result {
+        Err(f) => report_failure(&cli, &f),
         Ok(resp) => {
             if cli.json {
                 println!("{}", json(&resp));

@@ -10,6 +10,7 @@ use crate::ipc::frame;
 use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
 use crate::monitor::Monitor;
 use crate::registry::Registry;
+use crate::remote;
 use crate::runtime::{RunInput, Runtime};
 use crate::sandbox::Sandbox;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -35,6 +36,18 @@ struct Counters {
     requests_total: AtomicU64,
     protocol_errors: AtomicU64,
     connections: AtomicU32,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+enum Peer {
+    /// A process on the Unix socket, by its credentials.
+    Local {
+        /// Its uid.
+        uid: u32,
+    },
+    /// A client of the remote API, by its certificate.
+    Remote(remote::RemotePeer),
 }
 
 /// The daemon's shared state.
@@ -85,11 +98,15 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Failure> {
         let listener = bind(&self.config.socket)?;
+        let remote = remote::Listener::bind(&self.config.remote)
+            .await?
+            .map(Arc::new);
         if let Some(m) = &self.monitor {
             m.spawn_reader(self.sandbox.launcher_pid())?;
         }
         tracing::info!(
             socket = %self.config.socket.display(),
+            remote = %remote.as_ref().map_or("off".to_owned(), |r| format!("tls://{}", r.local_addr())),
             tools = self.registry.list().len(),
             memory_limit_bytes = self.config.sandbox.memory_limit_bytes,
             cpu_budget_ms = self.config.sandbox.cpu_budget_ms,
@@ -102,16 +119,26 @@ impl Daemon {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let daemon = self.clone();
-                        tokio::spawn(async move { daemon.connection(stream).await });
+                        tokio::spawn(async move { daemon.local_connection(stream).await });
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                accepted = accept_remote(remote.as_deref()) => match accepted {
+                    Ok(accepted) => {
+                        let (daemon, remote) = (self.clone(), remote.clone().expect("accepted on it"));
+                        tokio::spawn(async move { daemon.remote_connection(remote, accepted).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!("remote accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
             }
         }
-        drop(listener);
+        drop((listener, remote));
         let _ = std::fs::remove_file(&self.config.socket);
         let all = self.config.ipc.max_concurrent_runs;
         let in_flight = all as usize - self.runs.available_permits();
@@ -152,8 +179,9 @@ impl Daemon {
         }
     }
 
-    /// Serve one connection until the peer closes it or sends a bad frame.
-    async fn connection(self: Arc<Self>, mut stream: UnixStream) {
+    /// Serve one connection on the Unix socket: its peer's credentials are
+    /// checked first.
+    async fn local_connection(self: Arc<Self>, mut stream: UnixStream) {
         let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
             let f = Failure::new(
                 Code::Eagain,
@@ -183,24 +211,56 @@ impl Daemon {
             self.refuse(&mut stream, &f).await;
             return;
         }
+        self.connection(stream, Peer::Local { uid: peer_uid }).await;
+    }
+
+    /// Serve one connection of the remote API: TLS handshake, then requests.
+    async fn remote_connection(
+        self: Arc<Self>,
+        remote: Arc<remote::Listener>,
+        accepted: remote::Accepted,
+    ) {
+        if let Some((stream, peer, _slot)) = remote.handshake(accepted).await {
+            self.connection(stream, Peer::Remote(peer)).await;
+        }
+    }
+
+    /// Serve requests on an accepted connection until the peer closes it or
+    /// sends a bad frame.
+    async fn connection<S>(self: Arc<Self>, mut stream: S, peer: Peer)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         let max = self.config.max_frame_bytes();
         let frame_timeout = Duration::from_millis(self.config.ipc.frame_timeout_ms);
         loop {
-            let (response, fatal) =
+            let (response, kind, fatal) =
                 match frame::read_async(&mut stream, max, IDLE, frame_timeout).await {
                     Ok(None) => break,
                     Ok(Some(payload)) => match Request::decode(&payload, &self.config.ipc) {
-                        Ok(request) => (self.clone().handle(request, peer_uid).await, false),
-                        Err(f) => (Response::failure(&f), false),
+                        Ok(request) => {
+                            let kind = request.kind();
+                            (self.clone().handle(request, &peer).await, kind, false)
+                        }
+                        Err(f) => (Response::failure(&f), "malformed", false),
                     },
-                    Err(f) => (Response::failure(&f), true),
+                    Err(f) => (Response::failure(&f), "malformed", true),
                 };
             if matches!(response.code, Code::Eproto | Code::UnsupportedVersion) {
                 self.counters
                     .protocol_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(code = %response.code, "bad request: {}", response.message);
+            }
+            if let Peer::Remote(r) = &peer {
+                tracing::info!(
+                    client = %r.identity,
+                    peer = %r.addr,
+                    request = kind,
+                    code = %response.code,
+                    "remote request"
+                );
             }
             self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = write_response(&mut stream, &response).await {
@@ -211,6 +271,7 @@ impl Daemon {
                 break;
             }
         }
+        let _ = stream.shutdown().await;
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -251,7 +312,7 @@ impl Daemon {
         ))
     }
 
-    async fn handle(self: Arc<Self>, request: Request, peer_uid: u32) -> Response {
+    async fn handle(self: Arc<Self>, request: Request, peer: &Peer) -> Response {
         let kind = request.kind();
         let result = match request {
             Request::Status => Ok(Response::ok(Body::Status(self.status()))),
@@ -264,7 +325,7 @@ impl Daemon {
                 name,
                 source,
                 replace,
-            } => self.install(name, source, replace, peer_uid).await,
+            } => self.install(name, source, replace, peer).await,
             Request::Run(run) => self.run(run).await,
         };
         let response = result.unwrap_or_else(|f| Response::failure(&f));
@@ -279,15 +340,15 @@ impl Daemon {
         name: String,
         source: ComponentSource,
         replace: bool,
-        peer_uid: u32,
+        peer: &Peer,
     ) -> Result<Response, Failure> {
         let bytes = match source {
             ComponentSource::Bytes(b) => b,
             ComponentSource::Path(path) => {
-                if peer_uid != 0 {
+                if !matches!(peer, Peer::Local { uid: 0 }) {
                     return Err(Failure::new(
                         Code::PolicyDenied,
-                        "install from a path the daemon reads is for root only; send the component's bytes",
+                        "install from a path the daemon reads is for root on the Unix socket only; send the component's bytes",
                     ));
                 }
                 read_component(Path::new(&path), self.config.ipc.max_component_bytes)?
@@ -344,11 +405,22 @@ impl Daemon {
     }
 }
 
-async fn write_response(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+async fn write_response<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+) -> std::io::Result<()> {
     let payload = response.encode();
     stream.write_all(&frame::header(payload.len())).await?;
     stream.write_all(&payload).await?;
     stream.flush().await
+}
+
+/// The next remote connection, or never without a remote API.
+async fn accept_remote(remote: Option<&remote::Listener>) -> std::io::Result<remote::Accepted> {
+    match remote {
+        Some(r) => r.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn read_component(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {

@@ -3,23 +3,60 @@
 //! lookup (so resolution is no side channel), and every address the lookup
 //! returns is checked again, so a name cannot smuggle a connection to a
 //! destination the rules do not allow. The daemon opens the connections;
-//! tools only ever hold handles to them.
+//! tools only ever hold handles to them. Lookups are the daemon's own
+//! ([`Resolver`]: the hosts file, then DNS over TCP to the servers of
+//! `network.resolv_conf`), never the C library's.
 
 use crate::config::NetworkPolicy;
 use crate::error::{Code, Failure};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use crate::resolver::Resolver;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// The policy, compiled from the configuration.
 #[derive(Debug, Clone)]
 pub struct Egress {
     policy: NetworkPolicy,
+    resolver: Resolver,
 }
 
 impl Egress {
-    /// The proxy for `policy`.
+    /// The proxy for `policy`. A resolv.conf that cannot be read as one
+    /// gives no DNS servers here; the daemon refuses to start with it
+    /// ([`Egress::resolver`] at start names what is wrong).
     pub fn new(policy: NetworkPolicy) -> Egress {
-        Egress { policy }
+        let resolver = Egress::resolver(&policy).unwrap_or_else(|_| {
+            Resolver::with_servers(
+                policy.hosts_file.clone(),
+                Vec::new(),
+                lookup_timeout(&policy),
+            )
+        });
+        Egress { policy, resolver }
+    }
+
+    /// The proxy for `policy`, looking names up with `resolver`.
+    pub fn with_resolver(policy: NetworkPolicy, resolver: Resolver) -> Egress {
+        Egress { policy, resolver }
+    }
+
+    /// The resolver `policy` describes: its hosts file and the DNS servers
+    /// of its resolv.conf as they are now.
+    pub fn resolver(policy: &NetworkPolicy) -> Result<Resolver, Failure> {
+        Resolver::from_files(
+            &policy.hosts_file,
+            &policy.resolv_conf,
+            lookup_timeout(policy),
+        )
+    }
+
+    /// Is `ip`:`port` one of the DNS servers the daemon's lookups go to?
+    pub fn is_resolver(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = ip.to_canonical();
+        self.resolver
+            .servers()
+            .iter()
+            .any(|s| s.ip().to_canonical() == ip && s.port() == port)
     }
 
     /// The policy.
@@ -90,22 +127,7 @@ impl Egress {
                 "name {host:?} is not in network.allow_names; it was not looked up"
             )));
         }
-        let addrs = (host, 0)
-            .to_socket_addrs()
-            .map_err(|e| Failure::new(Code::Enoent, format!("cannot resolve {host:?}: {e}")))?;
-        let mut ips: Vec<IpAddr> = Vec::new();
-        for a in addrs {
-            if !ips.contains(&a.ip()) {
-                ips.push(a.ip());
-            }
-        }
-        if ips.is_empty() {
-            return Err(Failure::new(
-                Code::Enoent,
-                format!("{host:?} has no addresses"),
-            ));
-        }
-        Ok(ips)
+        self.resolver.lookup(host)
     }
 
     /// Connect to `host`:`port` for a tool: resolve (policy-checked), keep
@@ -147,6 +169,11 @@ impl Egress {
             )),
         }
     }
+}
+
+/// One lookup, all servers together, takes at most the connect timeout.
+fn lookup_timeout(policy: &NetworkPolicy) -> Duration {
+    Duration::from_millis(policy.connect_timeout_ms)
 }
 
 fn denied(message: String) -> Failure {

@@ -12,6 +12,8 @@
 //! | [`seccomp`] | the syscall allow-lists (bridge/seccomp/*.toml) |
 //! | [`ipc`] | the socket protocol: frames, messages, client |
 //! | [`outside`] | egress and cgroup calls, direct or brokered |
+//! | [`resolver`] | name lookups for the egress proxy: /etc/hosts, then DNS over TCP |
+//! | [`remote`] | the remote API: TLS 1.3 with client certificates, and the keys for it |
 //! | [`daemon`] | the server |
 //! | [`cli`] | `clawosctl` |
 //! | [`apparmor`] | AppArmor (layer 5d): labels, profile changes, the confinement check |
@@ -29,6 +31,8 @@ pub mod ipc;
 pub mod monitor;
 pub mod outside;
 pub mod registry;
+pub mod remote;
+pub mod resolver;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;

@@ -21,7 +21,8 @@ const DEFAULT_CONFIG: &str = "/etc/clawos/daemon.toml";
     version,
     about = "Run ClawOS tools (WebAssembly components) in the bridge's sandbox and serve clawosctl",
     long_about = "Run ClawOS tools (WebAssembly components) in the bridge's sandbox and serve \
-                  clawosctl over a Unix socket.\n\nConfiguration: /etc/clawos/daemon.toml if it exists \
+                  clawosctl over a Unix socket and, with [remote] listen set, over TCP with TLS 1.3 \
+                  and client certificates (docs/remote.md).\n\nConfiguration: /etc/clawos/daemon.toml if it exists \
                   (see config/daemon.toml for every key and its default). Logs go to standard error; \
                   log_filter in the configuration, or RUST_LOG, sets what is written (default info). Stop with SIGTERM or SIGINT: runs in flight \
                   get ipc.shutdown_grace_ms to finish."
@@ -159,6 +160,15 @@ fn main() -> anyhow::Result<()> {
     raise_open_file_limit();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
     let start = |f| anyhow::anyhow!("cannot start: {f}");
+    // Name lookups: read resolv.conf now; a file that is not one stops the
+    // daemon here rather than failing every lookup later.
+    let resolver = clawos_bridge::egress::Egress::resolver(&config.network)
+        .map_err(|f| anyhow::anyhow!("cannot start: network.resolv_conf: {}", f.message))?;
+    tracing::info!(
+        hosts = %config.network.hosts_file.display(),
+        dns = ?resolver.servers(),
+        "name lookups: the hosts file, then DNS over TCP"
+    );
     let layers = detect_layers(&config.cgroup, args.dev_allow_missing_layers).map_err(start)?;
     // The launcher is forked while this process has one thread: no
     // runtime clock, no async runtime yet.

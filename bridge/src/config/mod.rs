@@ -4,8 +4,10 @@
 
 mod limits;
 mod policy;
+mod remote;
 
 pub use limits::InstanceLimits;
+pub use remote::RemoteConfig;
 
 pub use policy::{CgroupPolicy, ClawfsPolicy, DevicePolicy, DeviceRule, EgressRule, NetworkPolicy};
 use serde::Deserialize;
@@ -81,6 +83,8 @@ pub struct Config {
     pub limits_file: PathBuf,
     /// The eBPF monitors (layer 4).
     pub monitor: MonitorConfig,
+    /// The remote API (TLS 1.3, client certificates).
+    pub remote: RemoteConfig,
 }
 
 /// The eBPF monitors: the object the daemon loads and its rules file.
@@ -207,6 +211,7 @@ impl Default for Config {
             cgroup: CgroupPolicy::default(),
             limits_file: PathBuf::from("/etc/clawos/limits.toml"),
             monitor: MonitorConfig::default(),
+            remote: RemoteConfig::default(),
         }
     }
 }
@@ -368,6 +373,7 @@ impl Config {
                 "must be an absolute path",
             ));
         }
+        self.remote.validate()?;
         policy::validate(&self.clawfs, &self.devices, &self.network, &self.cgroup)
     }
 

@@ -82,6 +82,11 @@ pub struct NetworkPolicy {
     pub io_timeout_ms: u64,
     /// Hostname reported to tools; empty means the kernel's.
     pub hostname: String,
+    /// Where allowed names are looked up first (hosts file syntax).
+    pub hosts_file: PathBuf,
+    /// The DNS servers for the other names: its `nameserver` lines, read
+    /// when the daemon starts. Queries go over TCP to port 53 only.
+    pub resolv_conf: PathBuf,
 }
 
 /// The cgroup v2 subtree the bridge delegates to instances.
@@ -147,6 +152,8 @@ impl Default for NetworkPolicy {
             connect_timeout_ms: 5_000,
             io_timeout_ms: 30_000,
             hostname: String::new(),
+            hosts_file: PathBuf::from("/etc/hosts"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 }

@@ -31,6 +31,7 @@ use registry::registry;
 use rules::{Detector, RulesFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,6 +234,32 @@ pub fn join_daemon_group(root: &Path) -> Result<(), Failure> {
     })
 }
 
+/// The DNS servers the daemon's lookups go to, for the kernel's egress
+/// check: IPv4 as `::ffff:a.b.c.d`, and how many there are.
+fn resolvers(config: &Config) -> Result<([[u8; 16]; t::MAX_RESOLVERS], u32), Failure> {
+    let resolver = Egress::resolver(&config.network).map_err(|f| failed(f.message))?;
+    let mut out = [[0u8; 16]; t::MAX_RESOLVERS];
+    let mut n = 0;
+    for s in resolver.servers() {
+        if s.port() != t::DNS_PORT {
+            continue;
+        }
+        if n == t::MAX_RESOLVERS {
+            return Err(failed(format!(
+                "{} names more than {} DNS servers",
+                config.network.resolv_conf.display(),
+                t::MAX_RESOLVERS
+            )));
+        }
+        out[n] = match s.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        n += 1;
+    }
+    Ok((out, n as u32))
+}
+
 impl Monitor {
     /// Check the kernel, load the monitors with this daemon's settings,
     /// attach every program and map the ring buffer. Any failure names
@@ -262,6 +289,7 @@ impl Monitor {
             ports[n] = *p;
             n += 1;
         }
+        let (resolvers, resolver_count) = resolvers(config)?;
         let pid = std::process::id();
         let count = n as u32;
         let level_u32 = level as u32;
@@ -274,6 +302,8 @@ impl Monitor {
             .override_global(t::GLOBAL_DAEMON_PID, &pid, true)
             .override_global(t::GLOBAL_PORTS, &ports, true)
             .override_global(t::GLOBAL_PORT_COUNT, &count, true)
+            .override_global(t::GLOBAL_RESOLVERS, &resolvers, true)
+            .override_global(t::GLOBAL_RESOLVER_COUNT, &resolver_count, true)
             .override_global(t::GLOBAL_FIELD_OFFSETS, &layout.offsets, true)
             .load_file(&config.monitor.object)
             .map_err(|e| {
@@ -325,6 +355,7 @@ impl Monitor {
             programs = %programs.iter().map(|p| format!("{}={}", p.hook, p.id)).collect::<Vec<_>>().join(","),
             cgroup = %config.cgroup.root.display(),
             ports = ?&ports[..n],
+            resolvers = ?Egress::resolver(&config.network).map(|r| r.servers().to_vec()).unwrap_or_default(),
             rules = %config.monitor.rules_file.display(),
             layout = ?layout.describe(),
             "ebpf monitors attached"

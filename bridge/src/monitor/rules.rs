@@ -254,7 +254,10 @@ impl Detector {
                     refused(e.verdict)
                 )),
                 When::Egress if e.op == t::OP_CONNECT => match e.dest {
-                    Some((ip, port)) if !self.egress.destination_allowed(ip, port) => {
+                    Some((ip, port))
+                        if !self.egress.destination_allowed(ip, port)
+                            && !(e.who == Who::Daemon && self.egress.is_resolver(ip, port)) =>
+                    {
                         Some(format!(
                             "connect to {} port {port} by the {} (pid {}), outside the egress allow-list, {}",
                             ip,
@@ -413,6 +416,34 @@ mod tests {
         assert!(rules_hit(&mut d, &e).is_empty());
         e.dest = None; // a Unix socket
         assert!(rules_hit(&mut d, &e).is_empty());
+    }
+
+    #[test]
+    fn only_the_daemon_may_reach_its_dns_servers_on_53() {
+        let resolver = crate::resolver::Resolver::with_servers(
+            "/nonexistent/hosts".into(),
+            vec!["10.0.2.53:53".parse().unwrap()],
+            std::time::Duration::from_secs(1),
+        );
+        let egress = Egress::with_resolver(Config::default().network, resolver);
+        let mut d = detector();
+        d.egress = egress;
+        let mut e = seen(t::OP_CONNECT);
+        e.who = Who::Daemon;
+        e.dest = Some(("10.0.2.53".parse().unwrap(), 53));
+        assert!(rules_hit(&mut d, &e).is_empty());
+        e.dest = Some(("::ffff:10.0.2.53".parse().unwrap(), 53));
+        assert!(rules_hit(&mut d, &e).is_empty());
+        for (who, ip, port) in [
+            (Who::Worker, "10.0.2.53", 53),
+            (Who::Other, "10.0.2.53", 53),
+            (Who::Daemon, "10.0.2.54", 53),
+            (Who::Daemon, "10.0.2.53", 54),
+        ] {
+            e.who = who;
+            e.dest = Some((ip.parse().unwrap(), port));
+            assert_eq!(rules_hit(&mut d, &e), ["egress"], "{who:?} {ip}:{port}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
 };
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, RingBuf};
-use clawos_ebpf_types::{Event, FIELD_COUNT, MAX_PORTS, RING_BYTES};
+use clawos_ebpf_types::{DNS_PORT, Event, FIELD_COUNT, MAX_PORTS, MAX_RESOLVERS, RING_BYTES};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 /// Events, to the daemon.
@@ -32,6 +32,10 @@ static DAEMON_PID: u32 = 0;
 static PORTS: [u16; MAX_PORTS] = [0; MAX_PORTS];
 #[unsafe(no_mangle)]
 static PORT_COUNT: u32 = 0;
+#[unsafe(no_mangle)]
+static RESOLVERS: [[u8; 16]; MAX_RESOLVERS] = [[0; 16]; MAX_RESOLVERS];
+#[unsafe(no_mangle)]
+static RESOLVER_COUNT: u32 = 0;
 /// Where the kernel fields the programs read lie in the running kernel,
 /// by `clawos_ebpf_types::F_*` index (the loader resolves them from the
 /// kernel's BTF). Read-only and frozen: the verifier reads each as a
@@ -90,6 +94,27 @@ pub fn port_allowed(port: u16) -> bool {
             return false;
         }
         if global(&PORTS[i]) == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Is `addr`:`port` (IPv4 as `::ffff:a.b.c.d`) one of the daemon's DNS
+/// servers on the DNS port, connected to by the daemon's own process?
+#[inline(always)]
+pub fn daemon_lookup(addr: &[u8; 16], port: u16) -> bool {
+    if port != DNS_PORT || (bpf_get_current_pid_tgid() >> 32) as u32 != daemon_pid() {
+        return false;
+    }
+    let n = global(&RESOLVER_COUNT) as usize;
+    let mut i = 0;
+    while i < MAX_RESOLVERS {
+        if i >= n {
+            return false;
+        }
+        if global(&RESOLVERS[i]) == *addr {
             return true;
         }
         i += 1;

@@ -1,9 +1,10 @@
 //! `socket_connect`: every connect by a bridge process, and the kernel's
 //! egress check: an IPv4 or IPv6 connect to a port outside the egress
 //! allow-list is refused with EPERM, whatever the daemon's own proxy
-//! decided.
+//! decided. The one exception is the daemon's own name lookups: its
+//! process may connect to its configured DNS servers on port 53.
 
-use crate::common::{bridge_group, emit, port_allowed, read, read_at, verdict};
+use crate::common::{bridge_group, daemon_lookup, emit, port_allowed, read, read_at, verdict};
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
@@ -38,7 +39,19 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     } else {
         0
     };
-    let ours = if inet && !port_allowed(port) {
+    // The destination, IPv4 as ::ffff:a.b.c.d.
+    let mut dest = [0u8; 16];
+    if family == AF_INET && addrlen >= 8 {
+        dest[10] = 0xff;
+        dest[11] = 0xff;
+        // SAFETY: the kernel's copy of the caller's address, at least
+        // addrlen bytes; the helper checks the read.
+        let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN_ADDR), &mut dest[12..]) };
+    } else if family == AF_INET6 && addrlen >= 24 {
+        // SAFETY: as above.
+        let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN6_ADDR), &mut dest) };
+    }
+    let ours = if inet && !port_allowed(port) && !daemon_lookup(&dest, port) {
         -EPERM
     } else {
         0
@@ -47,13 +60,10 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         e.family = family;
         e.port = port;
         e.arg = kind as u16 as u64;
-        if family == AF_INET && addrlen >= 8 {
-            // SAFETY: the kernel's copy of the caller's address, at least
-            // addrlen bytes; the helper checks the read.
-            let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN_ADDR), &mut e.addr[..4]) };
-        } else if family == AF_INET6 && addrlen >= 24 {
-            // SAFETY: as above.
-            let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN6_ADDR), &mut e.addr) };
+        if family == AF_INET {
+            e.addr[..4].copy_from_slice(&dest[12..]);
+        } else if family == AF_INET6 {
+            e.addr = dest;
         }
     });
     verdict(previous, ours)

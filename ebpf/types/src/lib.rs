@@ -140,6 +140,16 @@ pub const GLOBAL_DAEMON_PID: &str = "DAEMON_PID";
 pub const GLOBAL_PORTS: &str = "PORTS";
 /// Global: how many of `PORTS` are in use.
 pub const GLOBAL_PORT_COUNT: &str = "PORT_COUNT";
+/// Global: the DNS servers the daemon's own lookups go to,
+/// `[[u8; 16]; MAX_RESOLVERS]` (IPv4 as `::ffff:a.b.c.d`). The daemon's
+/// process, and only it, may connect to these on `DNS_PORT`.
+pub const GLOBAL_RESOLVERS: &str = "RESOLVERS";
+/// Global: how many of `RESOLVERS` are in use.
+pub const GLOBAL_RESOLVER_COUNT: &str = "RESOLVER_COUNT";
+/// DNS servers the kernel's egress check holds (glibc's MAXNS).
+pub const MAX_RESOLVERS: usize = 3;
+/// The port of the daemon's lookups (DNS over TCP).
+pub const DNS_PORT: u16 = 53;
 
 /// Global: the byte offsets of [`FIELDS`] in the running kernel,
 /// `[u32; FIELD_COUNT]`, indexed by the `F_*` constants. The loader
