@@ -17,13 +17,15 @@ export CACHE
 # directory. The appliance's own kernel is pinned to 6.6 (kernel-config/pin),
 # between the two.
 MATRIX_KERNEL_SRC ?= /usr/src/linux-source-6.12.tar.xz
+# make run: the appliance's remote API (guest port 7443) on this machine's loopback.
+API_PORT ?= 7443
 MATRIX_BUILD := build/matrix
 # The e2e tests whose outcome depends on the kernel: the platform, the
 # monitors (their overhead test aside: it takes a guest of its own, counted
 # by instructions), the sandbox layers, AppArmor, the layer matrix, the
 # sample tools, and the field offsets against the kernel's BTF.
 MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
-	--test layers --test tools --test kernel_layout
+	--test layers --test tools --test kernel_layout --test network
 
 .PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
 
@@ -65,7 +67,12 @@ image: build tools ebpf
 	image/build.sh
 
 run: image
-	qemu/run.sh build/clawos.img
+	@echo "make run: the appliance's remote API will be on tls://127.0.0.1:$(API_PORT) (QEMU user networking, restrict=on)."
+	@echo "  once the console says 'clawos: ready', from another terminal:"
+	@echo "  $(CARGO_TARGET_DIR)/release/clawosctl --connect tls://127.0.0.1:$(API_PORT) --ca build/keys/ca.pem \\"
+	@echo "      --cert build/keys/operator.pem --key build/keys/operator.key status"
+	@echo "  (the console has no shell; Ctrl-A X quits QEMU; docs/deploy.md)"
+	qemu/run.sh --api-port $(API_PORT) build/clawos.img
 
 stop:
 	@if [ -f build/run/daemon.pid ] && kill -0 $$(cat build/run/daemon.pid) 2>/dev/null; then \

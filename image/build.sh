@@ -43,6 +43,11 @@ ESP_VOLID=C1A05E5F
 ESP_MIB=64
 DATA_MIB=256
 TOOLS=(hello echo exerciser misbehave memgrow spinner hostio probe noop)
+# The remote API's keys (clawosctl keys init): made on the first build and
+# kept, so that every image built from this checkout trusts the same
+# clients and builds stay byte for byte the same. KEYS=DIR uses an
+# operator's own (server.pem, server.key, clients-ca.pem; docs/remote.md).
+KEYS=${KEYS:-$here/build/keys}
 
 say() { printf 'image: %s\n' "$*" >&2; }
 die() { printf 'image: error: %s\n' "$*" >&2; exit 1; }
@@ -94,7 +99,15 @@ done
 sed "s/@DATA_UUID@/$DATA_FS_UUID/" "$here/image/init" >"$root/init"
 chmod 0755 "$root/init"
 install -m 0644 "$here/image/profile" "$root/etc/profile"
-install -m 0644 "$here/config/daemon.toml" "$root/etc/clawos/daemon.toml"
+# The repository's defaults, with the remote API on (docs/remote.md).
+sed '/^\[remote\]/,/^\[/ s/^listen = ""$/listen = "0.0.0.0:7443"/' "$here/config/daemon.toml" >"$root/etc/clawos/daemon.toml"
+grep -qx 'listen = "0.0.0.0:7443"' "$root/etc/clawos/daemon.toml" || die "config/daemon.toml has no [remote] listen = \"\" to turn on"
+chmod 0644 "$root/etc/clawos/daemon.toml"
+# The network: clawos-network (init runs it; DHCP through busybox udhcpc,
+# whose hook calls it back) and config/network.conf as its documentation.
+install -D -m 0755 "$here/image/network" "$root/usr/sbin/clawos-network"
+install -D -m 0755 "$here/image/udhcpc.script" "$root/usr/share/udhcpc/default.script"
+install -D -m 0644 "$here/config/network.conf" "$root/usr/share/clawos/network.conf.example"
 install -m 0644 "$here/config/limits.toml" "$root/etc/clawos/limits.toml"
 install -m 0644 "$here/config/monitor-rules.toml" "$root/etc/clawos/monitor-rules.toml"
 # The eBPF monitors (built by make ebpf; a no-op rebuild here).
@@ -159,6 +172,15 @@ say "rootfs: $(wc -l <"$work/rootfs.list") entries, $(($(stat -c %s "$work/rootf
 # ---- kernel with the rootfs built in ----
 "$here/scripts/kernel.sh" embed "$work/rootfs.cpio" "$work/bzImage" >/dev/null
 
+# ---- the remote API's keys ----
+if [ ! -e "$KEYS/server.pem" ]; then
+    say "making the remote API's keys in $KEYS (clawosctl keys init)"
+    "$bin/clawosctl" keys init "$KEYS" >/dev/null || die "clawosctl keys init $KEYS failed"
+fi
+for f in server.pem server.key clients-ca.pem; do
+    [ -s "$KEYS/$f" ] || die "$KEYS/$f is missing: the remote API needs it (docs/remote.md)"
+done
+
 # ---- data partition: sample tools installed by the real daemon ----
 say "installing the sample tools with clawos-wasm-daemon (precompiled .cwasm)"
 sock=$work/bridge.sock
@@ -176,6 +198,10 @@ done
 kill -TERM "$daemon_pid"
 wait "$daemon_pid" || die "the daemon did not stop cleanly; log: $(cat "$work/daemon.log")"
 daemon_pid=""
+install -d -m 0700 "$data/tls"
+install -m 0644 "$KEYS/server.pem" "$data/tls/server.pem"
+install -m 0600 "$KEYS/server.key" "$data/tls/server.key"
+install -m 0644 "$KEYS/clients-ca.pem" "$data/tls/clients-ca.pem"
 # The registry stamps installs with the time of day; the image uses SOURCE_DATE_EPOCH.
 sed -i "s/^installed_at = .*/installed_at = $SOURCE_DATE_EPOCH/" "$data"/tools/*/tool.toml
 find "$data" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +

@@ -21,6 +21,13 @@
 #   --icount SHIFT  TCG, one vCPU, and the guest's clocks driven by its instruction count
 #                   (2^SHIFT ns per instruction): guest timings then count instructions,
 #                   not the host's time, whatever else the host is doing (benchmarks)
+#   --api-port PORT the guest's network (QEMU user networking, restrict=on: the guest
+#                   reaches nothing but what is forwarded) with the remote API
+#                   (guest port 7443) forwarded to 127.0.0.1:PORT on this machine
+#   --guestfwd ADDR:PORT=HOSTPORT
+#                   with --api-port: the guest's TCP connections to ADDR:PORT (an
+#                   address in 10.0.2.0/24, not .2 or .3) go to 127.0.0.1:HOSTPORT
+#                   here (repeatable). Without --api-port the guest has no NIC
 #   --reboot        let a guest reboot restart it (default: QEMU exits when the guest
 #                   reboots or powers off)
 #   --dry-run       print the QEMU command line and exit
@@ -31,11 +38,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${CACHE:-/var/cache/clawos}
 OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
 OVMF_VARS=${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { printf 'qemu: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'qemu: %s\n' "$*" >&2; }
 
 kernel="" initrd="" append="" vars="" mem=1024 smp=2 accel=auto icount="" smp_given=0 reboot=0 dry=0 image=""
+api_port="" guestfwd=()
 while [ $# -gt 0 ]; do
     case $1 in
     --kernel) kernel=$2; shift 2 ;;
@@ -46,6 +54,8 @@ while [ $# -gt 0 ]; do
     --smp) smp=$2 smp_given=1; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
     --icount) icount=$2; shift 2 ;;
+    --api-port) api_port=$2; shift 2 ;;
+    --guestfwd) guestfwd+=("$2"); shift 2 ;;
     --reboot) reboot=1; shift ;;
     --dry-run) dry=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -121,9 +131,24 @@ auto)
 *) die "--accel must be auto, kvm or tcg" ;;
 esac
 
+# The network: user mode with restrict=on (the guest can send nothing
+# anywhere except through the forwards below, all to this machine's
+# loopback), DHCP from QEMU (10.0.2.15, gateway 10.0.2.2).
+nic=(-nic none)
+if [ -n "$api_port" ]; then
+    case $api_port in *[!0-9]* | '') die "--api-port takes a port number, not '$api_port'" ;; esac
+    spec="user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$api_port-:7443"
+    for f in "${guestfwd[@]}"; do
+        [[ $f =~ ^10\.0\.2\.([0-9]+):([0-9]+)=([0-9]+)$ ]] || die "--guestfwd $f: expected 10.0.2.N:PORT=HOSTPORT"
+        spec+=",guestfwd=tcp:${f%%=*}-tcp:127.0.0.1:${f#*=}"
+    done
+    nic=(-nic "$spec")
+elif [ ${#guestfwd[@]} -gt 0 ]; then
+    die "--guestfwd needs --api-port (the guest has no network without it)"
+fi
 args=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -m "$mem" -smp "$smp" -nographic
     -drive "file=$image,format=raw,if=none,id=disk,cache=writeback" -device virtio-blk-pci,drive=disk
-    -device virtio-rng-pci -nic none)
+    -device virtio-rng-pci "${nic[@]}")
 [ "$reboot" = 1 ] || args+=(-no-reboot)
 if [ -n "$kernel" ]; then
     args+=(-kernel "$kernel")
@@ -143,4 +168,5 @@ if [ "$dry" = 1 ]; then
     exit 0
 fi
 say "booting $image ($([ -n "$kernel" ] && echo "fast path, kernel $kernel" || echo "UEFI, OVMF $OVMF_CODE")); Ctrl-A X quits"
+[ -z "$api_port" ] || say "network: QEMU user networking (restrict=on); remote API forwarded to tls://127.0.0.1:$api_port"
 exec "${args[@]}"

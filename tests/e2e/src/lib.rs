@@ -36,6 +36,62 @@ pub const INSTANCE_CGROUPS_LEFT: &str = "for i in $(seq 100); do \
     echo $(echo $C | wc -w) $(for c in $C; do for p in $(cat $c/main/cgroup.procs); do \
     cat /proc/$p/attr/current; done; done)";
 
+/// The kernel argument that gives the harness a root shell on the console.
+pub const CONSOLE_SHELL: &str = "clawos.console=shell";
+
+/// The guest's network (QEMU user networking, restrict=on): the remote API
+/// forwarded to 127.0.0.1:`api_port` here, and each `guestfwd`
+/// (`10.0.2.N:PORT=HOSTPORT`) a guest destination sent to 127.0.0.1 here.
+#[derive(Debug, Clone)]
+pub struct Net {
+    /// This machine's loopback port of the guest's remote API.
+    pub api_port: u16,
+    /// Guest destinations forwarded to this machine's loopback.
+    pub guestfwd: Vec<String>,
+}
+
+/// The remote API's keys `make image` made (clawosctl keys init):
+/// `build/keys` of the checkout, or `CLAWOS_E2E_KEYS`.
+pub fn keys_dir() -> PathBuf {
+    let dir = std::env::var_os("CLAWOS_E2E_KEYS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/keys"));
+    for f in ["ca.pem", "operator.pem", "operator.key"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: make image makes the keys",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// clawosctl (this checkout's release build) against the remote API on
+/// 127.0.0.1:`port` as the client `operator`: its output and exit status.
+pub fn clawosctl_remote(port: u16, args: &[&str]) -> std::process::Output {
+    let keys = keys_dir();
+    Command::new(release_binary("clawosctl"))
+        .arg("--connect")
+        .arg(format!("tls://127.0.0.1:{port}"))
+        .arg("--ca")
+        .arg(keys.join("ca.pem"))
+        .arg("--cert")
+        .arg(keys.join("operator.pem"))
+        .arg("--key")
+        .arg(keys.join("operator.key"))
+        .args(args)
+        .output()
+        .expect("cannot run clawosctl")
+}
+
+/// A TCP port free on this machine's loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind 127.0.0.1:0")
+        .port()
+}
+
 /// The appliance init's readiness marker (after the daemon's own
 /// `clawos-wasm-daemon ready` line).
 pub const READY: &str = "clawos: ready";
@@ -297,7 +353,28 @@ impl Guest {
     /// Start QEMU on `disk` and wait for the readiness marker. Prints the
     /// time from QEMU start to daemon-ready.
     pub fn boot(name: &str, how: Boot, disk: &Disk) -> Guest {
-        Guest::start(name, how, disk, None, READY, TROUBLE.to_vec())
+        Guest::start(name, how, disk, None, None, READY, TROUBLE.to_vec())
+    }
+
+    /// Boot with the network `net` (and, on the fast path, the extra
+    /// initramfs `overlay`), up to the readiness marker.
+    pub fn boot_net(
+        name: &str,
+        how: Boot,
+        disk: &Disk,
+        overlay: Option<&Overlay>,
+        net: &Net,
+    ) -> Guest {
+        let cpio = overlay.map(Overlay::cpio);
+        Guest::start(
+            name,
+            how,
+            disk,
+            cpio.as_deref(),
+            Some(net),
+            READY,
+            TROUBLE.to_vec(),
+        )
     }
 
     /// Fast-path boot with the extra initramfs `overlay` (test-only
@@ -308,6 +385,7 @@ impl Guest {
             Boot::Fast,
             disk,
             Some(&overlay.cpio()),
+            None,
             READY,
             TROUBLE.to_vec(),
         )
@@ -323,7 +401,7 @@ impl Guest {
             .copied()
             .filter(|t| !t.starts_with("clawos: "))
             .collect();
-        Guest::start(name, Boot::Fast, disk, Some(initrd), marker, trouble)
+        Guest::start(name, Boot::Fast, disk, Some(initrd), None, marker, trouble)
     }
 
     /// [`Boot::Counted`] with the extra initramfs `overlay`, up to the
@@ -340,6 +418,7 @@ impl Guest {
             Boot::Counted,
             disk,
             Some(&overlay.cpio()),
+            None,
             READY,
             trouble,
         )
@@ -350,17 +429,22 @@ impl Guest {
         how: Boot,
         disk: &Disk,
         initrd: Option<&Path>,
+        net: Option<&Net>,
         marker: &str,
         trouble: Vec<&'static str>,
     ) -> Guest {
         let build = build_dir();
         let mut cmd = Command::new(repo().join("qemu/run.sh"));
+        // The harness's direct-kernel boots ask for the console's root shell
+        // (the image's own command line, the UEFI boot, never does).
         match how {
             Boot::Fast => {
                 cmd.arg("--kernel").arg(build.join("bzImage"));
+                cmd.arg("--append").arg(CONSOLE_SHELL);
             }
             Boot::Counted => {
                 cmd.arg("--kernel").arg(build.join("bzImage"));
+                cmd.arg("--append").arg(CONSOLE_SHELL);
                 cmd.arg("--icount").arg("0");
             }
             Boot::Uefi => {
@@ -369,6 +453,12 @@ impl Guest {
         }
         if let Some(initrd) = initrd {
             cmd.arg("--initrd").arg(initrd);
+        }
+        if let Some(net) = net {
+            cmd.arg("--api-port").arg(net.api_port.to_string());
+            for f in &net.guestfwd {
+                cmd.arg("--guestfwd").arg(f);
+            }
         }
         cmd.arg(disk.image());
         // The poll interval of the session: each expect below loops to its own deadline.
@@ -399,6 +489,10 @@ impl Guest {
             },
             took.as_secs_f64()
         );
+        if how == Boot::Uefi {
+            // No shell on the console: the test talks to the remote API.
+            return guest;
+        }
         // A quiet console for commands: no prompt, kernel messages only at
         // KERN_ALERT and above (a panic or BUG still shows).
         guest.session.send_line("PS1=''; dmesg -n 2").unwrap();
@@ -500,6 +594,21 @@ impl Guest {
             code,
             text: before.replace('\r', ""),
         }
+    }
+
+    /// Type `line` on the console without waiting for an answer (for a
+    /// console that must not answer).
+    pub fn type_line(&mut self, line: &str) {
+        self.session
+            .send_line(line)
+            .unwrap_or_else(|e| panic!("cannot write to the console: {e}"));
+    }
+
+    /// Everything the console prints within `d`; also kept in its log.
+    pub fn read_for(&mut self, d: Duration) -> String {
+        let got = self.drain(d);
+        self.console.push_str(&got);
+        got
     }
 
     /// Run `cmd`, require exit status 0, return its output.

@@ -19,6 +19,15 @@ fn running_kernel_is_the_built_one_with_every_required_option() {
     assert_eq!(g.sh_ok("cat /etc/clawos-release"), release);
     let version = release_field(&release, "CLAWOS_KERNEL");
     assert_eq!(g.sh_ok("uname -r"), format!("{version}\n"));
+    // Without a NIC (this boot has none) the network says so at once, and
+    // the daemon starts anyway.
+    assert!(
+        g.console().contains(
+            "clawos: network: no Ethernet interface; the remote API is reachable only from this machine"
+        ),
+        "{}",
+        g.console()
+    );
     // The running kernel's own config (IKCONFIG_PROC) passes the same check
     // as the build's .config.
     let config = g.sh_ok("zcat /proc/config.gz");

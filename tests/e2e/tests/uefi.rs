@@ -1,26 +1,69 @@
-//! The disk image itself boots: OVMF (q35) finds \EFI\BOOT\BOOTX64.EFI on
-//! its ESP, the EFI stub starts the kernel with its built-in command line
-//! and initramfs, and the appliance comes up on its data partition.
+//! The disk image itself boots as deployed: OVMF (q35) finds
+//! \EFI\BOOT\BOOTX64.EFI on its ESP, the EFI stub starts the kernel with
+//! its built-in command line and initramfs, the network comes up by DHCP,
+//! and the appliance serves its remote API. Its console offers no shell:
+//! this test has none, and proves a command typed there is not run.
 
-use clawos_e2e::{Boot, Disk, Guest};
+use clawos_e2e::{Boot, Disk, Guest, Net, clawosctl_remote, free_port};
+use regex::Regex;
 use serial_test::serial;
+use std::time::Duration;
 
 #[test]
 #[serial]
-fn uefi_disk_image_boots_to_a_ready_daemon() {
+fn uefi_disk_image_boots_to_a_ready_daemon_with_no_console_shell() {
     let disk = Disk::fresh();
-    let mut g = Guest::boot("uefi", Boot::Uefi, &disk);
-    // Booted through UEFI: the kernel sees the EFI system table.
-    assert_eq!(g.sh("test -d /sys/firmware/efi").code, 0);
-    // The built-in command line, and nothing from the firmware (the space
-    // is where an appended firmware command line would start).
+    let port = free_port();
+    let net = Net {
+        api_port: port,
+        guestfwd: Vec::new(),
+    };
+    let mut g = Guest::boot_net("uefi", Boot::Uefi, &disk, None, &net);
+    let console = g.console().replace('\r', "");
+    // Booted through UEFI: the kernel saw the EFI system table.
+    assert!(console.contains("clawos: firmware: UEFI\n"), "{console}");
+    // The built-in command line and nothing from the firmware: no
+    // clawos.console=shell can come from outside.
+    let cmdline = Regex::new(r"Kernel command line: (.*)\n").unwrap();
     assert_eq!(
-        g.sh_ok("cat /proc/cmdline"),
-        "console=tty0 console=ttyS0,115200 panic=10 \n"
+        &cmdline
+            .captures(&console)
+            .expect("the kernel's command line")[1],
+        // The space is where an appended firmware command line would start.
+        "console=tty0 console=ttyS0,115200 panic=10 "
     );
+    assert!(
+        console.contains(
+            "clawos: console: no shell here; the appliance is managed over its remote API (docs/deploy.md)\n"
+        ),
+        "{console}"
+    );
+    // DHCP from QEMU's user network, before the daemon started (with
+    // restrict=on QEMU offers no gateway and no DNS server).
+    assert!(
+        console.contains("clawos: network: eth0 10.0.2.15/24, dns none (dhcp, lease 86400 s)\n"),
+        "{console}"
+    );
+    assert!(
+        console.contains("clawos: network: remote API: tls://10.0.2.15:7443\n"),
+        "{console}"
+    );
+    // Whoever holds the console: what they type is echoed by the tty and
+    // never run.
+    g.type_line("echo $((6 * 7))-typed-on-the-console");
+    let out = clawosctl_remote(port, &["run", "hello", "UEFI"]);
     assert_eq!(
-        g.sh_ok("clawosctl run hello UEFI 2>/dev/null"),
-        "hello, UEFI\n"
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "hello, UEFI\n"),
+        "{out:?}"
     );
-    g.poweroff();
+    g.read_for(Duration::from_secs(2));
+    assert!(
+        !g.console().contains("42-typed-on-the-console"),
+        "the console ran a command:\n{}",
+        g.console()
+    );
 }

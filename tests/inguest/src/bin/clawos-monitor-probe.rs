@@ -8,7 +8,8 @@
 //!   egress code with its policy check switched off (every port allowed),
 //!   as a proxy bug would; prints `connect PORT: ok` or the failure. A
 //!   listener on 127.0.0.1:PORT is opened first (listening is not
-//!   checked), so that a connect the kernel allows succeeds.
+//!   checked), so that a connect the kernel allows succeeds. With
+//!   `--host ADDR` it connects to ADDR:PORT instead (no listener).
 //! - `open-loop N FILE [--unmonitored]`: N times open FILE, read one
 //!   byte, close; prints `pid P`, then `open-loop N: T ns per iteration,
 //!   C ns CPU`: wall time, and the process's own CPU time (user + system,
@@ -44,6 +45,8 @@ enum What {
     },
     Connect {
         port: u16,
+        #[arg(long)]
+        host: Option<String>,
     },
     OpenLoop {
         n: u32,
@@ -88,9 +91,15 @@ fn main() {
             Ok(s) => println!("exec {path}: ok ({s})"),
             Err(e) => println!("exec {path}: {}", errno(&e)),
         },
-        What::Connect { port } => {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-                .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e}"));
+        What::Connect { port, host } => {
+            let listener = match host {
+                Some(_) => None,
+                None => Some(
+                    std::net::TcpListener::bind(("127.0.0.1", port))
+                        .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e}")),
+                ),
+            };
+            let host = host.unwrap_or_else(|| "127.0.0.1".into());
             let open = NetworkPolicy {
                 allow_names: vec!["localhost".into()],
                 allow: vec![EgressRule {
@@ -99,9 +108,11 @@ fn main() {
                 }],
                 ..NetworkPolicy::default()
             };
-            match Egress::new(open).connect("127.0.0.1", port, Duration::from_secs(5)) {
+            match Egress::new(open).connect(&host, port, Duration::from_secs(5)) {
                 Ok(_stream) => {
-                    let _ = listener.accept();
+                    if let Some(l) = listener {
+                        let _ = l.accept();
+                    }
                     println!("connect {port}: ok");
                 }
                 Err(f) => println!("connect {port}: {}: {}", f.code, f.message),
