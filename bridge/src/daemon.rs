@@ -98,9 +98,7 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Failure> {
         let listener = bind(&self.config.socket)?;
-        let remote = remote::Listener::bind(&self.config.remote)
-            .await?
-            .map(Arc::new);
+        let remote = remote::Listener::bind(&self.config.remote).await?;
         if let Some(m) = &self.monitor {
             m.spawn_reader(self.sandbox.launcher_pid())?;
         }
@@ -126,10 +124,10 @@ impl Daemon {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                accepted = accept_remote(remote.as_deref()) => match accepted {
+                accepted = accept_remote(remote.as_ref()) => match accepted {
                     Ok(accepted) => {
-                        let (daemon, remote) = (self.clone(), remote.clone().expect("accepted on it"));
-                        tokio::spawn(async move { daemon.remote_connection(remote, accepted).await });
+                        let daemon = self.clone();
+                        tokio::spawn(async move { daemon.remote_connection(accepted).await });
                     }
                     Err(e) => {
                         tracing::warn!("remote accept failed: {e}");
@@ -215,13 +213,10 @@ impl Daemon {
     }
 
     /// Serve one connection of the remote API: TLS handshake, then requests.
-    async fn remote_connection(
-        self: Arc<Self>,
-        remote: Arc<remote::Listener>,
-        accepted: remote::Accepted,
-    ) {
-        if let Some((stream, peer, _slot)) = remote.handshake(accepted).await {
+    async fn remote_connection(self: Arc<Self>, accepted: remote::Accepted) {
+        if let Some(remote::Session { stream, peer, slot }) = accepted.handshake().await {
             self.connection(stream, Peer::Remote(peer)).await;
+            drop(slot);
         }
     }
 
@@ -263,15 +258,27 @@ impl Daemon {
                 );
             }
             self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = write_response(&mut stream, &response).await {
-                tracing::debug!("peer went away before its response: {e}");
-                break;
+            // A peer that does not read its answers holds no slot for ever.
+            match tokio::time::timeout(frame_timeout, write_response(&mut stream, &response)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!("peer went away before its response: {e}");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "peer did not take its response within {} ms; connection closed",
+                        frame_timeout.as_millis()
+                    );
+                    break;
+                }
             }
             if fatal {
                 break;
             }
         }
-        let _ = stream.shutdown().await;
+        let _ = tokio::time::timeout(frame_timeout, stream.shutdown()).await;
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
     }
 

@@ -160,15 +160,21 @@ fn main() -> anyhow::Result<()> {
     raise_open_file_limit();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
     let start = |f| anyhow::anyhow!("cannot start: {f}");
-    // Name lookups: read resolv.conf now; a file that is not one stops the
-    // daemon here rather than failing every lookup later.
-    let resolver = clawos_bridge::egress::Egress::resolver(&config.network)
-        .map_err(|f| anyhow::anyhow!("cannot start: network.resolv_conf: {}", f.message))?;
-    tracing::info!(
-        hosts = %config.network.hosts_file.display(),
-        dns = ?resolver.servers(),
-        "name lookups: the hosts file, then DNS over TCP"
-    );
+    // Name lookups: resolv.conf is read now. One that cannot be used leaves
+    // the daemon without DNS servers, loudly, rather than without its
+    // remote API.
+    match clawos_bridge::egress::Egress::resolver(&config.network) {
+        Ok(resolver) => tracing::info!(
+            hosts = %config.network.hosts_file.display(),
+            dns = ?resolver.servers(),
+            "name lookups: the hosts file, then DNS over TCP"
+        ),
+        Err(f) => tracing::error!(
+            hosts = %config.network.hosts_file.display(),
+            "name lookups: the hosts file only; network.resolv_conf: {}",
+            f.message
+        ),
+    }
     let layers = detect_layers(&config.cgroup, args.dev_allow_missing_layers).map_err(start)?;
     // The launcher is forked while this process has one thread: no
     // runtime clock, no async runtime yet.

@@ -156,16 +156,18 @@ impl Client {
         let conn = rustls::ClientConnection::new(Arc::clone(&config), server_name)
             .map_err(|e| Failure::new(Code::InvalidArgument, format!("TLS: {e}")))?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);
-        // Complete the handshake now, so that a refused certificate is
-        // reported as such and not as a failed first request.
+        // Complete the handshake now (within CONNECT_TIMEOUT), so that a
+        // refused certificate is reported as such and not as a failed first
+        // request. An alert from the daemon is a refusal (EPERM); a closed
+        // connection or a timeout is the I/O failure it is.
+        let _ = stream.sock.set_read_timeout(Some(CONNECT_TIMEOUT));
         while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock).map_err(|e| {
-                Failure::new(
-                    Code::Eperm,
-                    format!("TLS handshake with {} failed: {e}", remote.address),
-                )
-            })?;
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| refusal(e, format_args!("TLS handshake with {}", remote.address)))?;
         }
+        let _ = stream.sock.set_read_timeout(None);
         Ok(Client {
             stream: Transport::Tls(Box::new(stream)),
         })
@@ -211,6 +213,27 @@ impl Client {
                 Code::Eproto,
                 "the daemon closed the connection without a response",
             )),
+        }
+    }
+}
+
+/// `e` from a TLS stream as a failure: an alert from the daemon, or a
+/// certificate of the daemon's that does not verify, is EPERM.
+fn refusal(e: std::io::Error, context: std::fmt::Arguments<'_>) -> Failure {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls @ (rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_))) => {
+            Failure::new(Code::Eperm, format!("{context}: {tls}"))
+        }
+        _ => Failure::io(context, &e),
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Say goodbye properly, so the daemon sees a clean end of stream.
+        if let Transport::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            let _ = s.flush();
         }
     }
 }

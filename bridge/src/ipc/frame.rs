@@ -186,6 +186,9 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
     let mut h = [0u8; HEADER_LEN];
     match tokio::time::timeout(first_byte, r.read(&mut h[..1])).await {
         Err(_) | Ok(Ok(0)) => return Ok(None),
+        // A TLS peer that closed its connection without close_notify,
+        // between frames: the end of the stream as well.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Ok(Err(e)) => return Err(Failure::io("cannot read frame header", &e)),
         Ok(Ok(_)) => {}
     }

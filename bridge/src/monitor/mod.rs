@@ -237,7 +237,10 @@ pub fn join_daemon_group(root: &Path) -> Result<(), Failure> {
 /// The DNS servers the daemon's lookups go to, for the kernel's egress
 /// check: IPv4 as `::ffff:a.b.c.d`, and how many there are.
 fn resolvers(config: &Config) -> Result<([[u8; 16]; t::MAX_RESOLVERS], u32), Failure> {
-    let resolver = Egress::resolver(&config.network).map_err(|f| failed(f.message))?;
+    // A resolv.conf that cannot be used gives no servers (the daemon logs it).
+    let Ok(resolver) = Egress::resolver(&config.network) else {
+        return Ok(([[0u8; 16]; t::MAX_RESOLVERS], 0));
+    };
     let mut out = [[0u8; 16]; t::MAX_RESOLVERS];
     let mut n = 0;
     for s in resolver.servers() {
