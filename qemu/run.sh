@@ -10,7 +10,8 @@
 # Options:
 #   --kernel FILE   fast path with this kernel (build/bzImage)
 #   --initrd FILE   an extra initramfs for the fast path (overlays the built-in one)
-#   --append ARGS   extra kernel arguments for the fast path
+#   --append ARGS   extra kernel arguments for the fast path (the appliance's kernel
+#                   ignores them: its built-in command line overrides, CMDLINE_OVERRIDE)
 #   --vars FILE     OVMF variable store (UEFI NVRAM), created from OVMF_VARS_4M.fd when
 #                   missing (default: IMAGE with -OVMF_VARS.fd for .img, kept like a real
 #                   machine's NVRAM)
@@ -38,7 +39,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${CACHE:-/var/cache/clawos}
 OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
 OVMF_VARS=${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { printf 'qemu: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'qemu: %s\n' "$*" >&2; }
 
@@ -71,9 +72,10 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing: 
 
 # KVM only if it really boots: /dev/kvm can exist and still hang guests (a
 # paravirtual device without vmx/svm). The probe boots the appliance kernel
-# with init=/bin/true, which ends in the kernel's "Attempted to kill init"
-# panic: proof that the kernel ran to userspace under KVM. The verdict is
-# kept per host kernel and QEMU version.
+# with an extra initramfs whose /init is `#!/bin/true`, which ends in the
+# kernel's "Attempted to kill init" panic: proof that the kernel ran to
+# userspace under KVM (the kernel takes no command line from outside, so
+# rdinit= cannot say it). The verdict is kept per host kernel and QEMU version.
 probe_kvm() {
     local probe_kernel=$1
     [ -w /dev/kvm ] || { echo "no writable /dev/kvm"; return 1; }
@@ -87,9 +89,15 @@ probe_kvm() {
         return
     fi
     mkdir -p "$CACHE/qemu"
-    local out
+    local out probe_dir
+    probe_dir=$(mktemp -d)
+    mkdir "$probe_dir/root"
+    printf '#!/bin/true\n' >"$probe_dir/root/init"
+    chmod 0755 "$probe_dir/root/init"
+    (cd "$probe_dir/root" && echo init | cpio --quiet -o -H newc -R 0:0) >"$probe_dir/probe.cpio"
     out=$(timeout 30 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 -nographic -no-reboot \
-        -kernel "$probe_kernel" -append "rdinit=/bin/true panic=-1" </dev/null 2>&1 || true)
+        -kernel "$probe_kernel" -initrd "$probe_dir/probe.cpio" </dev/null 2>&1 || true)
+    rm -rf "$probe_dir"
     if grep -q "Attempted to kill init" <<<"$out"; then
         echo "ok: a KVM probe boot reached init" | tee "$verdict_file"
     else

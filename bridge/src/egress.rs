@@ -11,7 +11,7 @@ use crate::config::NetworkPolicy;
 use crate::error::{Code, Failure};
 use crate::resolver::Resolver;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The policy, compiled from the configuration.
 #[derive(Debug, Clone)]
@@ -98,7 +98,12 @@ impl Egress {
     /// the system resolver if the name is allowed. Addresses outside every
     /// rule are left out; none left is POLICY_DENIED.
     pub fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, Failure> {
-        let all = self.lookup(host)?;
+        self.resolve_before(host, far_future())
+    }
+
+    /// [`Egress::resolve`], the lookup ending by `deadline` at the latest.
+    pub fn resolve_before(&self, host: &str, deadline: Instant) -> Result<Vec<IpAddr>, Failure> {
+        let all = self.lookup(host, deadline)?;
         let allowed: Vec<IpAddr> = all
             .iter()
             .copied()
@@ -112,7 +117,7 @@ impl Egress {
         Ok(allowed)
     }
 
-    fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, Failure> {
+    fn lookup(&self, host: &str, deadline: Instant) -> Result<Vec<IpAddr>, Failure> {
         if host.is_empty() || host.len() > 253 || host.contains('\0') {
             return Err(Failure::new(
                 Code::InvalidArgument,
@@ -127,14 +132,16 @@ impl Egress {
                 "name {host:?} is not in network.allow_names; it was not looked up"
             )));
         }
-        self.resolver.lookup(host)
+        self.resolver.lookup_before(host, deadline)
     }
 
     /// Connect to `host`:`port` for a tool: resolve (policy-checked), keep
     /// the destinations the rules allow, try each within `timeout`.
     pub fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure> {
+        // One deadline for the lookup and every candidate together.
+        let deadline = std::time::Instant::now() + timeout;
         let candidates: Vec<SocketAddr> = self
-            .lookup(host)?
+            .lookup(host, deadline)?
             .into_iter()
             .filter(|ip| self.destination_allowed(*ip, port))
             .map(|ip| SocketAddr::new(ip, port))
@@ -144,8 +151,6 @@ impl Egress {
                 "connection to {host:?} port {port} is outside the egress allow-list"
             )));
         }
-        // One deadline for every candidate together.
-        let deadline = std::time::Instant::now() + timeout;
         let mut last = None;
         for addr in &candidates {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -169,6 +174,11 @@ impl Egress {
             )),
         }
     }
+}
+
+/// A deadline that never comes first (a year away).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// One lookup, all servers together, takes at most the connect timeout.

@@ -100,6 +100,24 @@ impl Resolver {
     /// returned (EIO for a bad reply, the errno's code for I/O, ETIMEOUT when
     /// the deadline passed).
     pub fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, Failure> {
+        self.lookup_inner(name)
+    }
+
+    /// [`Resolver::lookup`], ending by `deadline` if that comes before the
+    /// resolver's own timeout (a run's time left).
+    pub fn lookup_before(&self, name: &str, deadline: Instant) -> Result<Vec<IpAddr>, Failure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left >= self.timeout {
+            return self.lookup_inner(name);
+        }
+        let sooner = Resolver {
+            timeout: left,
+            ..self.clone()
+        };
+        sooner.lookup_inner(name)
+    }
+
+    fn lookup_inner(&self, name: &str) -> Result<Vec<IpAddr>, Failure> {
         // A timeout too large for the clock (Duration::MAX) waits a year.
         let start = Instant::now();
         let deadline = start

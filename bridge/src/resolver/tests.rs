@@ -585,6 +585,28 @@ fn silent_server_hits_the_deadline() {
 }
 
 #[test]
+fn a_sooner_deadline_ends_the_lookup_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(|_| Reply::Silent);
+    let r = resolver(&dir, &[&server], 5000);
+    let start = Instant::now();
+    let failure = r
+        .lookup_before("www.example.com", start + Duration::from_millis(300))
+        .unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(failure.code, Code::Etimeout, "{}", failure.message);
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    // A later deadline than the resolver's own timeout changes nothing.
+    let r = resolver(&dir, &[&server], 300);
+    let start = Instant::now();
+    let failure = r
+        .lookup_before("www.example.com", start + Duration::from_secs(60))
+        .unwrap_err();
+    assert_eq!(failure.code, Code::Etimeout, "{}", failure.message);
+    assert!(start.elapsed() < Duration::from_millis(1000));
+}
+
+#[test]
 fn one_deadline_covers_all_servers() {
     let dir = tempfile::tempdir().unwrap();
     let servers: Vec<TestServer> = (0..3)

@@ -461,10 +461,12 @@ impl Sandbox {
         while let Some((msg, _)) = recv()? {
             let (reply, fd): (ToWorker, Option<OwnedFd>) = match msg {
                 FromWorker::Done(out) => return Ok(Some(*out)),
-                FromWorker::Resolve(name) => match self.egress.resolve(&name) {
-                    Ok(ips) => (ToWorker::Resolved(ips), None),
-                    Err(f) => (ToWorker::Refused(f.code, f.message), None),
-                },
+                FromWorker::Resolve(name) => {
+                    match self.egress.resolve_before(&name, deadline.get()) {
+                        Ok(ips) => (ToWorker::Resolved(ips), None),
+                        Err(f) => (ToWorker::Refused(f.code, f.message), None),
+                    }
+                }
                 FromWorker::Connect {
                     host,
                     port,

@@ -36,8 +36,44 @@ pub const INSTANCE_CGROUPS_LEFT: &str = "for i in $(seq 100); do \
     echo $(echo $C | wc -w) $(for c in $C; do for p in $(cat $c/main/cgroup.procs); do \
     cat /proc/$p/attr/current; done; done)";
 
-/// The kernel argument that gives the harness a root shell on the console.
-pub const CONSOLE_SHELL: &str = "clawos.console=shell";
+/// The file whose presence in the root gives the console a root shell:
+/// the harness's direct-kernel boots carry it in an extra initramfs; the
+/// image never has it.
+pub const CONSOLE_SHELL: &str = "etc/clawos/console-shell";
+
+/// Kernel arguments every direct-kernel boot passes and the appliance's
+/// kernel must ignore (its built-in command line overrides).
+pub const IGNORED_ARGUMENTS: &str = "rdinit=/bin/sh init=/bin/sh";
+
+/// The appliance kernel's whole command line (`CONFIG_CMDLINE`).
+pub const BUILT_IN_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=10";
+
+/// An initramfs for a direct-kernel boot: [`CONSOLE_SHELL`], followed by
+/// `extra` when given (the kernel unpacks concatenated archives in order).
+fn shell_initrd(dir: &Path, extra: Option<&Path>) -> PathBuf {
+    let tree = dir.join("shell-tree");
+    std::fs::create_dir_all(tree.join(CONSOLE_SHELL).parent().unwrap()).unwrap();
+    std::fs::write(tree.join(CONSOLE_SHELL), "").unwrap();
+    let cpio = dir.join("initrd.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find etc | cpio --quiet -o -H newc -R 0:0 > \"$0\"")
+        .arg(&cpio)
+        .current_dir(&tree)
+        .status()
+        .expect("cannot run cpio");
+    assert!(status.success(), "cpio: {status}");
+    if let Some(extra) = extra {
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&cpio)
+            .unwrap();
+        let mut more = std::fs::File::open(extra)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", extra.display()));
+        std::io::copy(&mut more, &mut out).unwrap();
+    }
+    cpio
+}
 
 /// The guest's network (QEMU user networking, restrict=on): the remote API
 /// forwarded to 127.0.0.1:`api_port` here, and each `guestfwd`
@@ -339,6 +375,8 @@ pub struct Output {
 
 /// A running appliance and its console.
 pub struct Guest {
+    /// The boot's extra initramfs, kept while QEMU runs.
+    _scratch: tempfile::TempDir,
     session: PtySession,
     /// Markers that end a wait as a failure (normally [`TROUBLE`]).
     trouble: Vec<&'static str>,
@@ -435,24 +473,29 @@ impl Guest {
     ) -> Guest {
         let build = build_dir();
         let mut cmd = Command::new(repo().join("qemu/run.sh"));
-        // The harness's direct-kernel boots ask for the console's root shell
-        // (the image's own command line, the UEFI boot, never does).
+        let scratch = tempfile::Builder::new()
+            .prefix("clawos-boot-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        // The harness's direct-kernel boots carry the console's root shell
+        // in an extra initramfs (the UEFI boot of the image never has one).
         match how {
-            Boot::Fast => {
+            Boot::Fast | Boot::Counted => {
                 cmd.arg("--kernel").arg(build.join("bzImage"));
-                cmd.arg("--append").arg(CONSOLE_SHELL);
-            }
-            Boot::Counted => {
-                cmd.arg("--kernel").arg(build.join("bzImage"));
-                cmd.arg("--append").arg(CONSOLE_SHELL);
-                cmd.arg("--icount").arg("0");
+                cmd.arg("--initrd")
+                    .arg(shell_initrd(scratch.path(), initrd));
+                // What someone at the firmware's boot manager would type: the
+                // kernel must ignore it (CMDLINE_OVERRIDE), or the boot never
+                // reaches init's readiness marker.
+                cmd.arg("--append").arg(IGNORED_ARGUMENTS);
+                if how == Boot::Counted {
+                    cmd.arg("--icount").arg("0");
+                }
             }
             Boot::Uefi => {
+                assert!(initrd.is_none(), "a UEFI boot takes no extra initramfs");
                 cmd.arg("--vars").arg(disk.vars());
             }
-        }
-        if let Some(initrd) = initrd {
-            cmd.arg("--initrd").arg(initrd);
         }
         if let Some(net) = net {
             cmd.arg("--api-port").arg(net.api_port.to_string());
@@ -465,6 +508,7 @@ impl Guest {
         let session = rexpect::session::spawn_command(cmd, Some(1000))
             .unwrap_or_else(|e| panic!("cannot start qemu/run.sh: {e}"));
         let mut guest = Guest {
+            _scratch: scratch,
             session,
             trouble,
             console: String::new(),

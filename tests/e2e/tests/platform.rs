@@ -19,6 +19,12 @@ fn running_kernel_is_the_built_one_with_every_required_option() {
     assert_eq!(g.sh_ok("cat /etc/clawos-release"), release);
     let version = release_field(&release, "CLAWOS_KERNEL");
     assert_eq!(g.sh_ok("uname -r"), format!("{version}\n"));
+    // The built-in command line, whole: the arguments the harness appended
+    // (as someone at the firmware's boot manager could) are ignored.
+    assert_eq!(
+        g.sh_ok("cat /proc/cmdline"),
+        format!("{}\n", clawos_e2e::BUILT_IN_CMDLINE)
+    );
     // Without a NIC (this boot has none) the network says so at once, and
     // the daemon starts anyway.
     assert!(

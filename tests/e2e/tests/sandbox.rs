@@ -209,10 +209,12 @@ fn a_memory_hog_is_oom_killed_as_a_group_and_never_swaps() {
     // memory.max is what stops the hog, and whose instances may use a
     // whole CPU for a minute (touching 256 MiB page by page at 5% of a TCG
     // CPU would take minutes): memory.max is the only limit in the way.
+    // It serves no remote API (the appliance's daemon has the port).
     g.sh_ok(
         "sed -e 's/^memory_limit_bytes = .*/memory_limit_bytes = 1073741824/' \
          -e 's/^cpu_budget_ms = .*/cpu_budget_ms = 60000/' \
          -e 's|^limits_file = .*|limits_file = \"/etc/clawos/big-limits.toml\"|' \
+         -e 's/^listen = .*/listen = \"\"/' \
          /etc/clawos/daemon.toml >/etc/clawos/big.toml && \
          sed 's/^cpu_max = .*/cpu_max = [1000000, 1000000]/' /etc/clawos/limits.toml >/etc/clawos/big-limits.toml && \
          grep -c 1073741824 /etc/clawos/big.toml",

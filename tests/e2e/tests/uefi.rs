@@ -22,15 +22,14 @@ fn uefi_disk_image_boots_to_a_ready_daemon_with_no_console_shell() {
     let console = g.console().replace('\r', "");
     // Booted through UEFI: the kernel saw the EFI system table.
     assert!(console.contains("clawos: firmware: UEFI\n"), "{console}");
-    // The built-in command line and nothing from the firmware: no
-    // clawos.console=shell can come from outside.
+    // The built-in command line and nothing else: the kernel ignores what
+    // a boot loader or the firmware passes (CONFIG_CMDLINE_OVERRIDE).
     let cmdline = Regex::new(r"Kernel command line: (.*)\n").unwrap();
     assert_eq!(
         &cmdline
             .captures(&console)
             .expect("the kernel's command line")[1],
-        // The space is where an appended firmware command line would start.
-        "console=tty0 console=ttyS0,115200 panic=10 "
+        clawos_e2e::BUILT_IN_CMDLINE
     );
     assert!(
         console.contains(
