@@ -55,14 +55,7 @@ fn shell_initrd(dir: &Path, extra: Option<&Path>) -> PathBuf {
     std::fs::create_dir_all(tree.join(CONSOLE_SHELL).parent().unwrap()).unwrap();
     std::fs::write(tree.join(CONSOLE_SHELL), "").unwrap();
     let cpio = dir.join("initrd.cpio");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("find etc | cpio --quiet -o -H newc -R 0:0 > \"$0\"")
-        .arg(&cpio)
-        .current_dir(&tree)
-        .status()
-        .expect("cannot run cpio");
-    assert!(status.success(), "cpio: {status}");
+    etc_cpio(&tree, &cpio);
     if let Some(extra) = extra {
         let mut out = std::fs::OpenOptions::new()
             .append(true)
@@ -73,6 +66,32 @@ fn shell_initrd(dir: &Path, extra: Option<&Path>) -> PathBuf {
         std::io::copy(&mut more, &mut out).unwrap();
     }
     cpio
+}
+
+/// Write the `etc` tree below `tree` as a newc cpio (owner root) to `cpio`:
+/// an extra initramfs whose files replace the image's.
+pub fn etc_cpio(tree: &Path, cpio: &Path) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find etc | cpio --quiet -o -H newc -R 0:0 > \"$0\"")
+        .arg(cpio)
+        .current_dir(tree)
+        .status()
+        .expect("cannot run cpio");
+    assert!(status.success(), "cpio: {status}");
+}
+
+/// Assert that `console` shows the network QEMU's user networking gives:
+/// DHCP's address (with restrict=on QEMU offers no gateway and no DNS
+/// server) and the remote API's URL.
+pub fn assert_qemu_dhcp(console: &str) {
+    let console = console.replace('\r', "");
+    for line in [
+        "clawos: network: eth0 10.0.2.15/24, dns none (dhcp, lease 86400 s)\n",
+        "clawos: network: remote API: tls://10.0.2.15:7443\n",
+    ] {
+        assert!(console.contains(line), "no {line:?} in:\n{console}");
+    }
 }
 
 /// The guest's network (QEMU user networking, restrict=on): the remote API

@@ -9,7 +9,6 @@
 use clawos_e2e::{Boot, Disk, Guest, Output, repo};
 use regex::Regex;
 use serial_test::serial;
-use std::process::Command;
 use std::time::Instant;
 
 const DAEMON: &str = "clawos-wasm-daemon";
@@ -272,14 +271,7 @@ fn init_refuses_to_start_the_daemon_unless_its_profile_is_enforced() {
     std::fs::create_dir_all(tree.join("etc/apparmor.d")).unwrap();
     std::fs::write(tree.join("etc/apparmor.d").join(DAEMON), complain).unwrap();
     let cpio = dir.path().join("overlay.cpio");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("find etc | cpio --quiet -o -H newc -R 0:0 > \"$0\"")
-        .arg(&cpio)
-        .current_dir(&tree)
-        .status()
-        .expect("cannot run cpio");
-    assert!(status.success(), "cpio: {status}");
+    clawos_e2e::etc_cpio(&tree, &cpio);
 
     let disk = Disk::fresh();
     let mut g = Guest::boot_overlay(

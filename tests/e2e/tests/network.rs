@@ -164,16 +164,7 @@ fn appliance_serves_remotely_and_reaches_postgres_and_dns_through_its_nic() {
     let mut g = Guest::boot_net("network", Boot::Fast, &disk, Some(&overlay), &net);
 
     // --- DHCP at boot --------------------------------------------------
-    let console = g.console().replace('\r', "");
-    assert!(
-        console.contains("clawos: network: eth0 10.0.2.15/24, dns none (dhcp, lease 86400 s)\n"),
-        "{console}"
-    );
-    assert!(
-        console.contains("clawos: network: remote API: tls://10.0.2.15:7443\n"),
-        "{console}"
-    );
-    // With restrict=on QEMU's DHCP offers no gateway and no DNS server.
+    clawos_e2e::assert_qemu_dhcp(g.console());
     assert_eq!(g.sh_ok("cat /etc/resolv.conf"), "");
     assert_eq!(
         g.sh_ok("ip -4 -o addr show eth0 | awk '{print $4}'"),
