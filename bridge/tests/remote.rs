@@ -341,6 +341,9 @@ fn unauthenticated_connections_hold_little_for_little_time_and_are_logged_sparin
     let mut silent: Vec<_> = (0..4)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
+    // Nothing the daemon says shows that it has accepted them (an accept
+    // reads nothing and logs nothing): give its accept loop a moment to
+    // take them out of the backlog before the fifth arrives.
     std::thread::sleep(Duration::from_millis(200));
     let mut fifth = std::net::TcpStream::connect(&addr).unwrap();
     assert!(closed_within(&mut fifth, Duration::from_millis(800)));
@@ -364,6 +367,7 @@ fn unauthenticated_connections_hold_little_for_little_time_and_are_logged_sparin
     let held: Vec<_> = (0..4)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
+    // As above: the four held connections must be accepted first.
     std::thread::sleep(Duration::from_millis(100));
     for _ in 0..40 {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
