@@ -383,3 +383,19 @@ fn wasi_file_io_is_confined_to_the_same_root() {
     let log = s.d.log();
     assert!(log.contains("wasi open refused"), "{log}");
 }
+
+/// Ordinary WASI writes at the end and at an offset work in the sandboxed
+/// worker: `append(true)` becomes `pwritev2(RWF_APPEND)` in the worker, a
+/// system call its seccomp filter once lacked (the worker died, 204).
+#[test]
+fn wasi_appends_work_in_the_sandboxed_worker() {
+    let s = Suite::new();
+    fs::write(s.root.join("log.txt"), b"one\n").unwrap();
+    assert_eq!(s.probe_with(&["wasi-append", "log.txt"], b"two\n"), "ok");
+    assert_eq!(s.probe_with(&["wasi-append", "log.txt"], b"three\n"), "ok");
+    assert_eq!(
+        fs::read(s.root.join("log.txt")).unwrap(),
+        b"one\ntwo\nthree\n"
+    );
+    s.intact();
+}
