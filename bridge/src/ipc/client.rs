@@ -220,11 +220,21 @@ impl Client {
 /// `e` from a TLS stream as a failure: an alert from the daemon, or a
 /// certificate of the daemon's that does not verify, is EPERM.
 fn refusal(e: std::io::Error, context: std::fmt::Arguments<'_>) -> Failure {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(tls @ (rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_))) => {
-            Failure::new(Code::Eperm, format!("{context}: {tls}"))
-        }
-        _ => Failure::io(context, &e),
+    match refused_by_tls(&e) {
+        Some(why) => Failure::new(Code::Eperm, format!("{context}: {why}")),
+        None => Failure::io(context, &e),
+    }
+}
+
+/// Why the daemon refused this client, if `e` says it did: an alert it
+/// sent, or its certificate not verifying.
+fn refused_by_tls(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(format!(
+            "the daemon refused this client's TLS connection ({alert:?})"
+        )),
+        tls @ rustls::Error::InvalidCertificate(_) => Some(tls.to_string()),
+        _ => None,
     }
 }
 
@@ -246,14 +256,9 @@ struct Refusals<'a>(&'a mut TlsStream);
 
 impl std::io::Read for Refusals<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf).map_err(|e| {
-            match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                Some(rustls::Error::AlertReceived(alert)) => std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("the daemon refused this client's TLS connection ({alert:?})"),
-                ),
-                _ => e,
-            }
+        self.0.read(buf).map_err(|e| match refused_by_tls(&e) {
+            Some(why) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+            None => e,
         })
     }
 }

@@ -81,6 +81,9 @@ pub struct Runtime {
     clawfs_root: PathBuf,
     clawfs: Arc<ClawfsPolicy>,
     network: Arc<NetworkPolicy>,
+    /// The egress proxy of in-process runs, built once (its resolver reads
+    /// resolv.conf when made, not at every run).
+    egress: Egress,
     devices: Arc<DevicePolicy>,
     cgroup: Arc<CgroupPolicy>,
     // A message wakes the epoch thread (the first one starts its ticks);
@@ -162,6 +165,7 @@ impl Runtime {
             clawfs_root: config.clawfs_root(),
             clawfs: Arc::new(config.clawfs.clone()),
             network: Arc::new(config.network.clone()),
+            egress: Egress::new(config.network.clone()),
             devices: Arc::new(config.devices.clone()),
             cgroup: Arc::new(config.cgroup.clone()),
             ticker: None,
@@ -373,11 +377,7 @@ impl Runtime {
         Placement {
             id,
             root: self.clawfs_root.join(tool),
-            outside: Arc::new(Direct::new(
-                Egress::new((*self.network).clone()),
-                (*self.cgroup).clone(),
-                id,
-            )),
+            outside: Arc::new(Direct::new(self.egress.clone(), (*self.cgroup).clone(), id)),
         }
     }
 
