@@ -4,11 +4,12 @@
 //! exit status when a run succeeds.
 
 use crate::error::{Code, Failure};
+use crate::escape;
 use crate::ipc::client::{Client, Remote};
 use crate::ipc::proto::{Body, ComponentSource, Request, Response, RunRequest};
 use crate::remote;
 use clap::{Parser, Subcommand};
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 /// Command-line interface of `clawosctl`.
@@ -262,7 +263,7 @@ fn report_failure(cli: &Cli, f: &Failure) -> u8 {
             serde_json::json!({ "code": f.code.value(), "name": f.code.name(), "message": f.message })
         );
     } else {
-        eprintln!("clawosctl: {}: {}", f.code, f.message);
+        eprintln!("clawosctl: {}: {}", f.code, escape::controls(&f.message));
     }
     f.code.exit_status()
 }
@@ -338,13 +339,24 @@ fn human(resp: &Response) {
     let mut out = std::io::stdout().lock();
     match &resp.body {
         Body::Run(o) => {
-            let _ = out.write_all(&o.output);
-            let _ = out.write_all(&o.stdout);
-            let _ = out.flush();
+            // A tool's bytes reach a terminal with their controls escaped
+            // (no ESC, OSC 52 or CSI of a tool's choosing drives it); into a
+            // pipe or file they go exact.
             let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&o.stderr);
+            let exact = |to: &mut dyn Write, terminal: bool, bytes: &[u8]| {
+                let _ = match terminal {
+                    true => to.write_all(escape::controls_keeping_lines(bytes).as_bytes()),
+                    false => to.write_all(bytes),
+                };
+            };
+            let terminal = out.is_terminal();
+            exact(&mut out, terminal, &o.output);
+            exact(&mut out, terminal, &o.stdout);
+            let terminal = err.is_terminal();
+            exact(&mut err, terminal, &o.stderr);
+            let _ = out.flush();
             for line in &o.logs {
-                let _ = writeln!(err, "[{}] {}", line.level, line.message);
+                let _ = writeln!(err, "[{}] {}", line.level, escape::controls(&line.message));
             }
             if o.logs_dropped > 0 {
                 let _ = writeln!(
@@ -440,6 +452,10 @@ fn human(resp: &Response) {
         Body::Empty => {}
     }
     if resp.code != Code::Success {
-        eprintln!("clawosctl: {}: {}", resp.code, resp.message);
+        eprintln!(
+            "clawosctl: {}: {}",
+            resp.code,
+            escape::controls(&resp.message)
+        );
     }
 }

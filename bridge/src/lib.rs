@@ -26,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod egress;
 pub mod error;
+pub mod escape;
 pub mod host;
 pub mod ipc;
 pub mod monitor;

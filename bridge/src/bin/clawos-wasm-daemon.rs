@@ -89,11 +89,13 @@ fn init_logging(format: LogFormat, configured: &str) -> anyhow::Result<()> {
         Err(_) => tracing_subscriber::EnvFilter::try_new(configured)
             .with_context(|| format!("log_filter = {configured:?} is not a valid filter"))?,
     };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Every record is one line whatever its fields hold (a tool's log
+    // line, a client's bytes): controls are escaped on the way out, so
+    // colours are off (their escapes would be escaped too).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_writer(|| clawos_bridge::escape::Stderr)
+        .with_ansi(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use wasmtime::component::HasData;
 
+/// What a kept line costs against `max_log_bytes` beyond its text (its
+/// level and its framing in the response), so that empty lines are
+/// bounded too.
+const LINE_COST: u64 = 16;
+
 /// One captured log line, as returned with a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
@@ -91,7 +96,7 @@ impl LogSink {
                 tracing::error!(target: "clawos::wasm", "[WASM] {tool}#{id}: {message}")
             }
         }
-        let size = message.len() as u64;
+        let size = message.len() as u64 + LINE_COST;
         if self.kept_bytes + size > self.max_bytes {
             self.dropped += 1;
             return;
@@ -192,10 +197,16 @@ mod tests {
 
     #[test]
     fn byte_limit_drops_and_counts() {
-        let mut s = sink(100, 100, 10);
+        let mut s = sink(100, 100, 30);
         s.log(Level::Info, "12345678");
         s.log(Level::Info, "12345678");
         assert_eq!(s.lines.len(), 1);
         assert_eq!(s.dropped, 1);
+        // Empty lines cost their framing: 30 bytes hold one.
+        let mut s = sink(100, 100, 30);
+        for _ in 0..10 {
+            s.log(Level::Info, "");
+        }
+        assert_eq!((s.lines.len(), s.dropped), (1, 9));
     }
 }
