@@ -6,10 +6,11 @@
 
 use crate::config::Config;
 use crate::error::{Code, Failure};
+use crate::escape;
 use crate::ipc::frame;
 use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
 use crate::monitor::Monitor;
-use crate::registry::Registry;
+use crate::registry::ToolRegistry;
 use crate::remote;
 use crate::runtime::{RunInput, Runtime};
 use crate::sandbox::Sandbox;
@@ -22,8 +23,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+mod connections;
+use connections::{Connections, Full, Place};
+
 /// How long an open connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(300);
+/// How long the answer to a refused connection may take to be written.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// The line printed when the daemon is ready; the appliance's init and the
 /// tests wait for it.
@@ -56,9 +62,13 @@ pub struct Daemon {
     runtime: Arc<Runtime>,
     sandbox: Arc<Sandbox>,
     monitor: Option<Monitor>,
-    registry: Arc<Registry>,
+    registry: Arc<ToolRegistry>,
     runs: Arc<Semaphore>,
-    connections: Arc<Semaphore>,
+    connections: Arc<Connections>,
+    /// Bytes of request frames being read or served at once.
+    frames: Arc<Semaphore>,
+    /// Refused local connections, logged at most 20 a minute.
+    refusals: remote::Refusals,
     counters: Counters,
     started: Instant,
 }
@@ -75,11 +85,18 @@ impl Daemon {
     ) -> Result<Daemon, Failure> {
         let runtime = Arc::new(runtime);
         let sandbox = Arc::new(sandbox);
-        let registry = Arc::new(Registry::open(&config.state_dir, &runtime)?);
+        let registry = Arc::new(ToolRegistry::open(&config.state_dir, &runtime)?);
         sandbox.prepare();
         Ok(Daemon {
             runs: Arc::new(Semaphore::new(config.ipc.max_concurrent_runs as usize)),
-            connections: Arc::new(Semaphore::new(config.ipc.max_connections as usize)),
+            connections: Connections::new(
+                config.ipc.max_connections as usize,
+                config.ipc.max_connections_per_uid as usize,
+            ),
+            frames: Arc::new(Semaphore::new(
+                config.ipc.max_request_bytes_in_flight as usize,
+            )),
+            refusals: remote::Refusals::default(),
             config,
             runtime,
             sandbox,
@@ -177,20 +194,10 @@ impl Daemon {
         }
     }
 
-    /// Serve one connection on the Unix socket: its peer's credentials are
-    /// checked first.
+    /// Serve one connection on the Unix socket. Its peer's credentials
+    /// are checked at accept, before anything is read: a refused peer gets
+    /// its answer at once and the connection is closed, holding nothing.
     async fn local_connection(self: Arc<Self>, mut stream: UnixStream) {
-        let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
-            let f = Failure::new(
-                Code::Eagain,
-                format!(
-                    "the daemon serves {} connections at once; retry later",
-                    self.config.ipc.max_connections
-                ),
-            );
-            self.refuse(&mut stream, &f).await;
-            return;
-        };
         let peer = match stream.peer_cred() {
             Ok(cred) => cred,
             Err(e) => {
@@ -198,50 +205,85 @@ impl Daemon {
                 return;
             }
         };
-        let peer_uid = peer.uid();
-        if let Err(f) = self.check_peer(peer_uid, peer.gid(), peer.pid()) {
-            tracing::warn!(
-                uid = peer_uid,
-                pid = peer.pid(),
-                "connection refused: {}",
-                f.message
-            );
+        let uid = peer.uid();
+        if let Err(f) = self.check_peer(uid, peer.gid(), peer.pid()) {
+            if self.refusals.log("local connections") {
+                tracing::warn!(uid, pid = peer.pid(), "connection refused: {}", f.message);
+            }
             self.refuse(&mut stream, &f).await;
             return;
         }
-        self.connection(stream, Peer::Local { uid: peer_uid }).await;
+        let place = match self.connections.admit(uid) {
+            Ok(place) => place,
+            Err(full) => {
+                let why = match full {
+                    Full::All(n) => format!(
+                        "the daemon serves {n} connections at once (ipc.max_connections), each with a request in progress; retry later"
+                    ),
+                    Full::Uid(n) => format!(
+                        "uid {uid} has {n} connections serving requests (ipc.max_connections_per_uid); retry later"
+                    ),
+                };
+                self.refuse(&mut stream, &Failure::new(Code::Eagain, why))
+                    .await;
+                return;
+            }
+        };
+        self.connection(stream, Peer::Local { uid }, Some(place))
+            .await;
     }
 
     /// Serve one connection of the remote API: TLS handshake, then requests.
     async fn remote_connection(self: Arc<Self>, accepted: remote::Accepted) {
         if let Some(remote::Session { stream, peer, slot }) = accepted.handshake().await {
-            self.connection(stream, Peer::Remote(peer)).await;
+            self.connection(stream, Peer::Remote(peer), None).await;
             drop(slot);
         }
     }
 
     /// Serve requests on an accepted connection until the peer closes it or
-    /// sends a bad frame.
-    async fn connection<S>(self: Arc<Self>, mut stream: S, peer: Peer)
+    /// sends a bad frame. A connection with a `place` in the table closes
+    /// when the place is taken for another while it waits for a request.
+    async fn connection<S>(self: Arc<Self>, mut stream: S, peer: Peer, place: Option<Place>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         let max = self.config.max_frame_bytes();
         let frame_timeout = Duration::from_millis(self.config.ipc.frame_timeout_ms);
+        let no_place = Arc::new(tokio::sync::Notify::new());
+        let close = place.as_ref().map_or(&no_place, |p| &p.close).clone();
         loop {
-            let (response, kind, fatal) =
-                match frame::read_async(&mut stream, max, IDLE, frame_timeout).await {
-                    Ok(None) => break,
-                    Ok(Some(payload)) => match Request::decode(&payload, &self.config.ipc) {
+            if let Some(p) = &place {
+                p.waiting(true);
+            }
+            let read = frame::read_async(&mut stream, max, IDLE, frame_timeout, &self.frames);
+            let read = tokio::select! {
+                read = read => read,
+                () = close.notified() => {
+                    tracing::debug!("an idle connection closed to make room for another");
+                    break;
+                }
+            };
+            if let Some(p) = &place {
+                p.waiting(false);
+            }
+            let (response, kind, fatal) = match read {
+                Ok(None) => break,
+                Ok(Some(frame::Frame { payload, bytes })) => {
+                    match Request::decode(&payload, &self.config.ipc) {
                         Ok(request) => {
+                            drop(payload);
                             let kind = request.kind();
-                            (self.clone().handle(request, &peer).await, kind, false)
+                            let response = self.clone().handle(request, &peer).await;
+                            drop(bytes);
+                            (response, kind, false)
                         }
                         Err(f) => (Response::failure(&f), "malformed", false),
-                    },
-                    Err(f) => (Response::failure(&f), "malformed", true),
-                };
+                    }
+                }
+                Err(f) => (Response::failure(&f), "malformed", true),
+            };
             if matches!(response.code, Code::Eproto | Code::UnsupportedVersion) {
                 self.counters
                     .protocol_errors
@@ -282,14 +324,15 @@ impl Daemon {
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Answer the first request of a connection we will not serve with `f`, then close.
+    /// Answer a connection we will not serve with `f` at once, before
+    /// reading anything, then close it.
     async fn refuse(&self, stream: &mut UnixStream, f: &Failure) {
-        let max = self.config.max_frame_bytes();
-        let wait = Duration::from_millis(self.config.ipc.frame_timeout_ms);
-        if let Ok(Some(_)) | Err(_) = frame::read_async(stream, max, wait, wait).await {
-            self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
             let _ = write_response(stream, &Response::failure(f)).await;
-        }
+            let _ = stream.shutdown().await;
+        })
+        .await;
     }
 
     /// Root, the daemon's own user, or a member of an allowed group.
@@ -349,23 +392,29 @@ impl Daemon {
         replace: bool,
         peer: &Peer,
     ) -> Result<Response, Failure> {
-        let bytes = match source {
-            ComponentSource::Bytes(b) => b,
-            ComponentSource::Path(path) => {
-                if !matches!(peer, Peer::Local { uid: 0 }) {
-                    return Err(Failure::new(
-                        Code::PolicyDenied,
-                        "install from a path the daemon reads is for root on the Unix socket only; send the component's bytes",
-                    ));
-                }
-                read_component(Path::new(&path), self.config.ipc.max_component_bytes)?
-            }
-        };
-        let (runtime, registry) = (self.runtime.clone(), self.registry.clone());
-        let info =
-            tokio::task::spawn_blocking(move || registry.install(&runtime, &name, &bytes, replace))
-                .await
-                .map_err(|e| Failure::new(Code::Epanic, format!("install task failed: {e}")))??;
+        if matches!(source, ComponentSource::Path(_)) && !matches!(peer, Peer::Local { uid: 0 }) {
+            return Err(Failure::new(
+                Code::PolicyDenied,
+                "install from a path the daemon reads is for root on the Unix socket only; send the component's bytes",
+            ));
+        }
+        let (runtime, registry, sandbox) = (
+            self.runtime.clone(),
+            self.registry.clone(),
+            self.sandbox.clone(),
+        );
+        let max = self.config.ipc.max_component_bytes;
+        let info = tokio::task::spawn_blocking(move || {
+            let bytes = match source {
+                ComponentSource::Bytes(b) => b,
+                ComponentSource::Path(path) => read_component(Path::new(&path), max)?,
+            };
+            // Validation and compilation in a process of its own, under its
+            // own limits (`[compile]`).
+            registry.install(&runtime, &|b| sandbox.compile(b), &name, &bytes, replace)
+        })
+        .await
+        .map_err(|e| Failure::new(Code::Epanic, format!("install task failed: {e}")))??;
         Ok(Response::ok(Body::Tool(info)))
     }
 
@@ -430,26 +479,84 @@ async fn accept_remote(remote: Option<&remote::Listener>) -> std::io::Result<rem
     }
 }
 
+/// The magic numbers (`statfs` f_type) of the kernel's pseudo-filesystems:
+/// proc, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, bpf,
+/// configfs, devpts, efivarfs.
+const PSEUDO_FILESYSTEMS: [rustix::fs::FsWord; 11] = [
+    0x9fa0,
+    0x6265_6572,
+    0x6462_6720,
+    0x7472_6163,
+    0x7363_6673,
+    0x0027_e0eb,
+    0x6367_7270,
+    0xcafe_4a11,
+    0x6265_6570,
+    0x1cd1,
+    0xde5e_81e4,
+];
+
+/// The component at `path` (install by path, root only): a regular
+/// file's bytes, read no further than `max`. A file whose content is not
+/// its size (`/proc` and `/sys` files report 0 or 4096 and give more or
+/// less) is refused, and no message holds any of the file's bytes.
 fn read_component(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = escape::controls(&path.to_string_lossy()).into_owned();
+    let cannot = |e: std::io::Error| Failure::io(format_args!("cannot read {shown}"), &e);
+    // Non-blocking: opening a FIFO must not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    // Files of the kernel's pseudo-filesystems are not what their size
+    // says (and some refuse plain reads): refused before reading.
+    let pseudo = rustix::fs::fstatfs(&file)
+        .map(|s| s.f_type)
+        .map_err(|e| cannot(e.into()))?;
+    if PSEUDO_FILESYSTEMS.contains(&pseudo) {
+        return Err(Failure::new(
+            Code::InvalidArgument,
+            format!(
+                "{shown} is on a kernel pseudo-filesystem (magic {pseudo:#x}): not a regular file's content"
+            ),
+        ));
+    }
     if !meta.is_file() {
         return Err(Failure::new(
             Code::InvalidArgument,
-            format!("{} is not a regular file", path.display()),
+            format!("{shown} is not a regular file"),
         ));
     }
     if meta.len() > max {
         return Err(Failure::new(
             Code::Eproto,
             format!(
-                "{} is {} bytes; max_component_bytes is {max}",
-                path.display(),
+                "{shown} is {} bytes; max_component_bytes is {max}",
                 meta.len()
             ),
         ));
     }
-    std::fs::read(path).map_err(|e| Failure::io(format_args!("cannot read {}", path.display()), &e))
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 != meta.len() {
+        return Err(Failure::new(
+            Code::InvalidArgument,
+            format!(
+                "{shown} gave {} bytes while its size is {}: not a regular file's content (a /proc or /sys file?)",
+                if bytes.len() as u64 > max {
+                    format!("more than {max}")
+                } else {
+                    bytes.len().to_string()
+                },
+                meta.len()
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Bind the socket: create its directory, replace a stale socket (nobody

@@ -15,6 +15,7 @@ use clawos_bridge::remote::keys;
 use common::{CTL, TestDaemon};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 struct Appliance {
     daemon: TestDaemon,
@@ -153,7 +154,10 @@ fn clawosctl_connect_does_everything_the_socket_does() {
     let out = a.ctl(&["run", "hello"]);
     assert_eq!(out.status.code(), Some(202), "{out:?}");
     // Every remote request is logged with the client's certificate.
-    let log = a.daemon.log();
+    let log = a.daemon.log_when(
+        |l| l.matches("remote request").count() >= 10,
+        Duration::from_secs(10),
+    );
     let logged: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("remote request"))
@@ -225,7 +229,14 @@ fn clients_without_a_valid_certificate_are_refused_and_the_daemon_keeps_serving(
     let f = refused(&a, Some((&a.key("server.pem"), &a.key("server.key"))));
     assert_eq!(f.code, Code::Eperm, "{}", f.message);
     a.assert_serving_remotely();
-    let log = a.daemon.log();
+    let log = a.daemon.log_when(
+        |l| {
+            l.matches("remote connection refused: TLS handshake failed")
+                .count()
+                >= 4
+        },
+        Duration::from_secs(10),
+    );
     let refusals: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("remote connection refused: TLS handshake failed"))
@@ -287,13 +298,14 @@ fn remote_frames_and_sessions_have_the_socket_limits() {
         f.message
     );
     a.daemon.assert_serving();
+    let log = a.daemon.log_when(
+        |l| l.contains(": 2 remote sessions are open (remote.max_connections)"),
+        Duration::from_secs(10),
+    );
     assert!(
-        a.daemon.log().contains("CN=ops-1 sha256:")
-            && a.daemon
-                .log()
-                .contains(": 2 remote sessions are open (remote.max_connections)"),
-        "{}",
-        a.daemon.log()
+        log.contains("CN=ops-1 sha256:")
+            && log.contains(": 2 remote sessions are open (remote.max_connections)"),
+        "{log}"
     );
     drop(idle);
     // Slots come back when clients leave.
@@ -333,7 +345,6 @@ fn closed_within(s: &mut std::net::TcpStream, wait: std::time::Duration) -> bool
 
 #[test]
 fn unauthenticated_connections_hold_little_for_little_time_and_are_logged_sparingly() {
-    use std::time::Duration;
     let a = start("max_connections = 8\nhandshake_timeout_ms = 1000\n");
     let addr = Remote::parse_url(&a.url).unwrap();
     // Four silent connections from one address: a fifth from it is closed
@@ -352,7 +363,14 @@ fn unauthenticated_connections_hold_little_for_little_time_and_are_logged_sparin
         assert!(closed_within(s, Duration::from_secs(5)));
     }
     a.assert_serving_remotely();
-    let log = a.daemon.log();
+    let log = a.daemon.log_when(
+        |l| {
+            l.matches("remote connection refused: no TLS handshake within 1000 ms")
+                .count()
+                >= 4
+        },
+        Duration::from_secs(10),
+    );
     assert!(
         log.contains("remote connection refused: closed at accept: 4 handshakes from this address are in flight"),
         "{log}"
@@ -374,12 +392,18 @@ fn unauthenticated_connections_hold_little_for_little_time_and_are_logged_sparin
         assert!(closed_within(&mut s, Duration::from_millis(800)));
     }
     drop(held);
-    let refused = a.daemon.log().matches("remote connection refused").count();
+    let budget = clawos_bridge::remote::REFUSALS_LOGGED as usize;
+    // Wait for the budget to be logged, then a little longer for a line
+    // past it that must not come.
+    a.daemon.log_when(
+        |l| l.matches("remote connection refused").count() >= budget,
+        Duration::from_secs(10),
+    );
+    let log = a.daemon.log_when(|_| false, Duration::from_millis(300));
     assert_eq!(
-        refused,
-        clawos_bridge::remote::REFUSALS_LOGGED as usize,
-        "{}",
-        a.daemon.log()
+        log.matches("remote connection refused").count(),
+        budget,
+        "{log}"
     );
 }
 

@@ -85,6 +85,52 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// The remote API (TLS 1.3, client certificates).
     pub remote: RemoteConfig,
+    /// Where installs are validated and compiled.
+    pub compile: CompileLimits,
+}
+
+/// An install's validation and compilation runs in a process of its own,
+/// in a cgroup with these limits: a compile that goes over is killed and
+/// the install answered WASM_RESOURCE_LIMIT (105); the daemon's memory is
+/// not touched.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompileLimits {
+    /// `memory.max` of the compile's cgroup, bytes (no swap).
+    pub memory_max: u64,
+    /// `cpu.max`: quota and period, µs.
+    pub cpu_max: [u64; 2],
+    /// `pids.max`: the compiler's threads.
+    pub pids_max: u64,
+    /// Wall time a compile may take, ms.
+    pub timeout_ms: u64,
+    /// Largest compiled artifact, bytes.
+    pub max_artifact_bytes: u64,
+}
+
+impl Default for CompileLimits {
+    fn default() -> CompileLimits {
+        CompileLimits {
+            memory_max: 512 * MIB,
+            cpu_max: [100_000, 100_000],
+            pids_max: 64,
+            timeout_ms: 120_000,
+            max_artifact_bytes: 192 * MIB,
+        }
+    }
+}
+
+impl CompileLimits {
+    /// The cgroup limits of a compile.
+    pub fn cgroup(&self) -> InstanceLimits {
+        InstanceLimits {
+            memory_max: self.memory_max,
+            memory_swap_max: 0,
+            memory_oom_group: true,
+            cpu_max: self.cpu_max,
+            pids_max: self.pids_max,
+        }
+    }
 }
 
 /// The eBPF monitors: the object the daemon loads and its rules file.
@@ -121,8 +167,17 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpcLimits {
-    /// Connections served at once; more are answered EAGAIN.
+    /// Connections open at once. When full, the connection that has
+    /// waited longest for a request is closed for a new one; only when
+    /// every one is being served is a new one answered EAGAIN.
     pub max_connections: u32,
+    /// Connections one uid may hold of `max_connections` (the same rule
+    /// within its share); more than `max_connections` means all of them.
+    pub max_connections_per_uid: u32,
+    /// Bytes of request frames the daemon reads or serves at once, over
+    /// all connections; a frame that does not fit is answered EAGAIN
+    /// before it is read. At least the largest frame.
+    pub max_request_bytes_in_flight: u64,
     /// Runs in flight at once; more are answered EAGAIN. Also sizes the pooling allocator.
     pub max_concurrent_runs: u32,
     /// Largest component accepted by install.
@@ -212,6 +267,7 @@ impl Default for Config {
             limits_file: PathBuf::from("/etc/clawos/limits.toml"),
             monitor: MonitorConfig::default(),
             remote: RemoteConfig::default(),
+            compile: CompileLimits::default(),
         }
     }
 }
@@ -220,6 +276,8 @@ impl Default for IpcLimits {
     fn default() -> IpcLimits {
         IpcLimits {
             max_connections: 64,
+            max_connections_per_uid: 16,
+            max_request_bytes_in_flight: 256 * MIB,
             max_concurrent_runs: 8,
             max_component_bytes: 64 * MIB,
             max_input_bytes: 16 * MIB,
@@ -248,6 +306,16 @@ impl Default for SandboxLimits {
             max_log_bytes: MIB,
             max_env_entries: 128,
         }
+    }
+}
+
+impl SandboxLimits {
+    /// The largest outcome a run can have: output, stdout and stderr at
+    /// `max_output_bytes` each, the kept logs, and a MiB for the rest (the
+    /// message, counters and framing). The daemon reads no larger message
+    /// from a worker.
+    pub fn max_outcome_bytes(&self) -> u64 {
+        3 * self.max_output_bytes + self.max_log_bytes + MIB
     }
 }
 
@@ -286,6 +354,20 @@ impl Config {
         let ipc = &self.ipc;
         let sb = &self.sandbox;
         range("ipc.max_connections", ipc.max_connections.into(), 1, 4096)?;
+        range(
+            "ipc.max_connections_per_uid",
+            ipc.max_connections_per_uid.into(),
+            1,
+            4096,
+        )?;
+        range(
+            "ipc.max_request_bytes_in_flight",
+            ipc.max_request_bytes_in_flight,
+            self.max_frame_bytes(),
+            // One permit a byte in a tokio semaphore, whose limit is
+            // usize::MAX >> 3; and one frame's permits are a u32.
+            4096 * MIB,
+        )?;
         range(
             "ipc.max_concurrent_runs",
             ipc.max_concurrent_runs.into(),
@@ -373,6 +455,24 @@ impl Config {
                 "must be an absolute path",
             ));
         }
+        let c = &self.compile;
+        range(
+            "compile.memory_max",
+            c.memory_max,
+            16 * MIB,
+            64 * 1024 * MIB,
+        )?;
+        range("compile.cpu_max[1]", c.cpu_max[1], 1000, 1_000_000)?;
+        range("compile.cpu_max[0]", c.cpu_max[0], 1000, 64 * c.cpu_max[1])?;
+        range("compile.pids_max", c.pids_max, 2, 4096)?;
+        range("compile.timeout_ms", c.timeout_ms, 100, 3_600_000)?;
+        range(
+            "compile.max_artifact_bytes",
+            c.max_artifact_bytes,
+            MIB,
+            // A worker's message is at most 256 MiB (sandbox::channel).
+            192 * MIB,
+        )?;
         self.remote.validate()?;
         policy::validate(&self.clawfs, &self.devices, &self.network, &self.cgroup)
     }

@@ -175,8 +175,15 @@ impl Client {
 
     /// Send `request` and wait for its response.
     pub fn request(&mut self, request: &Request) -> Result<Response, Failure> {
-        self.send_raw(&frame::encode(&request.encode()))?;
-        self.receive()
+        match self.send_raw(&frame::encode(&request.encode())) {
+            Ok(()) => self.receive(),
+            // A daemon that refuses a connection answers at once, before
+            // the request, and closes: the answer is waiting to be read.
+            Err(sent) => match self.receive() {
+                Ok(answer) => Ok(answer),
+                Err(_) => Err(sent),
+            },
+        }
     }
 
     /// Send raw bytes (tests use this for malformed frames).

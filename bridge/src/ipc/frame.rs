@@ -173,15 +173,30 @@ async fn read_full_async<R: tokio::io::AsyncRead + Unpin>(
     Ok(got)
 }
 
+/// A frame read by the daemon, and its share of the bytes in flight.
+#[derive(Debug)]
+pub struct Frame {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The payload's bytes, counted against the daemon's budget until
+    /// dropped (keep it while the request is served).
+    pub bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// Async read of one frame's payload; `None` at a clean end of stream
 /// before the first byte. `first_byte` bounds the wait for a frame to start
-/// (an idle peer is dropped quietly); `whole_frame` bounds the rest.
+/// (an idle peer is dropped quietly); `whole_frame` bounds the rest. The
+/// payload's length is taken from `budget` (one permit a byte) before
+/// anything is allocated for it: when the budget cannot cover it, the
+/// frame is refused with EAGAIN (and, its body unread, the connection
+/// ends).
 pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     max: u64,
     first_byte: std::time::Duration,
     whole_frame: std::time::Duration,
-) -> Result<Option<Vec<u8>>, Failure> {
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<Option<Frame>, Failure> {
     use tokio::io::AsyncReadExt;
     let mut h = [0u8; HEADER_LEN];
     match tokio::time::timeout(first_byte, r.read(&mut h[..1])).await {
@@ -204,6 +219,18 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
             .into());
         }
         let len = parse_header(&h, max)?;
+        let bytes = u32::try_from(len)
+            .ok()
+            .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                Failure::new(
+                    Code::Eagain,
+                    format!(
+                        "the daemon is reading or serving as many request bytes as it holds at once \
+                         (ipc.max_request_bytes_in_flight); this {len}-byte frame was not read; retry later"
+                    ),
+                )
+            })?;
         let mut payload = vec![0u8; len];
         let got = read_full_async(r, &mut payload)
             .await
@@ -215,7 +242,7 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
             }
             .into());
         }
-        Ok(payload)
+        Ok(Frame { payload, bytes })
     };
     match tokio::time::timeout(whole_frame, rest).await {
         Ok(result) => result.map(Some),

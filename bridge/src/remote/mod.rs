@@ -244,24 +244,15 @@ impl Accepted {
 
 impl Gate {
     fn refused(&self, addr: SocketAddr, why: &str) {
-        match self.refusals.admit() {
-            Admit::Log { suppressed } => {
-                if suppressed > 0 {
-                    tracing::warn!(
-                        suppressed,
-                        "{suppressed} more remote connections were refused in the last minute and not logged"
-                    );
-                }
-                tracing::warn!(peer = %addr, "remote connection refused: {why}");
-            }
-            Admit::Quiet => {}
+        if self.refusals.log("remote connections") {
+            tracing::warn!(peer = %addr, "remote connection refused: {why}");
         }
     }
 }
 
-/// A budget of log lines per minute for refusals.
-#[derive(Default)]
-struct Refusals {
+/// A budget of log lines per minute for refusals ([`REFUSALS_LOGGED`]).
+#[derive(Debug, Default)]
+pub struct Refusals {
     state: Mutex<(Option<Instant>, u32, u64)>,
 }
 
@@ -273,6 +264,24 @@ enum Admit {
 }
 
 impl Refusals {
+    /// Whether to log this refusal; the first logged in a new minute is
+    /// preceded by a line saying how many `what` were refused and not
+    /// logged in the last.
+    pub fn log(&self, what: &str) -> bool {
+        match self.admit() {
+            Admit::Log { suppressed } => {
+                if suppressed > 0 {
+                    tracing::warn!(
+                        suppressed,
+                        "{suppressed} more {what} were refused in the last minute and not logged"
+                    );
+                }
+                true
+            }
+            Admit::Quiet => false,
+        }
+    }
+
     fn admit(&self) -> Admit {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (start, logged, suppressed) = &mut *st;

@@ -98,6 +98,21 @@ impl TestDaemon {
         }
     }
 
+    /// The log once `ready` holds of it (the daemon's lines reach this
+    /// process through a pipe and a reader thread, a little after the
+    /// daemon acted); the log as it is after `timeout` otherwise, for the
+    /// caller's assertion to show.
+    pub fn log_when(&self, ready: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if ready(&log) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")

@@ -1,0 +1,410 @@
+//! Hostile and careless clients of the Unix socket against the release
+//! daemon: refused peers are answered at accept and cost nothing, idle
+//! clients cannot lock others out, one uid gets its share, request bytes
+//! in flight are bounded, and install by path reads regular files only,
+//! never quoting them.
+
+// The harness forks a child that connects as another uid and hands the
+// connections back: fork, setuid and _exit have no safe wrapper.
+#![allow(unsafe_code)]
+
+mod common;
+
+use clawos_bridge::error::Code;
+use clawos_bridge::ipc::frame;
+use clawos_bridge::ipc::proto::{Body, ComponentSource, Request, Response, RunRequest};
+use common::TestDaemon;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const NOBODY: u32 = 65534;
+
+/// `n` connections to `socket` made by a child process running as
+/// `uid`:`uid` (the kernel takes a connection's peer credentials at
+/// connect), handed back to this process over `SCM_RIGHTS`. The child
+/// makes only system calls (rustix) between fork and exit.
+fn connections_as(uid: u32, n: usize, socket: &Path) -> Vec<UnixStream> {
+    use rustix::net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketType,
+    };
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::PermissionsExt;
+    // The socket and its directory open to everyone: the daemon's own
+    // check is what decides.
+    std::fs::set_permissions(
+        socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let addr = SocketAddrUnix::new(socket).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    // SAFETY: the child calls only async-signal-safe system calls (no
+    // allocation, no lock) and ends with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: plain system calls in the forked child.
+        let ok = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(uid) == 0
+                && libc::setuid(uid) == 0
+        };
+        if !ok {
+            // SAFETY: ends the child without running the parent's handlers.
+            unsafe { libc::_exit(1) };
+        }
+        for _ in 0..n {
+            let Ok(fd) = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None) else {
+                // SAFETY: as above.
+                unsafe { libc::_exit(2) };
+            };
+            if rustix::net::connect(&fd, &addr).is_err() {
+                // SAFETY: as above.
+                unsafe { libc::_exit(3) };
+            }
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [fd.as_fd()];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+            if rustix::net::sendmsg(
+                &theirs,
+                &[std::io::IoSlice::new(b"c")],
+                &mut control,
+                SendFlags::empty(),
+            )
+            .is_err()
+            {
+                // SAFETY: as above.
+                unsafe { libc::_exit(4) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    drop(theirs);
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0u8; 1];
+        let r = rustix::net::recvmsg(
+            &ours,
+            &mut [std::io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .unwrap();
+        assert_eq!(
+            r.bytes,
+            1,
+            "the child stopped after {} connections",
+            conns.len()
+        );
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = m {
+                conns.extend(fds.map(|fd: OwnedFd| UnixStream::from(fd)));
+            }
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaps the child forked above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(status, 0, "the connecting child failed");
+    conns
+}
+
+/// The daemon's resident memory, bytes.
+fn rss(d: &TestDaemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The one response waiting on `c`, read without sending anything.
+fn answer(c: &mut UnixStream) -> Response {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let payload = frame::read_blocking(c, 1 << 20)
+        .unwrap()
+        .expect("an answer");
+    Response::decode(&payload).unwrap()
+}
+
+fn status(d: &TestDaemon) -> clawos_bridge::ipc::proto::DaemonStatus {
+    match d.request(&Request::Status).body {
+        Body::Status(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refused_peers_are_answered_at_accept_and_hold_no_place() {
+    let d = TestDaemon::with_config("[ipc]\nmax_connections = 4\n");
+    // Twice the table: none of them takes a place.
+    let mut refused = connections_as(NOBODY, 8, &d.socket);
+    for c in &mut refused {
+        // Answered before the peer sent a byte.
+        let r = answer(c);
+        assert_eq!(r.code, Code::Eperm, "{}", r.message);
+        assert!(
+            r.message
+                .contains("uid 65534 (gid 65534) may not use this socket"),
+            "{}",
+            r.message
+        );
+        // Then closed.
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
+    }
+    let st = status(&d);
+    assert_eq!(st.connections, 1, "only this status request's connection");
+    d.assert_serving();
+}
+
+#[test]
+fn a_refused_peer_sending_large_frames_costs_the_daemon_no_memory() {
+    let d = TestDaemon::start();
+    let before = rss(&d);
+    let conns = connections_as(NOBODY, 8, &d.socket);
+    let chunk = vec![0x5a; 1 << 20];
+    let senders: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                let _ = c.write_all(&frame::header(60 << 20));
+                // The daemon answered and closed: the writes fail at once
+                // instead of filling its memory.
+                let mut sent = 0;
+                while sent < 60 && c.write_all(&chunk).is_ok() {
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<usize> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let after = rss(&d);
+    eprintln!("rss before {before} after {after}; MiB each peer got out: {sent:?}");
+    assert!(
+        after < before + (8 << 20),
+        "the daemon grew from {before} to {after} bytes"
+    );
+    d.assert_serving();
+}
+
+#[test]
+fn idle_clients_cannot_lock_others_out() {
+    let d = TestDaemon::with_config("allowed_gids = [65534]\n[ipc]\nmax_connections = 4\n");
+    let mut idle = connections_as(NOBODY, 4, &d.socket);
+    // Each is in the table: a status on one of them is served.
+    idle[3]
+        .write_all(&frame::encode(&Request::Status.encode()))
+        .unwrap();
+    assert_eq!(answer(&mut idle[3]).code, Code::Success);
+    // Root still gets in: the connection that waited longest (the first)
+    // is closed for it.
+    status(&d);
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        idle[0].read(&mut [0u8; 1]).unwrap(),
+        0,
+        "the oldest idle connection was closed"
+    );
+    d.assert_serving();
+}
+
+#[test]
+fn one_uid_gets_its_share_and_busy_connections_are_never_closed() {
+    let d = TestDaemon::with_config(
+        "allowed_gids = [65534]\n[ipc]\nmax_connections = 8\nmax_connections_per_uid = 2\n[sandbox]\ncpu_budget_ms = 20000\n",
+    );
+    d.install_ok("spinner");
+    let mut busy = connections_as(NOBODY, 2, &d.socket);
+    let spin = Request::Run(RunRequest {
+        name: "spinner".into(),
+        args: vec![],
+        input: vec![],
+        env: vec![],
+        timeout_ms: Some(4000),
+    });
+    busy[0].write_all(&frame::encode(&spin.encode())).unwrap();
+    busy[1].write_all(&frame::encode(&spin.encode())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&d).runs_in_flight < 2 {
+        assert!(Instant::now() < deadline, "the spinners never started");
+        std::thread::yield_now();
+    }
+    // Both of the uid's places serve runs: a third is answered EAGAIN.
+    let mut third = connections_as(NOBODY, 1, &d.socket).remove(0);
+    let r = answer(&mut third);
+    assert_eq!(r.code, Code::Eagain, "{}", r.message);
+    assert!(
+        r.message
+            .contains("uid 65534 has 2 connections serving requests"),
+        "{}",
+        r.message
+    );
+    // Another uid is served meanwhile.
+    d.assert_serving();
+    // The runs were not cut: both end at their timeout.
+    for c in &mut busy {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = answer(c);
+        assert_eq!(r.code, Code::Etimeout, "{}", r.message);
+    }
+    drop(busy);
+}
+
+#[test]
+fn request_bytes_in_flight_are_bounded() {
+    // The budget is one largest frame (64 MiB + 1 MiB).
+    let d = TestDaemon::with_config("[ipc]\nmax_request_bytes_in_flight = 68157440\n");
+    let mut slow = d.client();
+    // 60 MiB announced, 1 byte sent: its 60 MiB are taken.
+    slow.send_raw(&frame::header(60 << 20)).unwrap();
+    slow.send_raw(&[0]).unwrap();
+    // Let the daemon read that header before the next one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = d.client();
+        c.send_raw(&frame::header(10 << 20)).unwrap();
+        let r = c.receive().unwrap();
+        if r.code == Code::Eagain {
+            assert!(
+                r.message.contains("ipc.max_request_bytes_in_flight"),
+                "{}",
+                r.message
+            );
+            assert!(
+                r.message.contains("this 10485760-byte frame was not read"),
+                "{}",
+                r.message
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused: {} {}",
+            r.code,
+            r.message
+        );
+    }
+    // Small requests still fit.
+    d.assert_serving();
+    // Once the slow frame is gone, its bytes are free again.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = d.client();
+        c.send_raw(&frame::header(10 << 20)).unwrap();
+        c.send_raw(&vec![0u8; 10 << 20]).unwrap();
+        let r = c.receive().unwrap();
+        if r.code == Code::InvalidArgument {
+            // Read whole: ten MiB of zeros decode as an install with an
+            // empty name.
+            assert!(
+                r.message.starts_with("invalid tool name \"\""),
+                "{}",
+                r.message
+            );
+            break;
+        }
+        assert_eq!(r.code, Code::Eagain, "{}", r.message);
+        assert!(
+            Instant::now() < deadline,
+            "the slow frame's bytes never came back"
+        );
+    }
+}
+
+fn install_path(d: &TestDaemon, path: &str) -> Response {
+    d.request(&Request::Install {
+        name: "bypath".into(),
+        source: ComponentSource::Path(path.into()),
+        replace: true,
+    })
+}
+
+#[test]
+fn install_by_path_reads_regular_files_only_and_never_quotes_them() {
+    let d = TestDaemon::start();
+    let before = rss(&d);
+    // /proc files report a size that is not their content.
+    for path in [
+        "/proc/self/pagemap",
+        "/proc/self/maps",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ] {
+        if !Path::new(path).exists() {
+            continue;
+        }
+        let r = install_path(&d, path);
+        assert_eq!(r.code, Code::InvalidArgument, "{path}: {}", r.message);
+        assert!(
+            r.message.contains("not a regular file's content"),
+            "{path}: {}",
+            r.message
+        );
+    }
+    assert!(
+        rss(&d) < before + (16 << 20),
+        "reading /proc files grew the daemon"
+    );
+    // Devices, directories and FIFOs are not regular files; a FIFO does
+    // not block the open.
+    let fifo = d.dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    for path in ["/dev/zero", "/dev/urandom", "/", fifo.to_str().unwrap()] {
+        let r = install_path(&d, path);
+        assert_eq!(r.code, Code::InvalidArgument, "{path}: {}", r.message);
+        assert!(
+            r.message.ends_with("is not a regular file"),
+            "{path}: {}",
+            r.message
+        );
+    }
+    // A secret file is refused without a byte of it in the answer, in any
+    // spelling (text, hex as wasmparser prints it, decimal).
+    let secret = d.dir.path().join("shadow");
+    std::fs::write(&secret, "root:$y$j9T$secretsalt:19000:0:99999:7:::\n").unwrap();
+    let r = install_path(&d, secret.to_str().unwrap());
+    assert_eq!(r.code, Code::WasmInvalidComponent, "{}", r.message);
+    for leak in ["root", "secret", "0x72", "114, 111", "72 6f"] {
+        assert!(!r.message.contains(leak), "{leak:?} in {:?}", r.message);
+    }
+    assert!(
+        r.message.contains("does not start with the \\0asm magic"),
+        "{}",
+        r.message
+    );
+    // A core module is named as one.
+    let core = d.dir.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
+    let r = install_path(&d, core.to_str().unwrap());
+    assert_eq!(r.code, Code::WasmInvalidComponent, "{}", r.message);
+    assert!(
+        r.message
+            .starts_with("a core WebAssembly module, not a component"),
+        "{}",
+        r.message
+    );
+    d.assert_serving();
+}
