@@ -35,3 +35,35 @@ pub use bindings::clawos::bridge::{
     cgroup, device, filesystem, logging, memory, network, system, types,
 };
 pub use bindings::{Guest, export};
+
+/// The P1.7 number of `e` (docs/error-codes.md), as the daemon and
+/// `clawosctl` print it: 206 for INVALID_HANDLE.
+pub fn code(e: types::ErrorCode) -> u16 {
+    use types::ErrorCode as E;
+    match e {
+        E::Eagain => 1,
+        E::Eio => 2,
+        E::Enoent => 3,
+        E::Eperm => 4,
+        E::Eproto => 5,
+        E::Etimeout => 6,
+        E::Einternal => 7,
+        E::Epanic => 8,
+        E::WasmTrap => 100,
+        E::WasmMemoryLimit => 101,
+        E::WasmCpuDeadline => 102,
+        E::WasmInvalidComponent => 103,
+        E::WasmLinkError => 104,
+        E::WasmResourceLimit => 105,
+        E::PolicyDenied => 200,
+        E::QuotaExceeded => 201,
+        E::ToolNotFound => 202,
+        E::SandboxSetupFailed => 203,
+        E::InstanceKilled => 204,
+        E::InterfaceUnavailable => 205,
+        E::InvalidHandle => 206,
+        E::ToolExists => 207,
+        E::InvalidArgument => 208,
+        E::UnsupportedVersion => 209,
+    }
+}

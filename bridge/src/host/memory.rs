@@ -99,7 +99,9 @@ impl MemoryAccount {
     }
 
     fn charge_host(&mut self, bytes: u64) -> Result<(), ErrorCode> {
-        if self.linear + self.host + bytes > self.limit {
+        // Saturating: a tool chooses `bytes` (u64::MAX included), and a
+        // sum that wrapped would pass the check.
+        if self.linear.saturating_add(self.host).saturating_add(bytes) > self.limit {
             return Err(ErrorCode::WasmMemoryLimit);
         }
         self.host += bytes;
@@ -119,8 +121,8 @@ impl wasmtime::ResourceLimiter for MemoryAccount {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let linear = self.linear - current as u64 + desired as u64;
-        if linear + self.host > self.limit {
+        let linear = (self.linear.saturating_sub(current as u64)).saturating_add(desired as u64);
+        if linear.saturating_add(self.host) > self.limit {
             return Err(SandboxTrap::MemoryLimit {
                 limit: self.limit,
                 linear,

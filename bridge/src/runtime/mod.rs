@@ -13,6 +13,7 @@ use crate::config::{
 };
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
+use crate::escape;
 use crate::host::cgroup::CgroupState;
 use crate::host::filesystem::FsState;
 use crate::host::logging::LogSink;
@@ -246,10 +247,11 @@ impl Runtime {
                 "precompiled artifacts are not accepted: install the component's .wasm",
             ));
         }
+        check_preamble(bytes)?;
         self.engine.precompile_component(bytes).map_err(|e| {
             Failure::new(
                 Code::WasmInvalidComponent,
-                format!("invalid component: {e:#}"),
+                format!("invalid component: {}", shown_error(&e)),
             )
         })
     }
@@ -387,6 +389,17 @@ impl Runtime {
         self.run_at(name, &self.local_placement(name), tool, input)
     }
 
+    /// How long a run of `input` may take, in ms, and the code it ends
+    /// with when it takes longer: the CPU budget (WASM_CPU_DEADLINE), or
+    /// the client's own timeout when shorter (ETIMEOUT).
+    pub fn deadline(&self, input: &RunInput) -> (u64, Code) {
+        let budget = self.limits.cpu_budget_ms;
+        match input.timeout_ms {
+            Some(t) if t < budget => (t, Code::Etimeout),
+            _ => (budget, Code::WasmCpuDeadline),
+        }
+    }
+
     /// Instantiate `tool` at `place` and call its `run`. Every way the run
     /// can end is one [`RunOutcome`] with its P1.7 code; none of them harms
     /// the runtime.
@@ -397,13 +410,14 @@ impl Runtime {
         tool: &Prepared,
         input: RunInput,
     ) -> RunOutcome {
-        let budget = self.limits.cpu_budget_ms;
-        let (deadline_ms, deadline_code) = match input.timeout_ms {
-            Some(t) if t < budget => (t, Code::Etimeout),
-            _ => (budget, Code::WasmCpuDeadline),
-        };
+        let (deadline_ms, deadline_code) = self.deadline(&input);
         let cap = self.limits.max_output_bytes as usize;
-        let (stdout, stderr) = (MemoryOutputPipe::new(cap), MemoryOutputPipe::new(cap));
+        // One byte past the cap: a tool that wrote more than the cap fills
+        // it, and is told QUOTA_EXCEEDED rather than cut silently.
+        let (stdout, stderr) = (
+            MemoryOutputPipe::new(cap + 1),
+            MemoryOutputPipe::new(cap + 1),
+        );
         let mut store = match self.store(name, place, &input, deadline_ms, &stdout, &stderr) {
             Ok(store) => store,
             Err(f) => {
@@ -488,11 +502,59 @@ impl Runtime {
         drop(store);
         out.stdout = stdout.contents().to_vec();
         out.stderr = stderr.contents().to_vec();
+        for (stream, bytes) in [("stdout", &mut out.stdout), ("stderr", &mut out.stderr)] {
+            if bytes.len() > cap {
+                bytes.truncate(cap);
+                if out.code == Code::Success {
+                    out.code = Code::QuotaExceeded;
+                    out.message = format!(
+                        "{stream} past max_output_bytes = {cap}: the first {cap} bytes are kept"
+                    );
+                }
+            }
+        }
         if out.code != Code::Success {
             tracing::info!(tool = name, instance = out.instance_id, code = %out.code, "run failed: {}", out.message);
         }
         out
     }
+}
+
+/// A component's first eight bytes: `\0asm`, then version 0x0d and layer 1.
+/// Checked here so that the answer to bytes that are not a component
+/// names what they are without quoting them (wasmparser's own message
+/// lists the first four bytes, which were "root" for `/etc/shadow`).
+fn check_preamble(bytes: &[u8]) -> Result<(), Failure> {
+    let refuse = |what: &str| Err(Failure::new(Code::WasmInvalidComponent, what.to_owned()));
+    match bytes.first_chunk::<8>() {
+        None => refuse("not a WebAssembly component: fewer than 8 bytes"),
+        Some(p) if p[..4] != *b"\0asm" => {
+            refuse("not a WebAssembly component: it does not start with the \\0asm magic")
+        }
+        Some(p) if p[4..] == [1, 0, 0, 0] => refuse(
+            "a core WebAssembly module, not a component: build for wasm32-wasip2 (docs/tool-guide.md)",
+        ),
+        Some(p) if p[4..] != [0x0d, 0, 1, 0] => {
+            refuse("not a WebAssembly component of a version this engine reads (0x0d, layer 1)")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// A validation or compilation error for the client: on one line, controls
+/// escaped, at most 512 bytes (names inside the component are the
+/// attacker's text).
+fn shown_error(e: &wasmtime::Error) -> String {
+    let mut text = escape::controls(&format!("{e:#}")).into_owned();
+    if text.len() > 512 {
+        let mut end = 512;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 /// Deserialize a `.cwasm` artifact.

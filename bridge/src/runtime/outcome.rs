@@ -48,6 +48,19 @@ pub struct Ending {
     pub message: String,
 }
 
+/// How the component ABI (wasmtime 50, `vm/component/handle_table.rs` and
+/// `resources.rs`) reports a handle the tool may not use: never given or
+/// already dropped, a handle of another resource type (a file used as a
+/// memory region), a borrow where an own is needed, an owned resource
+/// dropped while lent. Each is INVALID_HANDLE.
+const HANDLE_FAULTS: [&str; 5] = [
+    "unknown handle index",
+    "used with the wrong type",
+    "is not a resource",
+    "is not an own resource",
+    "cannot remove owned resource while borrowed",
+];
+
 /// Classify `err`, raised while instantiating or running a tool.
 /// `deadline` is the code an epoch interrupt means for this run:
 /// WASM_CPU_DEADLINE, or ETIMEOUT when the client's own timeout was shorter.
@@ -102,10 +115,13 @@ pub fn classify(err: &wasmtime::Error, deadline: Code) -> Ending {
     // are reported as "resource limit exceeded: ..." (wasmtime 50 wording,
     // pinned by the tests in bridge/tests).
     let root = err.root_cause().to_string();
-    if root.contains("unknown handle index") {
+    if HANDLE_FAULTS.iter().any(|f| root.contains(f)) {
         return ending(Code::InvalidHandle);
     }
-    if root.starts_with("resource limit exceeded") {
+    if root.starts_with("resource limit exceeded")
+        || root.starts_with("cannot allocate another handle")
+        || root.starts_with("cannot lend resource")
+    {
         return ending(Code::WasmResourceLimit);
     }
     if root.contains("concurrent") && root.contains("limit") {
@@ -141,6 +157,35 @@ mod tests {
         let e = wasmtime::Error::new(wasmtime_wasi::I32Exit(1));
         let end = classify(&e, Code::WasmCpuDeadline);
         assert_eq!((end.code, end.exit_status), (Code::Success, Some(1)));
+    }
+
+    #[test]
+    fn every_handle_fault_of_the_component_abi_is_206() {
+        for fault in [
+            "unknown handle index 16777200",
+            "handle index 1 used with the wrong type, expected guest-defined but found host-defined",
+            "index 3 is not a resource",
+            "index 3 is not an own resource",
+            "cannot remove owned resource while borrowed",
+        ] {
+            let e = wasmtime::Error::msg(fault);
+            assert_eq!(
+                classify(&e, Code::WasmCpuDeadline).code,
+                Code::InvalidHandle,
+                "{fault}"
+            );
+        }
+        for limit in [
+            "cannot allocate another handle: store handle limit exceeded",
+            "cannot lend resource: too many active lends",
+        ] {
+            let e = wasmtime::Error::msg(limit);
+            assert_eq!(
+                classify(&e, Code::WasmCpuDeadline).code,
+                Code::WasmResourceLimit,
+                "{limit}"
+            );
+        }
     }
 
     #[test]

@@ -13,33 +13,7 @@ use std::io::{Read, Write};
 struct Probe;
 
 fn code(e: ErrorCode) -> String {
-    let n: u16 = match e {
-        ErrorCode::Eagain => 1,
-        ErrorCode::Eio => 2,
-        ErrorCode::Enoent => 3,
-        ErrorCode::Eperm => 4,
-        ErrorCode::Eproto => 5,
-        ErrorCode::Etimeout => 6,
-        ErrorCode::Einternal => 7,
-        ErrorCode::Epanic => 8,
-        ErrorCode::WasmTrap => 100,
-        ErrorCode::WasmMemoryLimit => 101,
-        ErrorCode::WasmCpuDeadline => 102,
-        ErrorCode::WasmInvalidComponent => 103,
-        ErrorCode::WasmLinkError => 104,
-        ErrorCode::WasmResourceLimit => 105,
-        ErrorCode::PolicyDenied => 200,
-        ErrorCode::QuotaExceeded => 201,
-        ErrorCode::ToolNotFound => 202,
-        ErrorCode::SandboxSetupFailed => 203,
-        ErrorCode::InstanceKilled => 204,
-        ErrorCode::InterfaceUnavailable => 205,
-        ErrorCode::InvalidHandle => 206,
-        ErrorCode::ToolExists => 207,
-        ErrorCode::InvalidArgument => 208,
-        ErrorCode::UnsupportedVersion => 209,
-    };
-    format!("err {n}")
+    format!("err {}", clawos_tool::code(e))
 }
 
 /// The P1.7 code nearest a WASI io error.
