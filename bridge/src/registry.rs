@@ -43,8 +43,11 @@ pub struct InstalledTool {
     pub prepared: Prepared,
 }
 
+/// How an install's bytes become an artifact: validated and compiled.
+pub type Compile<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, Failure> + 'a;
+
 /// The set of installed tools.
-pub struct Registry {
+pub struct ToolRegistry {
     dir: PathBuf,
     tools: RwLock<BTreeMap<String, Arc<InstalledTool>>>,
     installing: Mutex<()>,
@@ -88,9 +91,9 @@ fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Failure
     move |e| Failure::io(context, &e)
 }
 
-impl Registry {
+impl ToolRegistry {
     /// Open (creating it 0700) the registry under `state_dir` and load every tool.
-    pub fn open(state_dir: &Path, runtime: &Runtime) -> Result<Registry, Failure> {
+    pub fn open(state_dir: &Path, runtime: &Runtime) -> Result<ToolRegistry, Failure> {
         let dir = state_dir.join("tools");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -102,7 +105,7 @@ impl Registry {
             )))?;
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format_args!("cannot restrict {}", state_dir.display())))?;
-        let registry = Registry {
+        let registry = ToolRegistry {
             dir,
             tools: RwLock::new(BTreeMap::new()),
             installing: Mutex::new(()),
@@ -138,10 +141,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Validate, precompile, link and store `bytes` as tool `name`.
+    /// Validate and precompile `bytes` with `compile` (the daemon's does it
+    /// in a process of its own, `Sandbox::compile`), then link and store
+    /// them as tool `name`.
     pub fn install(
         &self,
         runtime: &Runtime,
+        compile: &Compile<'_>,
         name: &str,
         bytes: &[u8],
         replace: bool,
@@ -160,7 +166,7 @@ impl Registry {
                 format!("tool {name:?} is already installed (use replace)"),
             ));
         }
-        let artifact = runtime.precompile(bytes)?;
+        let artifact = compile(bytes)?;
         let staging = self.dir.join(format!(".staging-{name}"));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::DirBuilder::new()

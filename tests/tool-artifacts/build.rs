@@ -16,8 +16,21 @@ fn main() {
     for watched in ["tests/tools", "sdk", "bridge/wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let target_dir =
-        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("target");
+    // Two checkouts sharing one target directory share this crate's build
+    // (cargo hashes a workspace member by its path inside the workspace),
+    // and the paths watched above are the checkout that ran it last: the
+    // Makefile names the checkout, so that building from another one runs
+    // this again; and each checkout's tools build in a directory of their
+    // own, whose sources are that checkout's.
+    println!("cargo:rerun-if-env-changed=CLAWOS_CHECKOUT");
+    let checkout = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        root.hash(&mut h);
+        h.finish()
+    };
+    let target_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join(format!("target-{checkout:016x}"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&tools)

@@ -12,7 +12,7 @@
 
 pub mod files;
 
-use crate::config::CgroupPolicy;
+use crate::config::{CgroupPolicy, InstanceLimits};
 use crate::error::{Code, Failure};
 use files::{check_cpu, cpu_exceeds, format_cpu_max, format_max, parse_cpu_max, parse_max};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,24 @@ impl Delegation {
     /// mount. Without cgroup v2 and its memory, cpu and pids controllers this
     /// fails with INTERFACE_UNAVAILABLE and says which is missing.
     pub fn create(policy: &CgroupPolicy, id: u64) -> Result<Delegation, Failure> {
+        Delegation::create_named(policy, &format!("instance-{id}"), &policy.instance)
+    }
+
+    /// Create the subtree of compile `id` (`compile-<id>`), where a
+    /// component is validated and compiled under `limits`.
+    pub fn create_compile(
+        policy: &CgroupPolicy,
+        id: u64,
+        limits: &InstanceLimits,
+    ) -> Result<Delegation, Failure> {
+        Delegation::create_named(policy, &format!("compile-{id}"), limits)
+    }
+
+    fn create_named(
+        policy: &CgroupPolicy,
+        name: &str,
+        limits: &InstanceLimits,
+    ) -> Result<Delegation, Failure> {
         available(policy)?;
         let mount = Path::new(CGROUP2_MOUNT);
         let parent = policy.root.parent().unwrap_or(mount);
@@ -99,7 +117,7 @@ impl Delegation {
         }
         write_file(&parent.join("cgroup.subtree_control"), &enable).map_err(setup)?;
         write_file(&policy.root.join("cgroup.subtree_control"), &enable).map_err(setup)?;
-        let dir = policy.root.join(format!("instance-{id}"));
+        let dir = policy.root.join(name);
         let mut d = Delegation::at(
             mount.to_owned(),
             dir.clone(),
@@ -117,13 +135,12 @@ impl Delegation {
         std::fs::create_dir(dir.join(MAIN_LEAF))
             .map_err(|e| setup(io(format_args!("mkdir {}/{MAIN_LEAF}", dir.display()), e)))?;
         write_file(&dir.join("cgroup.subtree_control"), &enable).map_err(setup)?;
-        d.set_instance_limits(policy).map_err(setup)?;
+        d.set_limits(limits).map_err(setup)?;
         Ok(d)
     }
 
-    /// Write the instance subtree's own limits, the ceiling for its groups.
-    pub fn set_instance_limits(&self, policy: &CgroupPolicy) -> Result<(), Failure> {
-        let limits = &policy.instance;
+    /// Write the subtree's own limits, the ceiling for its groups.
+    pub fn set_limits(&self, limits: &InstanceLimits) -> Result<(), Failure> {
         let [quota, period] = limits.cpu_max;
         // No swap: memory.max is the instance's whole memory. The file
         // exists only on kernels built with swap (CONFIG_SWAP).
@@ -445,8 +462,9 @@ pub fn remove_stale(policy: &CgroupPolicy) {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with("instance-") && e.path().is_dir() {
-            tracing::warn!(cgroup = %e.path().display(), "removing a stale instance cgroup");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with("instance-") || name.starts_with("compile-")) && e.path().is_dir() {
+            tracing::warn!(cgroup = %e.path().display(), "removing a stale cgroup");
             let mut d = Delegation::at(CGROUP2_MOUNT.into(), e.path(), "/proc".into(), policy);
             d.owned = true;
         }

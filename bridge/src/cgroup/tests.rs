@@ -32,7 +32,7 @@ fn fixture(max_groups: u32) -> Fixture {
     };
     let d = Delegation::at(mount, dir.clone(), proc.clone(), &policy);
     // The instance's own limits, as `Delegation::create` sets them (P1.5).
-    d.set_instance_limits(&policy).unwrap();
+    d.set_limits(&policy.instance).unwrap();
     assert_eq!(
         fs::read_to_string(dir.join("memory.max")).unwrap(),
         "268435456"

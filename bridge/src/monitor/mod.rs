@@ -15,9 +15,9 @@
 //! counted by the kernel and reported (`clawos::event` warnings and
 //! `clawosctl status`).
 
+pub mod instances;
 pub mod layout;
 mod reader;
-pub mod registry;
 pub mod rules;
 
 use crate::config::Config;
@@ -27,7 +27,7 @@ use aya::maps::{Map, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, Lsm, ProgramError, ProgramInfo};
 use aya::{Btf, Ebpf, EbpfLoader};
 use clawos_ebpf_types as t;
-use registry::registry;
+use instances::instances;
 use rules::{Detector, RulesFile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -399,7 +399,7 @@ impl Monitor {
         .map_err(|e| failed(format!("cannot poll the ring buffer: {e}")))?;
         let mut reader = reader::Reader {
             detector,
-            registry: registry(),
+            instances: instances(),
             stats: self.stats.clone(),
             lost: self.lost.clone(),
             reported_lost: 0,

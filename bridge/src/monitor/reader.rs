@@ -3,7 +3,7 @@
 //! and given to the rules; alerts written as `clawos::alert` records and
 //! acted on.
 
-use super::registry::Registry;
+use super::instances::Instances;
 use super::rules::{Alert, Detector, Level, Seen, Who};
 use super::{LostCounter, Stats};
 use aya::maps::{MapData, RingBuf};
@@ -43,7 +43,7 @@ fn destination(e: &t::Event) -> Option<(IpAddr, u16)> {
 
 pub(super) struct Reader {
     pub(super) detector: Detector,
-    pub(super) registry: Arc<Registry>,
+    pub(super) instances: Arc<Instances>,
     pub(super) stats: Arc<Stats>,
     pub(super) lost: Arc<LostCounter>,
     pub(super) reported_lost: u64,
@@ -81,7 +81,7 @@ impl Reader {
         self.stats
             .operations
             .fetch_add(operations(&e), Ordering::Relaxed);
-        let group = self.registry.group(e.group);
+        let group = self.instances.group(e.group);
         let who = if e.pid == self.daemon {
             Who::Daemon
         } else if e.pid == self.launcher {
@@ -93,7 +93,7 @@ impl Reader {
         };
         let instance = match (&group, who) {
             (Some(g), _) => Some(g.instance),
-            (None, Who::Daemon) => self.registry.served_by(e.tid, e.ts_ns),
+            (None, Who::Daemon) => self.instances.served_by(e.tid, e.ts_ns),
             _ => None,
         };
         let path_len = (e.path_len as usize).min(t::PATH_BYTES);
@@ -105,7 +105,7 @@ impl Reader {
         };
         let tool = group.as_ref().and_then(|g| g.tool.clone()).or_else(|| {
             instance
-                .and_then(|i| self.registry.instance(i))
+                .and_then(|i| self.instances.instance(i))
                 .and_then(|g| g.tool)
         });
         let op = t::op_name(e.op);
@@ -230,7 +230,7 @@ impl Reader {
 
     /// Kill a running instance (its cgroup.kill); true if done.
     fn kill(&self, instance: Option<u64>) -> bool {
-        let Some(g) = instance.and_then(|i| self.registry.instance(i)) else {
+        let Some(g) = instance.and_then(|i| self.instances.instance(i)) else {
             return false;
         };
         if g.ended_ns.is_some() {

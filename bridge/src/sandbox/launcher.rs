@@ -8,7 +8,7 @@
 //! ahead of their run (the daemon keeps one spare), so a worker learns its
 //! tool afterwards and loads it itself only if the launcher had not.
 
-use super::proto::{self, Spawn, Spawned};
+use super::channel::{self, Spawn, Spawned};
 use super::sys;
 use super::worker;
 use crate::apparmor::{self, LAUNCHER_PROFILE};
@@ -29,11 +29,11 @@ struct Loaded {
 /// The tools the launcher has loaded, by artifact path; each worker has a
 /// copy of them as they were when it was cloned.
 #[derive(Default)]
-pub struct Tools {
+pub struct Artifacts {
     loaded: HashMap<PathBuf, Loaded>,
 }
 
-impl Tools {
+impl Artifacts {
     /// The tool at `artifact`, loaded once and again when the file changes.
     pub fn get(&mut self, rt: &Runtime, artifact: &Path) -> Result<&Prepared, Failure> {
         let modified = std::fs::metadata(artifact).and_then(|m| m.modified()).ok();
@@ -94,13 +94,13 @@ fn run(control: &OwnedFd, rt: &mut Runtime) -> Result<(), Failure> {
     })?;
     tracing::info!(kind = "launcher", instructions = own.bytes.len() / 8, sha256 = %own.digest(), "seccomp filter installed");
     tracing::info!(kind = "worker", instructions = worker_filter.bytes.len() / 8, sha256 = %worker_filter.digest(), "seccomp filter ready for workers");
-    let mut tools = Tools::default();
-    while let Some((spawn, fds)) = proto::recv::<Spawn>(control.as_fd())? {
+    let mut tools = Artifacts::default();
+    while let Some((spawn, fds)) = channel::recv::<Spawn>(control.as_fd())? {
         let reply = match spawn_worker(&spawn, fds, rt, &mut tools, &worker_filter, control) {
             Ok((pid, pidfd)) => {
-                proto::send(control.as_fd(), &Spawned::Worker(pid), &[pidfd.as_fd()])
+                channel::send(control.as_fd(), &Spawned::Worker(pid), &[pidfd.as_fd()])
             }
-            Err(f) => proto::send(control.as_fd(), &Spawned::Refused(f.code, f.message), &[]),
+            Err(f) => channel::send(control.as_fd(), &Spawned::Refused(f.code, f.message), &[]),
         };
         reply?;
     }
@@ -111,7 +111,7 @@ fn spawn_worker(
     spawn: &Spawn,
     fds: Vec<OwnedFd>,
     rt: &mut Runtime,
-    tools: &mut Tools,
+    tools: &mut Artifacts,
     filter: &Program,
     control: &OwnedFd,
 ) -> Result<(i32, OwnedFd), Failure> {

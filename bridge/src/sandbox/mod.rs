@@ -14,13 +14,15 @@
 //! reaps the worker through its pidfd and removes the cgroup while the next
 //! spare is made. See docs/sandbox.md.
 
+mod broker;
+pub mod channel;
+mod compile;
 pub mod launcher;
-pub mod proto;
 mod supervisor;
 pub mod sys;
 pub mod worker;
 
-pub use proto::Layers;
+pub use channel::Layers;
 
 /// Where a worker sees its tool's ClawFS directory, in its own root
 /// (`worker::mount_tree`).

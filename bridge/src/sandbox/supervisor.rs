@@ -4,19 +4,19 @@
 //! requests, answer, then reap it and remove its cgroup while the next
 //! spare is made.
 
+use super::broker::Serve;
+use super::channel::{self, FromWorker, Layers, Setup, Spawn, Spawned, ToWorker};
 use super::launcher;
-use super::proto::{self, FromWorker, Layers, Setup, Spawn, Spawned, ToWorker};
 use super::sys;
 use crate::cgroup::{self, Delegation, MAIN_LEAF};
 use crate::clawfs::Root;
-use crate::config::{CgroupPolicy, Config};
+use crate::config::{CgroupPolicy, CompileLimits, Config};
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
-use crate::monitor::registry::registry;
+use crate::monitor::instances::instances;
 use crate::runtime::outcome::RunOutcome;
 use crate::runtime::{RunInput, Runtime};
 use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus};
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -82,15 +82,20 @@ pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layer
 pub struct Sandbox {
     launcher: u32,
     control: Mutex<OwnedFd>,
-    layers: Layers,
-    cgroup: CgroupPolicy,
+    pub(super) layers: Layers,
+    pub(super) cgroup: CgroupPolicy,
     egress: Egress,
     clawfs_root: PathBuf,
-    next_instance: AtomicU64,
+    pub(super) next_instance: AtomicU64,
     /// A worker made ahead of the next run.
     spare: Mutex<Option<Spare>>,
     /// A thread is making the next spare.
     replenishing: AtomicBool,
+    /// The largest message a worker may send: its outcome with output,
+    /// stdout, stderr and logs at their limits.
+    max_message: u32,
+    /// The limits of an install's compile.
+    pub(super) compile: CompileLimits,
 }
 
 /// A worker made ahead of its run: cloned into new namespaces and into its
@@ -127,7 +132,7 @@ impl Sandbox {
             // is in the monitored subtree too.
             crate::monitor::join_daemon_group(&config.cgroup.root)?;
         }
-        let (ours, theirs) = proto::channel()?;
+        let (ours, theirs) = channel::channel()?;
         match sys::fork_single_threaded()? {
             None => {
                 drop(ours);
@@ -149,6 +154,9 @@ impl Sandbox {
                     next_instance: AtomicU64::new(1),
                     spare: Mutex::new(None),
                     replenishing: AtomicBool::new(false),
+                    max_message: u32::try_from(config.sandbox.max_outcome_bytes())
+                        .unwrap_or(u32::MAX),
+                    compile: config.compile.clone(),
                 };
                 Ok((sandbox, rt))
             }
@@ -209,13 +217,13 @@ impl Sandbox {
             false => None,
         };
         if let Some(d) = &delegation {
-            registry().created(id, d.dir().to_owned());
+            instances().created(id, d.dir().to_owned());
         }
         let leaf = match &delegation {
             Some(d) => Some(open_dir(&d.dir().join(MAIN_LEAF))?),
             None => None,
         };
-        let (channel, theirs) = proto::channel()?;
+        let (channel, theirs) = channel::channel()?;
         let spawn = Spawn {
             instance: id,
             layers: self.layers,
@@ -311,8 +319,8 @@ impl Sandbox {
         }
         let budget = Duration::from_millis(budget_ms);
         // Connects this thread makes for the worker are the instance's.
-        let serving = registry().serve(id);
-        let ready = || registry().running(id, tool);
+        let serving = instances().serve(id);
+        let ready = || instances().running(id, tool);
         let talk = self.converse(
             &channel,
             &worker,
@@ -331,7 +339,7 @@ impl Sandbox {
                 let tool_name = tool.to_owned();
                 std::thread::spawn(move || {
                     let _ = worker.reap(true);
-                    registry().ended(id);
+                    instances().ended(id);
                     let reaped = Instant::now();
                     drop(delegation);
                     tracing::info!(
@@ -349,7 +357,7 @@ impl Sandbox {
             }
             Ok(None) | Err(_) => {
                 let status = worker.reap(false);
-                registry().ended(id);
+                instances().ended(id);
                 let out = self.killed(&worker, status, talk.err(), delegation.as_ref());
                 drop(delegation);
                 out
@@ -368,11 +376,11 @@ impl Sandbox {
             artifact: artifact.to_owned(),
             clawfs,
         };
-        proto::send(channel.as_fd(), &ToWorker::Setup(setup), &[])
+        channel::send(channel.as_fd(), &ToWorker::Setup(setup), &[])
     }
 
     /// Ask the launcher for a worker.
-    fn spawn(
+    pub(super) fn spawn(
         &self,
         spawn: &Spawn,
         channel: &UnixStream,
@@ -387,8 +395,8 @@ impl Sandbox {
                 format!("the sandbox launcher is gone: {}", f.message),
             )
         };
-        proto::send(control.as_fd(), spawn, &fds).map_err(gone)?;
-        match proto::recv::<Spawned>(control.as_fd()).map_err(gone)? {
+        channel::send(control.as_fd(), spawn, &fds).map_err(gone)?;
+        match channel::recv::<Spawned>(control.as_fd()).map_err(gone)? {
             Some((Spawned::Worker(pid), mut fds)) if fds.len() == 1 => Ok(Worker {
                 pid,
                 pidfd: fds.pop().expect("one descriptor"),
@@ -411,7 +419,7 @@ impl Sandbox {
         &self,
         ch: &UnixStream,
         worker: &Worker,
-        mut delegation: Option<&mut Delegation>,
+        delegation: Option<&mut Delegation>,
         input: RunInput,
         budget: Duration,
         ready: &dyn Fn(),
@@ -420,14 +428,11 @@ impl Sandbox {
         // instance's CPU quota), then the run's own wall time.
         let deadline = std::cell::Cell::new(Instant::now() + SETUP_LIMIT);
         let phase = std::cell::Cell::new("setup");
+        // A worker is not trusted: each message is bounded by what an
+        // outcome can be, and must arrive whole by the phase's deadline,
+        // however the worker spaces its bytes.
         let recv = || -> Result<Option<(FromWorker, Vec<OwnedFd>)>, Failure> {
-            let left = deadline.get().saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(wall_time(phase.get()));
-            }
-            ch.set_read_timeout(Some(left))
-                .map_err(|e| Failure::io("channel timeout", &e))?;
-            proto::recv(ch.as_fd()).map_err(|f| {
+            channel::recv_within(ch.as_fd(), self.max_message, Some(deadline.get())).map_err(|f| {
                 if Instant::now() >= deadline.get() {
                     wall_time(phase.get())
                 } else {
@@ -438,7 +443,7 @@ impl Sandbox {
         // The input goes at once, queued behind the setup: the worker
         // reads it once ready. If the worker could not set up, its
         // `SetupFailed` (waiting in our socket) says why, not the send.
-        let sent = proto::send(ch.as_fd(), &ToWorker::Input(input), &[]);
+        let sent = channel::send(ch.as_fd(), &ToWorker::Input(input), &[]);
         match recv()? {
             Some((FromWorker::Ready, _)) => {
                 sent?;
@@ -457,48 +462,14 @@ impl Sandbox {
             }
             None => return Ok(None),
         }
-        let mut pids = PidMap::new(worker.pid);
+        let mut serve = Serve::new(&self.egress, delegation, worker.pid);
         while let Some((msg, _)) = recv()? {
-            let (reply, fd): (ToWorker, Option<OwnedFd>) = match msg {
+            let (reply, fd) = match msg {
                 FromWorker::Done(out) => return Ok(Some(*out)),
-                FromWorker::Resolve(name) => {
-                    match self.egress.resolve_before(&name, deadline.get()) {
-                        Ok(ips) => (ToWorker::Resolved(ips), None),
-                        Err(f) => (ToWorker::Refused(f.code, f.message), None),
-                    }
-                }
-                FromWorker::Connect {
-                    host,
-                    port,
-                    timeout_ms,
-                } => {
-                    let wait = Duration::from_millis(timeout_ms)
-                        .min(deadline.get().saturating_duration_since(Instant::now()));
-                    match self.egress.connect(&host, port, wait) {
-                        Ok(stream) => (ToWorker::Connected, Some(OwnedFd::from(stream))),
-                        Err(f) => (ToWorker::Refused(f.code, f.message), None),
-                    }
-                }
-                FromWorker::Cgroup(call) => match delegation.as_deref_mut() {
-                    Some(d) => match call.apply(d, |p| pids.host(p)) {
-                        Ok(r) => (ToWorker::Cgroup(r), None),
-                        Err(f) => (ToWorker::Refused(f.code, f.message), None),
-                    },
-                    None => (
-                        ToWorker::Refused(
-                            Code::InterfaceUnavailable,
-                            "the cgroup interface needs cgroup v2, which this system lacks".into(),
-                        ),
-                        None,
-                    ),
-                },
-                other => (
-                    ToWorker::Refused(Code::Eproto, format!("unexpected request {other:?}")),
-                    None,
-                ),
+                request => serve.answer(request, deadline.get()),
             };
             let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
-            proto::send(ch.as_fd(), &reply, &fds)?;
+            channel::send(ch.as_fd(), &reply, &fds)?;
         }
         Ok(None)
     }
@@ -551,7 +522,7 @@ fn wall_time(phase: &str) -> Failure {
     )
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
+pub(super) fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
     use rustix::fs::{CWD, Mode, OFlags, openat};
     openat(
         CWD,
@@ -578,8 +549,8 @@ impl Spare {
 }
 
 /// A live worker: the daemon is its parent (`CLONE_PARENT`).
-struct Worker {
-    pid: i32,
+pub(super) struct Worker {
+    pub(super) pid: i32,
     pidfd: OwnedFd,
 }
 
@@ -599,7 +570,7 @@ impl Worker {
 
     /// Wait for the worker to exit; `finished` workers get a short grace,
     /// others are killed at once. Returns how it ended.
-    fn reap(&self, finished: bool) -> Option<WaitIdStatus> {
+    pub(super) fn reap(&self, finished: bool) -> Option<WaitIdStatus> {
         if finished {
             let mut fds = [rustix::event::PollFd::new(
                 &self.pidfd,
@@ -620,67 +591,5 @@ impl Worker {
                 None
             }
         }
-    }
-}
-
-/// Pids as the instance sees them (its own pid namespace) to the daemon's.
-struct PidMap {
-    worker: i32,
-    cache: HashMap<u32, u32>,
-}
-
-impl PidMap {
-    fn new(worker: i32) -> PidMap {
-        PidMap {
-            worker,
-            cache: HashMap::new(),
-        }
-    }
-
-    /// The daemon's pid of the instance's task `pid`: one of the worker's
-    /// threads by its `NSpid`; anything else is not the instance's.
-    fn host(&mut self, pid: u32) -> Result<u32, Failure> {
-        if let Some(h) = self.cache.get(&pid) {
-            return Ok(*h);
-        }
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.worker))
-            .map_err(|e| Failure::io(format_args!("tasks of worker {}", self.worker), &e))?;
-        for t in tasks.flatten() {
-            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            if let Some((host, inner)) = parse_nspid(&status)
-                && inner == pid
-            {
-                self.cache.insert(pid, host);
-                return Ok(host);
-            }
-        }
-        Err(Failure::new(
-            Code::PolicyDenied,
-            format!("process {pid} is not one of this instance's tasks"),
-        ))
-    }
-}
-
-/// The first and last pid of a `/proc/<pid>/status` `NSpid:` line: the pid
-/// in the reader's namespace and in the task's own.
-fn parse_nspid(status: &str) -> Option<(u32, u32)> {
-    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-    let ids: Vec<u32> = line
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    Some((*ids.first()?, *ids.last()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nspid_gives_outer_and_inner() {
-        let status = "Name:\tclawos\nNSpid:\t4242\t1\nNSsid:\t1\n";
-        assert_eq!(parse_nspid(status), Some((4242, 1)));
-        assert_eq!(parse_nspid("NSpid:\t77\n"), Some((77, 77)));
-        assert_eq!(parse_nspid("Name:\tx\n"), None);
     }
 }

@@ -8,19 +8,19 @@
 //! Then it runs the tool once, talking to the daemon over its channel, and
 //! exits.
 
-use super::launcher::Tools;
-use super::proto::{self, FromWorker, Setup, Spawn, ToWorker};
+use super::broker::Broker;
+use super::channel::{self, FromWorker, Setup, Spawn, ToWorker};
+use super::launcher::Artifacts;
 use super::sys;
 use crate::apparmor::{self, LAUNCHER_PROFILE, WORKER_PROFILE};
 use crate::error::{Code, Failure};
-use crate::outside::{CgroupCall, CgroupReply, Outside};
+use crate::runtime::outcome::RunOutcome;
 use crate::runtime::{Placement, Prepared, RunInput, Runtime};
 use crate::seccomp::Program;
 use rustix::mount::{MountFlags, MountPropagationFlags};
-use std::net::{IpAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the worker's new root is built (a tmpfs over it, in its own mount
@@ -52,7 +52,7 @@ pub fn main(
     channel: OwnedFd,
     go: OwnedFd,
     rt: &mut Runtime,
-    tools: &mut Tools,
+    tools: &mut Artifacts,
     filter: &Program,
 ) -> ! {
     let mut byte = [0u8; 1];
@@ -63,11 +63,12 @@ pub fn main(
     drop(go);
     // What does not depend on the tool is done while the worker is a
     // spare; a failure is the next run's answer (fail closed).
-    if let Err(f) = ahead(spawn, rt) {
+    if let Err(f) = ahead(spawn) {
         setup_failed(&channel, f);
     }
-    let setup = match proto::recv(channel.as_fd()) {
+    let setup = match channel::recv(channel.as_fd()) {
         Ok(Some((ToWorker::Setup(setup), _))) => setup,
+        Ok(Some((ToWorker::Compile(bytes), _))) => compile(&channel, rt, filter, &bytes),
         // The daemon stopped, or let a spare go.
         Ok(None) => sys::exit_now(0),
         Ok(Some((other, _))) => setup_failed(
@@ -80,7 +81,7 @@ pub fn main(
         Err(_) => sys::exit_now(1),
     };
     let tool = match tools.get(rt, &setup.artifact).cloned().and_then(|tool| {
-        apply_layers(&setup, filter)?;
+        apply_layers(&setup, rt, filter)?;
         Ok(tool)
     }) {
         Ok(tool) => tool,
@@ -96,10 +97,31 @@ pub fn main(
     sys::exit_now(code)
 }
 
+/// Validate and compile a component under every layer but the tool's
+/// ClawFS directory (the mount tree holds none), send the artifact, exit.
+/// The cgroup it was cloned into bounds its memory, CPU and threads.
+fn compile(channel: &OwnedFd, rt: &Runtime, filter: &Program, bytes: &[u8]) -> ! {
+    let compiled = mount_tree(None)
+        .map_err(|f| layer("mount namespace", f))
+        .and_then(|()| {
+            sys::keep_capabilities(rustix::thread::CapabilitySet::empty())
+                .map_err(|f| layer("capabilities", f))
+        })
+        .and_then(|()| filter.install().map_err(|f| layer("seccomp", f)))
+        .and_then(|()| rt.precompile(bytes));
+    match compiled {
+        Ok(artifact) => {
+            let sent = channel::send(channel.as_fd(), &FromWorker::Compiled(artifact), &[]);
+            sys::exit_now(i32::from(sent.is_err()))
+        }
+        Err(f) => setup_failed(channel, f),
+    }
+}
+
 /// Tell the daemon why the worker cannot run its tool (the run ends with
 /// that code), and exit.
 fn setup_failed(channel: &OwnedFd, f: Failure) -> ! {
-    let _ = proto::send(
+    let _ = channel::send(
         channel.as_fd(),
         &FromWorker::SetupFailed(f.code, f.message),
         &[],
@@ -107,11 +129,10 @@ fn setup_failed(channel: &OwnedFd, f: Failure) -> ! {
     sys::exit_now(1)
 }
 
-/// The steps that do not depend on the tool, in order, while the worker
-/// waits as a spare. AppArmor first: the worker profile allows exactly the
-/// mounts that follow, and a profile change applies to the calling thread
-/// only, so it comes before the worker's other threads exist.
-fn ahead(spawn: &Spawn, rt: &mut Runtime) -> Result<(), Failure> {
+/// The step that does not depend on the tool, while the worker waits as a
+/// spare: AppArmor. A profile change applies to the calling thread only,
+/// so it comes while the worker has one thread.
+fn ahead(spawn: &Spawn) -> Result<(), Failure> {
     if spawn.layers.apparmor {
         // The launcher runs with no_new_privs, so the worker can only
         // stack its profile on the launcher's: both confine it.
@@ -119,36 +140,43 @@ fn ahead(spawn: &Spawn, rt: &mut Runtime) -> Result<(), Failure> {
             .and_then(|()| apparmor::require_stacked(LAUNCHER_PROFILE, WORKER_PROFILE))
             .map_err(|f| layer("apparmor", f))?;
     }
-    // Threads that exist before the filter get it too (TSYNC), and share
-    // the root the mount tree sets up (CLONE_FS): the epoch clock, and
-    // WASI's reactor, which would otherwise start lazily.
-    rt.start_clock().map_err(|f| layer("wasm cpu budget", f))?;
-    wasmtime_wasi::runtime::in_tokio(async {});
     Ok(())
 }
 
 /// The rest of the layers once the tool is known, before any of its bytes
-/// run: its mount tree, no capabilities, the worker filter.
-fn apply_layers(setup: &Setup, filter: &Program) -> Result<(), Failure> {
-    mount_tree(&setup.clawfs).map_err(|f| layer("mount namespace", f))?;
+/// run: its mount tree, no capabilities, then the worker's other threads,
+/// then the worker filter. Capabilities, like the AppArmor label, belong
+/// to each thread: they are dropped while the worker has one thread, so
+/// the threads started after (the epoch clock, and WASI's reactor, which
+/// would otherwise start lazily) are born with none. The filter comes last
+/// and reaches them too (TSYNC); they share the new root (CLONE_FS).
+fn apply_layers(setup: &Setup, rt: &mut Runtime, filter: &Program) -> Result<(), Failure> {
+    mount_tree(Some(&setup.clawfs)).map_err(|f| layer("mount namespace", f))?;
     sys::keep_capabilities(rustix::thread::CapabilitySet::empty())
         .map_err(|f| layer("capabilities", f))?;
+    rt.start_clock().map_err(|f| layer("wasm cpu budget", f))?;
+    wasmtime_wasi::runtime::in_tokio(async {});
     filter.install().map_err(|f| layer("seccomp", f))
 }
 
 /// Replace the mount tree with a tmpfs holding the ClawFS directory at
-/// `/clawfs`, `/dev/{null,zero,urandom}` and a pid-only `/proc`: the
-/// steps `image/apparmor.d/clawos-worker` allows, in its order.
-pub fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
+/// `/clawfs` (an empty directory for a compile, which has none),
+/// `/dev/{null,zero,urandom}` and a pid-only `/proc`: the steps
+/// `image/apparmor.d/clawos-worker` allows, in its order.
+pub fn mount_tree(clawfs: Option<&Path>) -> Result<(), Failure> {
     use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
     // Held open: the tmpfs is mounted over STAGE, which may contain it.
-    let tool_dir = openat(
-        CWD,
-        clawfs,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| os(format_args!("open {}", clawfs.display()), e))?;
+    let tool_dir = clawfs
+        .map(|clawfs| {
+            openat(
+                CWD,
+                clawfs,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| os(format_args!("open {}", clawfs.display()), e))
+        })
+        .transpose()?;
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
@@ -162,9 +190,10 @@ pub fn mount_tree(clawfs: &Path) -> Result<(), Failure> {
         mkdirat(CWD, at(d).as_str(), Mode::from_raw_mode(0o755))
             .map_err(|e| os(format_args!("mkdir {}", at(d)), e))?;
     }
-    let tool_src = format!("/proc/self/fd/{}", tool_dir.as_raw_fd());
-    bind(&tool_src, &at("clawfs"))?;
-    drop(tool_dir);
+    if let Some(tool_dir) = tool_dir {
+        let tool_src = format!("/proc/self/fd/{}", tool_dir.as_raw_fd());
+        bind(&tool_src, &at("clawfs"))?;
+    }
     for d in DEVICES {
         let target = at(&format!("dev/{d}"));
         drop(
@@ -211,8 +240,8 @@ fn serve(
     rt: &Runtime,
     tool: &Prepared,
 ) -> Result<(), Failure> {
-    proto::send(channel.as_fd(), &FromWorker::Ready, &[])?;
-    let input: RunInput = match proto::recv(channel.as_fd())? {
+    channel::send(channel.as_fd(), &FromWorker::Ready, &[])?;
+    let input: RunInput = match channel::recv(channel.as_fd())? {
         Some((ToWorker::Input(input), _)) => input,
         Some((other, _)) => {
             return Err(Failure::new(
@@ -222,73 +251,53 @@ fn serve(
         }
         None => return Ok(()),
     };
-    let broker = Arc::new(Broker {
-        channel: Mutex::new(channel),
-    });
+    let broker = Arc::new(Broker::new(channel));
+    watchdog(&broker, rt.deadline(&input))?;
     let place = Placement {
         id: instance,
         root: CLAWFS_IN_WORKER.into(),
         outside: broker.clone(),
     };
     let outcome = rt.run_at(name, &place, tool, input);
-    let channel = broker.channel.lock().unwrap_or_else(|p| p.into_inner());
-    proto::send(channel.as_fd(), &FromWorker::Done(Box::new(outcome)), &[])
+    broker.finish(&outcome);
+    Ok(())
 }
 
-/// The worker's outside: every call is a request to the daemon.
-#[derive(Debug)]
-struct Broker {
-    channel: Mutex<OwnedFd>,
-}
+/// How long after the run's deadline the watchdog answers for a tool the
+/// epoch interrupt could not stop: time for the interrupt to win the race
+/// whenever the tool is in its own code.
+const WATCHDOG_MARGIN: Duration = Duration::from_millis(100);
 
-impl Broker {
-    fn ask(&self, request: FromWorker) -> Result<(ToWorker, Vec<OwnedFd>), Failure> {
-        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
-        proto::send(channel.as_fd(), &request, &[])?;
-        match proto::recv(channel.as_fd())? {
-            Some((ToWorker::Refused(code, message), _)) => Err(Failure::new(code, message)),
-            Some(reply) => Ok(reply),
-            None => Err(Failure::new(
-                Code::Einternal,
-                "the daemon closed the sandbox channel",
-            )),
-        }
-    }
-}
-
-fn unexpected(reply: ToWorker) -> Failure {
-    Failure::new(
-        Code::Eproto,
-        format!("unexpected reply from the daemon: {reply:?}"),
-    )
-}
-
-impl Outside for Broker {
-    fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, Failure> {
-        match self.ask(FromWorker::Resolve(name.to_owned()))? {
-            (ToWorker::Resolved(ips), _) => Ok(ips),
-            (other, _) => Err(unexpected(other)),
-        }
-    }
-
-    fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure> {
-        let request = FromWorker::Connect {
-            host: host.to_owned(),
-            port,
-            timeout_ms: timeout.as_millis() as u64,
-        };
-        match self.ask(request)? {
-            (ToWorker::Connected, mut fds) if fds.len() == 1 => {
-                Ok(TcpStream::from(fds.pop().expect("one descriptor")))
-            }
-            (other, _) => Err(unexpected(other)),
-        }
-    }
-
-    fn cgroup(&self, call: CgroupCall) -> Result<CgroupReply, Failure> {
-        match self.ask(FromWorker::Cgroup(call))? {
-            (ToWorker::Cgroup(reply), _) => Ok(reply),
-            (other, _) => Err(unexpected(other)),
-        }
-    }
+/// The epoch interrupt stops a tool only while it runs WebAssembly; one
+/// blocked in a host call (a WASI sleep or poll) would wait past its
+/// deadline. A thread answers for it at the deadline with the deadline's
+/// code, and ends the worker.
+fn watchdog(broker: &Arc<Broker>, (deadline_ms, code): (u64, Code)) -> Result<(), Failure> {
+    let broker = Arc::clone(broker);
+    let wait = Duration::from_millis(deadline_ms) + WATCHDOG_MARGIN;
+    std::thread::Builder::new()
+        .name("clawos-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(wait);
+            let reason = match code {
+                Code::Etimeout => format!("client timeout of {deadline_ms} ms passed"),
+                _ => format!("cpu budget of {deadline_ms} ms spent"),
+            };
+            let outcome = RunOutcome {
+                code,
+                message: format!(
+                    "{reason}: the tool was blocked in a host call (a WASI sleep or poll)"
+                ),
+                ..RunOutcome::default()
+            };
+            broker.finish(&outcome);
+            sys::exit_now(0)
+        })
+        .map(drop)
+        .map_err(|e| {
+            Failure::new(
+                Code::SandboxSetupFailed,
+                format!("cannot start the watchdog thread: {e}"),
+            )
+        })
 }

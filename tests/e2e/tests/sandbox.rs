@@ -94,12 +94,53 @@ fn every_bridge_thread_is_filtered_and_the_worker_is_namespaced() {
         "lo\n"
     );
     assert_eq!(g.sh_ok("awk '/^NSpid/ {print $NF}' /proc/$W/status"), "1\n");
-    // It holds no capability, and sees only its ClawFS directory, three
-    // devices and its own /proc.
-    assert_eq!(
-        g.sh_ok("awk '/^Cap(Inh|Prm|Eff|Bnd|Amb)/ {print $2}' /proc/$W/status | sort -u"),
-        "0000000000000000\n"
+    // Capabilities are per thread: every thread of the worker holds none
+    // in any set, and every thread of the daemon and of the launcher holds
+    // exactly what its main thread holds.
+    let caps = g.sh_ok(
+        "for p in $D $L $W; do for t in /proc/$p /proc/$p/task/*; do \
+         echo \"$p ${t##*/} $(awk '/^Cap(Inh|Prm|Eff|Bnd|Amb):/ {printf \"%s%s \", $1, $2}' $t/status)\"; done; done",
     );
+    let worker_pid = ids
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("W="))
+        .unwrap();
+    let none = "CapInh:0000000000000000 CapPrm:0000000000000000 CapEff:0000000000000000 \
+                CapBnd:0000000000000000 CapAmb:0000000000000000 ";
+    let mut per_process = std::collections::BTreeMap::new();
+    for l in caps.lines() {
+        let mut parts = l.splitn(3, ' ');
+        let (pid, tid, sets) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        if pid == worker_pid {
+            assert_eq!(sets, none, "worker thread {tid}: {caps}");
+        }
+        // Each process's own line (/proc/<pid>, its main thread) comes first.
+        let main = per_process
+            .entry(pid.to_owned())
+            .or_insert_with(|| sets.to_owned());
+        assert_eq!(
+            sets, main,
+            "thread {tid} of {pid} differs from its main thread: {caps}"
+        );
+    }
+    let worker_threads = caps
+        .lines()
+        .filter(|l| l.starts_with(&format!("{worker_pid} ")))
+        .count()
+        - 1;
+    assert!(
+        worker_threads >= 3,
+        "the worker's threads (tool, clock, WASI): {caps}"
+    );
+    eprintln!(
+        "e2e: capabilities of {} threads checked, {worker_threads} of them the worker's",
+        caps.lines().count() - 3
+    );
+    // It sees only its ClawFS directory, three devices and its own /proc.
     assert_eq!(g.sh_ok("ls -1 /proc/$W/root/"), "clawfs\ndev\nproc\n");
     assert_eq!(g.sh_ok("ls -1 /proc/$W/root/dev/"), "null\nurandom\nzero\n");
     spinner_ended(&mut g);

@@ -286,7 +286,7 @@ fn in_namespaces(attack: Attack, args: &CellArgs) -> Attempt {
             drop(go_write);
             let mut byte = [0u8; 1];
             let attempt = match rustix::io::read(&go_read, &mut byte) {
-                Ok(1) => worker::mount_tree(&clawfs)
+                Ok(1) => worker::mount_tree(Some(&clawfs))
                     .map_err(|f| broken(&format!("the worker's mount tree: {}", f.message)))
                     .and_then(|()| {
                         // The same attack, aimed at what the tree holds.

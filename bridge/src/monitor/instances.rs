@@ -1,5 +1,5 @@
 //! Who an event belongs to. The kernel reports a task's cgroup; the
-//! sandbox tells the registry which instance each cgroup is, when the
+//! sandbox tells this table which instance each cgroup is, when the
 //! instance started running its tool and when it ended, and which daemon
 //! thread is serving which instance (the egress proxy connects on an
 //! instance's behalf from that thread).
@@ -34,7 +34,7 @@ struct Serving {
 
 /// What the sandbox tells the monitor.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub struct Instances {
     groups: Mutex<HashMap<u64, Group>>,
     threads: Mutex<HashMap<u32, Vec<Serving>>>,
 }
@@ -43,11 +43,11 @@ pub struct Registry {
 const KEEP_ENDED: usize = 4096;
 const KEEP_SPANS: usize = 64;
 
-static REGISTRY: LazyLock<Arc<Registry>> = LazyLock::new(Arc::default);
+static INSTANCES: LazyLock<Arc<Instances>> = LazyLock::new(Arc::default);
 
-/// The process's registry.
-pub fn registry() -> Arc<Registry> {
-    REGISTRY.clone()
+/// The process's table of instances.
+pub fn instances() -> Arc<Instances> {
+    INSTANCES.clone()
 }
 
 /// CLOCK_MONOTONIC now, ns: the clock of `bpf_ktime_get_ns`.
@@ -71,7 +71,7 @@ pub fn tid() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32
 }
 
-impl Registry {
+impl Instances {
     /// An instance cgroup was made at `dir` (its inode is the cgroup id).
     pub fn created(&self, instance: u64, dir: PathBuf) {
         use std::os::unix::fs::MetadataExt;
@@ -150,7 +150,7 @@ impl Registry {
             to_ns: u64::MAX,
         });
         ServingGuard {
-            registry: self.clone(),
+            instances: self.clone(),
             tid,
         }
     }
@@ -171,7 +171,7 @@ impl Registry {
 /// Ends a thread's service of an instance.
 #[derive(Debug)]
 pub struct ServingGuard {
-    registry: Arc<Registry>,
+    instances: Arc<Instances>,
     tid: u32,
 }
 
@@ -179,7 +179,7 @@ impl Drop for ServingGuard {
     fn drop(&mut self) {
         let now = now_ns();
         if let Some(s) = self
-            .registry
+            .instances
             .threads
             .lock()
             .unwrap()
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_thread_serves_an_instance_only_while_the_guard_lives() {
-        let r = Arc::new(Registry::default());
+        let r = Arc::new(Instances::default());
         let before = now_ns();
         let guard = r.serve(7);
         let during = now_ns();
@@ -213,7 +213,7 @@ mod tests {
     fn groups_are_found_by_cgroup_inode_and_track_their_run() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let r = Registry::default();
+        let r = Instances::default();
         r.created(3, dir.path().to_owned());
         let ino = std::fs::metadata(dir.path()).unwrap().ino();
         let g = r.group(ino).unwrap();
