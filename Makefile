@@ -12,6 +12,9 @@ CARGO ?= cargo
 # Default, offline: Debian's linux-source-6.1; the pin is in kernel-config/pin.
 export KERNEL_SRC ?= /usr/src/linux-source-6.1.tar.xz
 export CACHE
+# Which checkout builds: checkouts share the cache, and the sample tools'
+# build (tests/tool-artifacts) runs again when this changes.
+export CLAWOS_CHECKOUT := $(CURDIR)
 # The kernel matrix: `make test` also runs the tests that depend on the
 # kernel on a second one (Debian's 6.12 by default), from its own build
 # directory. The appliance's own kernel is pinned to 6.6 (kernel-config/pin),
