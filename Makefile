@@ -30,12 +30,13 @@ MATRIX_BUILD := build/matrix
 MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
 	--test layers --test tools --test kernel_layout --test network
 
-.PHONY: help setup build tools ebpf run demo stop test unit-test lint bench clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
+.PHONY: help setup build tools ebpf run demo stop test unit-test seccomp-audit lint bench clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
 
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
 	@echo "make run        boot build/clawos.img in QEMU under OVMF on this terminal (Ctrl-A X quits)"
 	@echo "make test       everything CI checks: format, clippy -D warnings, unit and daemon tests, qemu-test, qemu-test-matrix"
+	@echo "make seccomp-audit  the daemon suites under filters that log instead of kill; the kernel must log nothing"
 	@echo "make qemu-test  build what is missing and boot the appliance in QEMU: the e2e suite (tests/e2e)"
 	@echo "make qemu-test-matrix  the kernel-dependent e2e tests on the second kernel (MATRIX_KERNEL_SRC=$(MATRIX_KERNEL_SRC))"
 	@echo "make kernel     only the appliance kernel (KERNEL_SRC=tarball or tree; default $(KERNEL_SRC))"
@@ -91,6 +92,12 @@ lint: setup
 
 unit-test: lint
 	$(CARGO) test --release --locked --workspace --exclude clawos-e2e
+	scripts/seccomp-audit.sh
+
+# The daemon suites again, against the test-only audit build of the daemon
+# (seccomp logs instead of killing): the kernel must log no call.
+seccomp-audit: setup
+	scripts/seccomp-audit.sh
 
 # The e2e suite boots QEMU one guest at a time (serial_test); --nocapture
 # shows the boot times.

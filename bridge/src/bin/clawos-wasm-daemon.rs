@@ -160,6 +160,16 @@ fn main() -> anyhow::Result<()> {
     }
     init_logging(config.log_format, &config.log_filter)?;
     raise_open_file_limit();
+    // The same source built as the test-only `clawos-audit-daemon`
+    // (bridge/Cargo.toml; never in the image): the comparison is of two
+    // constants, so the shipped daemon holds no trace of this.
+    if env!("CARGO_BIN_NAME") == "clawos-audit-daemon" {
+        clawos_bridge::seccomp::log_unlisted_calls();
+        tracing::warn!(
+            "AUDIT BUILD: system calls outside the seccomp allow-lists are logged by the kernel \
+             (SECCOMP_RET_LOG), not killed; a test build (make seccomp-audit), never shipped"
+        );
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), socket = %config.socket.display(), state_dir = %config.state_dir.display(), "starting");
     let start = |f| anyhow::anyhow!("cannot start: {f}");
     // Name lookups: resolv.conf is read now. One that cannot be used leaves

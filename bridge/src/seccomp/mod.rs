@@ -19,6 +19,20 @@ use libseccomp::{
 };
 use serde::Deserialize;
 
+/// Set only by the test-only `clawos-audit-daemon`: filters compiled in
+/// this process (and its launcher and workers, which are its forks) log the
+/// calls their lists do not name instead of killing for them.
+static LOG_UNLISTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make every filter compiled from now on log (`SECCOMP_RET_LOG`) the calls
+/// its allow-list does not name instead of taking its default action, so a
+/// run of the test suites shows every call the real filters would have
+/// killed for, on paths where a kill would go unnoticed. Deny entries
+/// with an errno keep it. For the audit build only (`make seccomp-audit`).
+pub fn log_unlisted_calls() {
+    LOG_UNLISTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The kinds of bridge process, each with its own allow-list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -274,9 +288,12 @@ impl Policy {
         let err = |what: &str, e: libseccomp::error::SeccompError| {
             Failure::new(Code::SandboxSetupFailed, format!("seccomp: {what}: {e}"))
         };
-        let mut ctx =
-            ScmpFilterContext::new(self.default.scmp()).map_err(|e| err("new filter", e))?;
-        ctx.set_act_badarch(self.default.scmp())
+        let unlisted = match LOG_UNLISTED.load(std::sync::atomic::Ordering::SeqCst) {
+            true => ScmpAction::Log,
+            false => self.default.scmp(),
+        };
+        let mut ctx = ScmpFilterContext::new(unlisted).map_err(|e| err("new filter", e))?;
+        ctx.set_act_badarch(unlisted)
             .map_err(|e| err("bad-arch action", e))?;
         ctx.add_arch(ScmpArch::Native).map_err(|e| err("arch", e))?;
         let rules = self
@@ -286,7 +303,8 @@ impl Policy {
             .chain(self.deny.iter().map(|r| (r, self.deny_action(r))));
         for (rule, action) in rules {
             // libseccomp refuses a rule whose action is the default: the
-            // default already gives it.
+            // default already gives it (in the audit build, LOG: a call a
+            // deny entry kills for is what the audit is there to show).
             if action == self.default {
                 continue;
             }

@@ -16,6 +16,13 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_clawos-wasm-daemon");
+
+/// The daemon the suites start: `clawos-wasm-daemon`, or the test-only
+/// audit build of it when `make seccomp-audit` names that one in
+/// `CLAWOS_TEST_DAEMON` (scripts/seccomp-audit.sh).
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os("CLAWOS_TEST_DAEMON").map_or_else(|| PathBuf::from(DAEMON), PathBuf::from)
+}
 pub const CTL: &str = env!("CARGO_BIN_EXE_clawosctl");
 
 /// A running daemon.
@@ -46,7 +53,7 @@ impl TestDaemon {
         let socket = dir.path().join("bridge.sock");
         let config_path = dir.path().join("daemon.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(DAEMON)
+        let mut child = Command::new(daemon_binary())
             .arg("--config")
             .arg(&config_path)
             .arg("--socket")
