@@ -408,3 +408,58 @@ fn install_by_path_reads_regular_files_only_and_never_quotes_them() {
     );
     d.assert_serving();
 }
+
+/// A component of `n` exported functions: 1.2 MB for 20000, whose
+/// compilation takes about 270 MB (measured in one process on the
+/// development host, 2026-12-02).
+fn costly_component(n: usize) -> Vec<u8> {
+    let mut wat = String::from("(component (core module $m\n");
+    for i in 0..n {
+        wat.push_str(&format!(
+            "(func (export \"f{i}\") (result i32) i32.const {i})\n"
+        ));
+    }
+    wat.push_str(")\n(core instance $i (instantiate $m))\n");
+    for i in 0..n {
+        wat.push_str(&format!(
+            "(func (export \"g{i}\") (result u32) (canon lift (core func $i \"f{i}\")))\n"
+        ));
+    }
+    wat.push(')');
+    wat::parse_str(&wat).unwrap()
+}
+
+#[test]
+fn an_install_compiles_outside_the_daemon() {
+    let d = TestDaemon::start();
+    d.assert_serving();
+    let before = rss(&d);
+    let r = d.request(&Request::Install {
+        name: "costly".into(),
+        source: ComponentSource::Bytes(costly_component(20_000)),
+        replace: false,
+    });
+    // It compiles (the development host has no cgroup v2, so the compiler
+    // has no memory limit here; the appliance test kills one at its limit),
+    // then does not link: it is no tool.
+    assert_eq!(r.code, Code::WasmLinkError, "{}", r.message);
+    let after = rss(&d);
+    eprintln!("daemon rss before {before} after {after}");
+    // The daemon holds the artifact it loaded, not the compiler's memory.
+    assert!(
+        after < before + (100 << 20),
+        "the daemon grew from {before} to {after} bytes"
+    );
+    let log = d.log_when(
+        |l| l.contains("compile ended"),
+        std::time::Duration::from_secs(10),
+    );
+    let ended = log
+        .lines()
+        .find(|l| l.contains("compile ended"))
+        .unwrap_or_default();
+    assert!(
+        ended.contains("bytes=") && ended.contains("code=SUCCESS"),
+        "{log}"
+    );
+}

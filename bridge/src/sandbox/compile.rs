@@ -50,7 +50,9 @@ impl Sandbox {
         let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
         drop(theirs);
         let deadline = started + Duration::from_millis(self.compile.timeout_ms);
-        // A compiler that died while the bytes went says so below.
+        // A compiler that died while the bytes went says so below; one that
+        // does not read them holds nobody past the deadline.
+        let _ = channel.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now())));
         let _ = channel::send(channel.as_fd(), &ToWorker::Compile(bytes.to_vec()), &[]);
         let max = u32::try_from(self.compile.max_artifact_bytes + (1 << 20)).unwrap_or(u32::MAX);
         let answer = channel::recv_within::<FromWorker>(channel.as_fd(), max, Some(deadline));
