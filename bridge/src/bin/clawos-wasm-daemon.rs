@@ -131,7 +131,7 @@ fn raise_open_file_limit() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(btf) = &args.kernel_layout {
         let raw = std::fs::read(btf).with_context(|| format!("cannot read {}", btf.display()))?;
