@@ -30,7 +30,7 @@ MATRIX_BUILD := build/matrix
 MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
 	--test layers --test tools --test kernel_layout --test network
 
-.PHONY: help setup build tools ebpf run demo stop test unit-test seccomp-audit lint bench clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
+.PHONY: help setup build tools ebpf run demo stop test unit-test seccomp-audit lint bench fuzz clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
 
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
@@ -43,6 +43,7 @@ help:
 	@echo "make demo       start clawos-wasm-daemon on this host (socket build/run/bridge.sock) and run a sample tool"
 	@echo "make stop       stop the daemon started by make demo"
 	@echo "make bench      benchmarks: the bridge against bare wasmtime, then in the booted guest against wasmtime run and crun"
+	@echo "make fuzz       the fuzz targets (fuzz/, cargo-fuzz on a pinned nightly), FUZZ_TIME seconds each (default 60); docs/fuzzing.md"
 	@echo "make build      release binaries: clawos-wasm-daemon, clawosctl"
 	@echo "make tools      the sample tools, as wasm32-wasip2 components"
 	@echo "make ebpf       the eBPF LSM monitors (ebpf/programs; builds bpf-linker once)"
@@ -128,6 +129,10 @@ bench: image
 	$(CARGO) bench --locked -p clawos-bridge --bench hostio
 	$(CARGO) build --release --locked -p clawos-inguest
 	CLAWOS_WASMTIME_CLI=$$(scripts/wasmtime-cli.sh) $(CARGO) bench --locked -p clawos-e2e --bench guest
+
+# Coverage-guided fuzzing; corpora, crash files and logs under $(CACHE).
+fuzz: setup
+	scripts/fuzz.sh
 
 clean:
 	rm -rf build
