@@ -25,22 +25,41 @@ fn field(out: &str, prefix: &str, key: &str) -> String {
 #[test]
 #[serial]
 fn the_daemon_serves_normal_clients_through_an_attack() {
-    let overlay = Overlay::new(&[(release_binary("clawos-hostile"), "usr/bin/clawos-hostile")]);
+    // The compile bomb is made here: generating it under TCG takes minutes.
+    let scratch = tempfile::tempdir().unwrap();
+    let bomb = scratch.path().join("bomb.wasm");
+    let made = std::process::Command::new(release_binary("clawos-hostile"))
+        .arg("--emit-bomb")
+        .arg(&bomb)
+        .status()
+        .unwrap();
+    assert!(made.success(), "clawos-hostile --emit-bomb: {made}");
+    let overlay = Overlay::new(&[
+        (release_binary("clawos-hostile"), "usr/bin/clawos-hostile"),
+        (bomb, "usr/share/clawos-hostile/bomb.wasm"),
+    ]);
     let disk = Disk::fresh();
     let mut g = Guest::boot_with("hostile", &disk, &overlay);
     // A compile bomb reaches 512 MiB (the default compile.memory_max) in
-    // minutes under TCG; 160 MiB is reached within the load's minute. The
-    // daemon reads its config at start: init restarts it on SIGHUP.
+    // minutes under TCG; 160 MiB is reached within the load's minute. 16
+    // connections (not 64) are filled by clawos-hostile's 20 idle ones, so
+    // that the daemon must close idle ones for the others. The daemon
+    // reads its config at start: init restarts it on SIGHUP.
     g.sh_ok(
         "sed -i '/^\\[compile\\]/,/^\\[/ s/^memory_max = [0-9]*/memory_max = 167772160/' /etc/clawos/daemon.toml \
          && grep -qx 'memory_max = 167772160 .*' /etc/clawos/daemon.toml \
+         && sed -i '/^\\[ipc\\]/,/^\\[/ s/^max_connections = [0-9]*/max_connections = 16/' /etc/clawos/daemon.toml \
+         && grep -qx 'max_connections = 16' /etc/clawos/daemon.toml \
          && echo 'the test lowers compile.memory_max' > /run/clawos/restart-why && kill -HUP 1",
     );
     g.expect("clawos: ready", Duration::from_secs(120));
     // The daemon's own credential check decides, not the socket's mode.
     g.sh_ok("chmod 666 /run/clawos/bridge.sock");
     let daemon_starts = g.sh_ok("grep -c 'clawos-wasm-daemon ready' /run/clawos/daemon.log");
-    let out = g.sh_within("clawos-hostile --seconds 60 2>&1", Duration::from_secs(600));
+    let out = g.sh_within(
+        "clawos-hostile --seconds 45 --bomb /usr/share/clawos-hostile/bomb.wasm 2>&1",
+        Duration::from_secs(600),
+    );
     eprint!("{}", out.text);
     if out.code != 0 {
         g.fail(&format!("clawos-hostile exited with {}", out.code));

@@ -45,14 +45,21 @@ struct Cli {
     #[arg(long, default_value = "/run/clawos/bridge.sock")]
     socket: PathBuf,
     /// Idle connections held open.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 20)]
     idle: usize,
     /// Slow-frame clients.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     slow: usize,
     /// Functions in the compile bomb.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = 30_000)]
     bomb_functions: usize,
+    /// Write the compile bomb to this file and exit (the e2e test makes it
+    /// on the host: generating it under TCG takes minutes).
+    #[arg(long)]
+    emit_bomb: Option<PathBuf>,
+    /// The compile bomb to install, as made by `--emit-bomb`.
+    #[arg(long)]
+    bomb: Option<PathBuf>,
     /// Compile the bomb in this process (wasmtime's default engine), print
     /// the time and the peak resident memory, and exit: for sizing it.
     #[arg(long)]
@@ -199,6 +206,11 @@ fn refused_client(socket: &Path, stop: &Path) -> ! {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(path) = &cli.emit_bomb {
+        std::fs::write(path, compile_bomb(cli.bomb_functions))
+            .unwrap_or_else(|e| die(&format!("{}: {e}", path.display())));
+        return;
+    }
     if cli.measure_bomb {
         let bomb = compile_bomb(cli.bomb_functions);
         let t = Instant::now();
@@ -235,17 +247,21 @@ fn main() {
         let _ = request(&socket, &run("hello", &["warm"]));
         let _ = request(&socket, &run("misbehave", &["log-flood", "1000"]));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    let before = rss(pid);
-    println!("hostile: daemon pid={pid} rss_before={before}");
+    println!("hostile: daemon pid={pid} rss_idle={}", rss(pid));
 
-    let bomb = compile_bomb(cli.bomb_functions);
-    println!(
-        "hostile: compile bomb of {} bytes ({} functions)",
-        bomb.len(),
-        cli.bomb_functions
-    );
-    let until = Instant::now() + Duration::from_secs(cli.seconds);
+    let bomb = match &cli.bomb {
+        Some(path) => {
+            std::fs::read(path).unwrap_or_else(|e| die(&format!("{}: {e}", path.display())))
+        }
+        None => compile_bomb(cli.bomb_functions),
+    };
+    println!("hostile: compile bomb of {} bytes", bomb.len());
+    // The daemon's memory is measured once every client has run for a
+    // while (its allocator's arenas and tokio's threads at their working
+    // size), and again after the rest of the attack and a pause.
+    let warmup = Duration::from_secs(15);
+    let until = Instant::now() + warmup + Duration::from_secs(cli.seconds);
+    let before_rss = AtomicU64::new(0);
     let going = || Instant::now() < until;
     let normal = Tally::default();
     let slow = Tally::default();
@@ -316,8 +332,9 @@ fn main() {
                     match answer {
                         // Answered ETIMEOUT at frame_timeout_ms.
                         Some(Ok(r)) => slow.expect("slow frame", Ok(r), Code::Etimeout),
-                        // Closed to make room for another client.
-                        Some(Err(e)) if e.contains("closed") => {
+                        // Closed to make room for another client (reset
+                        // when the daemon had unread bytes of the frame).
+                        Some(Err(e)) if e.contains("closed") || e.contains("reset by peer") => {
                             slow.ok.fetch_add(1, Ordering::Relaxed);
                         }
                         Some(Err(e)) => slow.wrong(format!("slow frame: {e}")),
@@ -341,8 +358,22 @@ fn main() {
         });
         s.spawn(|| {
             while going() {
-                let r = request(&socket, &run("misbehave", &["log-flood", "100000"]));
+                let r = request(&socket, &run("misbehave", &["log-flood", "2000"]));
                 flood.expect("log flood", r, Code::Success);
+            }
+        });
+        // Progress, so that a slow guest shows where it is.
+        s.spawn(|| {
+            while going() {
+                std::thread::sleep(Duration::from_secs(10));
+                println!(
+                    "hostile: progress normal={} slow={} bomb={} flood={} idle_closed={}",
+                    normal.ok.load(Ordering::Relaxed),
+                    slow.ok.load(Ordering::Relaxed),
+                    bombs.ok.load(Ordering::Relaxed) + bombs.wrong.load(Ordering::Relaxed),
+                    flood.ok.load(Ordering::Relaxed),
+                    idle_closed.load(Ordering::Relaxed)
+                );
             }
         });
         s.spawn(|| {
@@ -363,7 +394,15 @@ fn main() {
             }
             done.store(true, Ordering::Relaxed);
         });
+        std::thread::sleep(warmup);
+        before_rss.store(rss(pid), Ordering::Relaxed);
+        println!(
+            "hostile: after {} s of every client, daemon rss_before={}",
+            warmup.as_secs(),
+            before_rss.load(Ordering::Relaxed)
+        );
     });
+    let before = before_rss.load(Ordering::Relaxed);
     let _ = std::fs::write(&stop_file, b"");
     let refused_out = refused
         .wait_with_output()
@@ -371,8 +410,9 @@ fn main() {
     let refused_line = String::from_utf8_lossy(&refused_out.stdout)
         .trim()
         .to_owned();
-    // The last workers and compilers reaped, the runs' memory returned.
-    std::thread::sleep(Duration::from_secs(3));
+    // The last workers and compilers reaped, the runs' memory returned,
+    // and the daemon's idle blocking threads gone (tokio keeps one 10 s).
+    std::thread::sleep(Duration::from_secs(15));
     let pid_after = daemon_pid(&socket);
     let after = rss(pid);
     let mut lat = latency.into_inner().unwrap();
