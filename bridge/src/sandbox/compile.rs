@@ -5,9 +5,9 @@
 //! over a limit is killed and its memory given back to the system, never
 //! held by the daemon.
 
-use super::channel::{self, FromWorker, Spawn, ToWorker};
-use super::supervisor::{Sandbox, Worker, open_dir};
-use crate::cgroup::{self, Delegation, MAIN_LEAF};
+use super::channel::{self, FromWorker, ToWorker};
+use super::supervisor::{Sandbox, Worker};
+use crate::cgroup::{self, Delegation};
 use crate::error::{Code, Failure};
 use rustix::process::WaitIdStatus;
 use std::os::fd::AsFd;
@@ -37,18 +37,7 @@ impl Sandbox {
             ),
             false => None,
         };
-        let leaf = match &delegation {
-            Some(d) => Some(open_dir(&d.dir().join(MAIN_LEAF))?),
-            None => None,
-        };
-        let (channel, theirs) = channel::channel()?;
-        let spawn = Spawn {
-            instance: id,
-            layers: self.layers,
-            preload: None,
-        };
-        let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
-        drop(theirs);
+        let (worker, channel) = self.clone_worker(id, delegation.as_ref(), None)?;
         let deadline = started + Duration::from_millis(self.compile.timeout_ms);
         // A compiler that died while the bytes went says so below; one that
         // does not read them holds nobody past the deadline.

@@ -219,7 +219,25 @@ impl Sandbox {
         if let Some(d) = &delegation {
             instances().created(id, d.dir().to_owned());
         }
-        let leaf = match &delegation {
+        let (worker, channel) = self.clone_worker(id, delegation.as_ref(), preload)?;
+        Ok(Spare {
+            id,
+            delegation,
+            worker,
+            channel,
+        })
+    }
+
+    /// Have the launcher clone worker `id` into `delegation`'s leaf (with
+    /// the cgroup layer), the launcher loading `preload` first: the worker
+    /// and the daemon's end of its channel.
+    pub(super) fn clone_worker(
+        &self,
+        id: u64,
+        delegation: Option<&Delegation>,
+        preload: Option<&Path>,
+    ) -> Result<(Worker, UnixStream), Failure> {
+        let leaf = match delegation {
             Some(d) => Some(open_dir(&d.dir().join(MAIN_LEAF))?),
             None => None,
         };
@@ -230,12 +248,7 @@ impl Sandbox {
             preload: preload.map(Path::to_owned),
         };
         let worker = self.spawn(&spawn, &theirs, leaf.as_ref())?;
-        Ok(Spare {
-            id,
-            delegation,
-            worker,
-            channel,
-        })
+        Ok((worker, channel))
     }
 
     /// Run `tool` (installed with artifact `artifact`) in a worker of its
@@ -522,7 +535,7 @@ fn wall_time(phase: &str) -> Failure {
     )
 }
 
-pub(super) fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
+fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
     use rustix::fs::{CWD, Mode, OFlags, openat};
     openat(
         CWD,
