@@ -265,8 +265,9 @@ fn serve(
 
 /// How long after the run's deadline the watchdog answers for a tool the
 /// epoch interrupt could not stop: time for the interrupt to win the race
-/// whenever the tool is in its own code.
-const WATCHDOG_MARGIN: Duration = Duration::from_millis(100);
+/// whenever the tool is in its own code, also in a worker its cgroup's
+/// cpu.max lets run 50 ms of each second.
+const WATCHDOG_MARGIN: Duration = Duration::from_secs(1);
 
 /// The epoch interrupt stops a tool only while it runs WebAssembly; one
 /// blocked in a host call (a WASI sleep or poll) would wait past its

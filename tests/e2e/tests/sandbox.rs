@@ -36,9 +36,12 @@ fn started(g: &mut Guest) -> String {
 
 /// Wait for the background spinner; it ends at its CPU budget.
 fn spinner_ended(g: &mut Guest) {
-    assert_eq!(
-        g.sh_ok("wait; cat /tmp/spin.out"),
-        "clawosctl: WASM_CPU_DEADLINE (102): cpu budget of 10000 ms spent: wasm trap: interrupt\n"
+    // The epoch interrupt ends it, or, when the worker's 5% of a CPU kept
+    // it from running then, the worker's watchdog a second later.
+    let out = g.sh_ok("wait; cat /tmp/spin.out");
+    assert!(
+        out.starts_with("clawosctl: WASM_CPU_DEADLINE (102): cpu budget of 10000 ms spent: "),
+        "{out}"
     );
     // The instance cgroup went with the instance.
     assert_eq!(
