@@ -277,36 +277,47 @@ fn one_uid_gets_its_share_and_busy_connections_are_never_closed() {
 fn request_bytes_in_flight_are_bounded() {
     // The budget is one largest frame (64 MiB + 1 MiB).
     let d = TestDaemon::with_config("[ipc]\nmax_request_bytes_in_flight = 68157440\n");
-    let mut slow = d.client();
-    // 60 MiB announced, 1 byte sent: its 60 MiB are taken.
-    slow.send_raw(&frame::header(60 << 20)).unwrap();
-    slow.send_raw(&[0]).unwrap();
-    // Let the daemon read that header before the next one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = d.client();
-        c.send_raw(&frame::header(10 << 20)).unwrap();
-        let r = c.receive().unwrap();
-        if r.code == Code::Eagain {
-            assert!(
-                r.message.contains("ipc.max_request_bytes_in_flight"),
-                "{}",
-                r.message
-            );
-            assert!(
-                r.message.contains("this 10485760-byte frame was not read"),
-                "{}",
-                r.message
-            );
-            break;
+    // 60 MiB announced, 1 byte sent: its 60 MiB are taken. The daemon
+    // reads its connections in any order, so a probe read before the slow
+    // header takes its 10 MiB first (and the slow frame is then the one
+    // refused): then both go and the pair is tried again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let slow = loop {
+        let mut slow = d.client();
+        slow.send_raw(&frame::header(60 << 20)).unwrap();
+        slow.send_raw(&[0]).unwrap();
+        // Let the daemon read that header before the probe's.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut probe = UnixStream::connect(&d.socket).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        probe.write_all(&frame::header(10 << 20)).unwrap();
+        match frame::read_blocking(&mut probe, 1 << 20) {
+            Ok(Some(payload)) => {
+                let r = Response::decode(&payload).unwrap();
+                assert_eq!(r.code, Code::Eagain, "{}", r.message);
+                assert!(
+                    r.message.contains("ipc.max_request_bytes_in_flight"),
+                    "{}",
+                    r.message
+                );
+                assert!(
+                    r.message.contains("this 10485760-byte frame was not read"),
+                    "{}",
+                    r.message
+                );
+                break slow;
+            }
+            // Read first: its frame waits for a body that never comes.
+            Err(f) if f.code == Code::Eagain => {}
+            other => panic!("the probe: {other:?}"),
         }
         assert!(
             Instant::now() < deadline,
-            "never refused: {} {}",
-            r.code,
-            r.message
+            "the slow frame was never read first"
         );
-    }
+    };
     // Small requests still fit.
     d.assert_serving();
     // Once the slow frame is gone, its bytes are free again.
