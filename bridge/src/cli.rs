@@ -6,7 +6,7 @@
 use crate::error::{Code, Failure};
 use crate::escape;
 use crate::ipc::client::{Client, Remote};
-use crate::ipc::proto::{Body, ComponentSource, Request, Response, RunRequest};
+use crate::ipc::proto::{Body, ComponentSource, KeptData, Request, Response, RunRequest};
 use crate::remote;
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Read, Write};
@@ -78,9 +78,16 @@ pub enum Command {
         name: String,
         /// The component file, built for wasm32-wasip2 against the clawos:bridge WIT package.
         file: PathBuf,
-        /// Replace a tool of the same name.
+        /// Replace a tool of the same name (its ClawFS data stays: an upgrade).
         #[arg(long)]
         replace: bool,
+        /// Give this component the ClawFS data a removed tool of another
+        /// component left under NAME (`remove --keep-data`).
+        #[arg(long, conflicts_with = "discard_data")]
+        adopt_data: bool,
+        /// Delete the ClawFS data a removed tool left under NAME, then install.
+        #[arg(long)]
+        discard_data: bool,
         /// Let the daemon read FILE itself instead of sending its bytes (root only).
         #[arg(long)]
         by_path: bool,
@@ -109,10 +116,15 @@ pub enum Command {
         #[arg(long, value_name = "MS")]
         timeout: Option<u64>,
     },
-    /// Remove an installed tool.
+    /// Remove an installed tool and its ClawFS data.
     Remove {
         /// The tool.
         name: String,
+        /// Keep its ClawFS data, recorded as this component's: a later
+        /// install of the same component gets it back; another component
+        /// only with `install --adopt-data`.
+        #[arg(long)]
+        keep_data: bool,
     },
     /// Show the daemon's version, limits and counters.
     Status,
@@ -165,6 +177,8 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
             file,
             replace,
             by_path,
+            adopt_data,
+            discard_data,
         } => Request::Install {
             name: name.clone(),
             source: if *by_path {
@@ -176,10 +190,18 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
                 ComponentSource::Bytes(read(file)?)
             },
             replace: *replace,
+            kept_data: match (adopt_data, discard_data) {
+                (true, _) => KeptData::Adopt,
+                (_, true) => KeptData::Discard,
+                _ => KeptData::Refuse,
+            },
         },
         Command::Keys(_) => unreachable!("keys commands make no request"),
         Command::List => Request::List,
-        Command::Remove { name } => Request::Remove { name: name.clone() },
+        Command::Remove { name, keep_data } => Request::Remove {
+            name: name.clone(),
+            keep_data: *keep_data,
+        },
         Command::Status => Request::Status,
         Command::Run {
             name,

@@ -8,7 +8,9 @@ use crate::config::Config;
 use crate::error::{Code, Failure};
 use crate::escape;
 use crate::ipc::frame;
-use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
+use crate::ipc::proto::{
+    Body, ComponentSource, DaemonStatus, KeptData, Request, Response, RunRequest,
+};
 use crate::monitor::Monitor;
 use crate::registry::ToolRegistry;
 use crate::remote;
@@ -24,6 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 mod connections;
+mod peer;
 use connections::{Connections, Full, Place};
 
 /// How long an open connection may sit idle between requests.
@@ -85,7 +88,11 @@ impl Daemon {
     ) -> Result<Daemon, Failure> {
         let runtime = Arc::new(runtime);
         let sandbox = Arc::new(sandbox);
-        let registry = Arc::new(ToolRegistry::open(&config.state_dir, &runtime)?);
+        let registry = Arc::new(ToolRegistry::open(
+            &config.state_dir,
+            &config.clawfs_root(),
+            &runtime,
+        )?);
         sandbox.prepare();
         Ok(Daemon {
             runs: Arc::new(Semaphore::new(config.ipc.max_concurrent_runs as usize)),
@@ -114,7 +121,7 @@ impl Daemon {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Failure> {
-        let listener = bind(&self.config.socket)?;
+        let listener = bind(&self.config.socket, !self.config.allowed_gids.is_empty())?;
         let remote = remote::Listener::bind(&self.config.remote).await?;
         if let Some(m) = &self.monitor {
             m.spawn_reader(self.sandbox.launcher_pid())?;
@@ -206,7 +213,10 @@ impl Daemon {
             }
         };
         let uid = peer.uid();
-        if let Err(f) = self.check_peer(uid, peer.gid(), peer.pid()) {
+        if let Err(f) = self.check_peer(uid, peer.gid(), || {
+            use std::os::fd::AsFd;
+            peer::groups(stream.as_fd())
+        }) {
             if self.refusals.log("local connections") {
                 tracing::warn!(uid, pid = peer.pid(), "connection refused: {}", f.message);
             }
@@ -335,8 +345,15 @@ impl Daemon {
         .await;
     }
 
-    /// Root, the daemon's own user, or a member of an allowed group.
-    fn check_peer(&self, uid: u32, gid: u32, pid: Option<i32>) -> Result<(), Failure> {
+    /// Root, the daemon's own user, or a member of an allowed group: by
+    /// its gid or its supplementary `groups`, as the kernel recorded them
+    /// at `connect`.
+    fn check_peer(
+        &self,
+        uid: u32,
+        gid: u32,
+        groups: impl FnOnce() -> std::io::Result<Vec<u32>>,
+    ) -> Result<(), Failure> {
         if uid == 0 || uid == rustix::process::geteuid().as_raw() {
             return Ok(());
         }
@@ -344,20 +361,22 @@ impl Daemon {
         if allowed.contains(&gid) {
             return Ok(());
         }
-        if let Some(pid) = pid
-            && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            && let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:"))
-            && groups
-                .split_whitespace()
-                .filter_map(|g| g.parse::<u32>().ok())
-                .any(|g| allowed.contains(&g))
-        {
-            return Ok(());
+        if !allowed.is_empty() {
+            match groups() {
+                Ok(groups) if groups.iter().any(|g| allowed.contains(g)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Failure::io(
+                        format_args!("cannot read the supplementary groups of uid {uid}"),
+                        &e,
+                    ));
+                }
+            }
         }
         Err(Failure::new(
             Code::Eperm,
             format!(
-                "uid {uid} (gid {gid}) may not use this socket: only root, the daemon's user and allowed_gids"
+                "uid {uid} (gid {gid}) may not use this socket: only root, the daemon's user and members of allowed_gids"
             ),
         ))
     }
@@ -367,15 +386,21 @@ impl Daemon {
         let result = match request {
             Request::Status => Ok(Response::ok(Body::Status(self.status()))),
             Request::List => Ok(Response::ok(Body::Tools(self.registry.list()))),
-            Request::Remove { name } => self
-                .registry
-                .remove(&name)
-                .map(|i| Response::ok(Body::Tool(i))),
+            Request::Remove { name, keep_data } => {
+                // Deleting a tool's data may take a while (a tree of files).
+                let registry = self.registry.clone();
+                tokio::task::spawn_blocking(move || registry.remove(&name, keep_data))
+                    .await
+                    .map_err(|e| Failure::new(Code::Epanic, format!("remove task failed: {e}")))
+                    .and_then(|r| r)
+                    .map(|i| Response::ok(Body::Tool(i)))
+            }
             Request::Install {
                 name,
                 source,
                 replace,
-            } => self.install(name, source, replace, peer).await,
+                kept_data,
+            } => self.install(name, source, replace, kept_data, peer).await,
             Request::Run(run) => self.run(run).await,
         };
         let response = result.unwrap_or_else(|f| Response::failure(&f));
@@ -390,6 +415,7 @@ impl Daemon {
         name: String,
         source: ComponentSource,
         replace: bool,
+        kept_data: KeptData,
         peer: &Peer,
     ) -> Result<Response, Failure> {
         if matches!(source, ComponentSource::Path(_)) && !matches!(peer, Peer::Local { uid: 0 }) {
@@ -411,7 +437,14 @@ impl Daemon {
             };
             // Validation and compilation in a process of its own, under its
             // own limits (`[compile]`).
-            registry.install(&runtime, &|b| sandbox.compile(b), &name, &bytes, replace)
+            registry.install(
+                &runtime,
+                &|b| sandbox.compile(b),
+                &name,
+                &bytes,
+                replace,
+                kept_data,
+            )
         })
         .await
         .map_err(|e| Failure::new(Code::Epanic, format!("install task failed: {e}")))??;
@@ -560,8 +593,12 @@ fn read_component(path: &Path, max: u64) -> Result<Vec<u8>, Failure> {
 }
 
 /// Bind the socket: create its directory, replace a stale socket (nobody
-/// listening), refuse if another daemon is listening, allow the group.
-fn bind(path: &Path) -> Result<UnixListener, Failure> {
+/// listening), refuse if another daemon is listening. Mode 0600 (root and
+/// the daemon's user); with `for_groups` (allowed_gids), 0666: any local
+/// user may connect, and the daemon checks each peer's credentials at
+/// accept, before it reads a byte (a socket file has one group, and
+/// allowed_gids may name several).
+fn bind(path: &Path, for_groups: bool) -> Result<UnixListener, Failure> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -590,7 +627,8 @@ fn bind(path: &Path) -> Result<UnixListener, Failure> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| Failure::io(format_args!("cannot listen on {}", path.display()), &e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+    let mode = if for_groups { 0o666 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
         Failure::io(
             format_args!("cannot set the mode of {}", path.display()),
             &e,

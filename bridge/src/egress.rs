@@ -10,7 +10,8 @@
 use crate::config::NetworkPolicy;
 use crate::error::{Code, Failure};
 use crate::resolver::Resolver;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The policy, compiled from the configuration.
@@ -79,19 +80,20 @@ impl Egress {
     }
 
     /// May a connection go to `ip`:`port`? IPv4-mapped IPv6 addresses are
-    /// checked as the IPv4 address they are.
+    /// checked as the IPv4 address they are, and an address of a
+    /// [`SPECIAL`] range only by a rule that names it ([`rule_reaches`]).
     pub fn destination_allowed(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
         self.policy
             .allow
             .iter()
-            .any(|r| r.cidr.contains(&ip) && r.ports.contains(&port))
+            .any(|r| rule_reaches(&r.cidr, ip) && r.ports.contains(&port))
     }
 
     /// Is `ip` inside any rule's network, on any port?
     fn address_allowed(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.policy.allow.iter().any(|r| r.cidr.contains(&ip))
+        self.policy.allow.iter().any(|r| rule_reaches(&r.cidr, ip))
     }
 
     /// The addresses of `host`: an address literal as itself, a name through
@@ -111,7 +113,8 @@ impl Egress {
             .collect();
         if allowed.is_empty() {
             return Err(denied(format!(
-                "{host:?} resolves only to addresses outside the egress allow-list ({all:?})"
+                "{host:?} resolves only to addresses outside the egress allow-list ({all:?}){}",
+                special_note(&all)
             )));
         }
         Ok(allowed)
@@ -124,7 +127,7 @@ impl Egress {
                 format!("host {host:?} is not a host name or address"),
             ));
         }
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        if let Some(ip) = address_literal(host) {
             return Ok(vec![ip]);
         }
         if !self.name_allowed(host) {
@@ -140,15 +143,16 @@ impl Egress {
     pub fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure> {
         // One deadline for the lookup and every candidate together.
         let deadline = std::time::Instant::now() + timeout;
-        let candidates: Vec<SocketAddr> = self
-            .lookup(host, deadline)?
-            .into_iter()
-            .filter(|ip| self.destination_allowed(*ip, port))
-            .map(|ip| SocketAddr::new(ip, port))
+        let all = self.lookup(host, deadline)?;
+        let candidates: Vec<SocketAddr> = all
+            .iter()
+            .filter(|ip| self.destination_allowed(**ip, port))
+            .map(|ip| SocketAddr::new(*ip, port))
             .collect();
         if candidates.is_empty() {
             return Err(denied(format!(
-                "connection to {host:?} port {port} is outside the egress allow-list"
+                "connection to {host:?} port {port} is outside the egress allow-list{}",
+                special_note(&all)
             )));
         }
         let mut last = None;
@@ -174,6 +178,120 @@ impl Egress {
             )),
         }
     }
+}
+
+/// Destinations that a rule reaches only if it names them: its network
+/// lies inside the range (`127.0.0.0/8`, `169.254.169.254/32`), so that
+/// `0.0.0.0/0` or `::/0` never opens the appliance's own loopback, the
+/// link-local metadata addresses or a multicast group.
+pub const SPECIAL: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "unspecified"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// The [`SPECIAL`] range `ip` (canonical) is in, and its kind.
+pub fn special_range(ip: IpAddr) -> Option<(IpNet, &'static str)> {
+    SPECIAL.iter().find_map(|(net, kind)| {
+        let net: IpNet = net.parse().expect("a valid literal network");
+        net.contains(&ip).then_some((net, *kind))
+    })
+}
+
+/// Why a special address among `ips` was refused, for the message: empty
+/// if none is special.
+fn special_note(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .find_map(|ip| {
+            let ip = ip.to_canonical();
+            special_range(ip).map(|(range, kind)| {
+                format!("; {ip} is a {kind} address, reached only by a rule inside {range}")
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Does `rule` reach `ip` (canonical)? Inside its network, and for a
+/// special address only if the rule's whole network is inside that range.
+fn rule_reaches(rule: &IpNet, ip: IpAddr) -> bool {
+    rule.contains(&ip)
+        && match special_range(ip) {
+            None => true,
+            Some((range, _)) => range.contains(rule),
+        }
+}
+
+/// `host` as the address it is, if it is one: IPv6 (bracketed or not, a
+/// zone index dropped) and IPv4 in every form `inet_aton` takes
+/// (`127.1`, `2130706433`, `0177.0.0.1`, `0x7f.1`), so that no spelling
+/// of an address is judged as anything else.
+pub fn address_literal(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some((addr, _zone)) = bare.split_once('%')
+        && let Ok(ip) = addr.parse::<std::net::Ipv6Addr>()
+    {
+        return Some(IpAddr::V6(ip));
+    }
+    inet_aton(bare).map(IpAddr::V4)
+}
+
+/// The IPv4 address `text` is in `inet_aton`'s forms: one to four parts,
+/// each decimal, octal (leading 0) or hexadecimal (0x); the last fills
+/// the bytes the others leave.
+fn inet_aton(text: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() && radix != 16 {
+            return None;
+        }
+        if !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        // "0x" alone is 0 to inet_aton.
+        let value = if digits.is_empty() {
+            0
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        values.push(value);
+    }
+    let (last, first) = values.split_last()?;
+    if first.iter().any(|v| *v > 255) {
+        return None;
+    }
+    let last_bits = 8 * (4 - first.len() as u32);
+    if last_bits < 32 && *last >= 1 << last_bits {
+        return None;
+    }
+    let high = first
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, v)| acc | v << (24 - 8 * i as u32));
+    Some(Ipv4Addr::from(high | last))
 }
 
 /// A deadline that never comes first (a year away).
@@ -212,16 +330,119 @@ mod tests {
     #[test]
     fn default_policy_is_postgres_only() {
         let e = Egress::new(NetworkPolicy::default());
-        assert!(e.destination_allowed("127.0.0.1".parse().unwrap(), 5432));
+        assert!(e.destination_allowed("192.0.2.7".parse().unwrap(), 5432));
         assert!(e.destination_allowed("2001:db8::1".parse().unwrap(), 5432));
         for port in [22, 80, 443, 5433, 6379] {
             assert!(
-                !e.destination_allowed("127.0.0.1".parse().unwrap(), port),
+                !e.destination_allowed("192.0.2.7".parse().unwrap(), port),
                 "{port}"
             );
         }
         assert!(e.name_allowed("localhost"));
         assert!(!e.name_allowed("example.com"));
+    }
+
+    #[test]
+    fn special_destinations_need_a_rule_that_names_them() {
+        let e = Egress::new(NetworkPolicy::default());
+        for ip in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "0.0.0.0",
+            "0.1.2.3",
+            "169.254.169.254",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!e.destination_allowed(ip, 5432), "{ip}");
+            assert!(!e.address_allowed(ip), "{ip}");
+        }
+        // Named: the range itself or a network inside it, on its ports.
+        let e = egress(
+            &[],
+            &[
+                ("0.0.0.0/0", &[5432]),
+                ("127.0.0.0/8", &[5432]),
+                ("169.254.169.254/32", &[80]),
+                ("::1/128", &[5432]),
+            ],
+        );
+        assert!(e.destination_allowed("127.0.0.1".parse().unwrap(), 5432));
+        assert!(e.destination_allowed("::ffff:127.0.0.1".parse().unwrap(), 5432));
+        assert!(e.destination_allowed("::1".parse().unwrap(), 5432));
+        assert!(e.destination_allowed("169.254.169.254".parse().unwrap(), 80));
+        assert!(!e.destination_allowed("169.254.169.254".parse().unwrap(), 5432));
+        assert!(!e.destination_allowed("169.254.169.253".parse().unwrap(), 80));
+        assert!(!e.destination_allowed("fe80::1".parse().unwrap(), 5432));
+        // A rule wider than the range does not name it.
+        let e = egress(&[], &[("64.0.0.0/2", &[5432]), ("96.0.0.0/3", &[5432])]);
+        assert!(!e.destination_allowed("127.0.0.1".parse().unwrap(), 5432));
+        assert!(e.destination_allowed("100.0.0.1".parse().unwrap(), 5432));
+    }
+
+    #[test]
+    fn every_spelling_of_an_address_is_judged_as_that_address() {
+        let v4 = |s: &str| Some(IpAddr::V4(s.parse().unwrap()));
+        for (text, ip) in [
+            ("127.0.0.1", v4("127.0.0.1")),
+            ("127.1", v4("127.0.0.1")),
+            ("127.0.1", v4("127.0.0.1")),
+            ("2130706433", v4("127.0.0.1")),
+            ("0x7f000001", v4("127.0.0.1")),
+            ("0177.0.0.1", v4("127.0.0.1")),
+            ("0x7f.1", v4("127.0.0.1")),
+            ("017700000001", v4("127.0.0.1")),
+            ("0", v4("0.0.0.0")),
+            ("0x", v4("0.0.0.0")),
+            ("169.254.43518", v4("169.254.169.254")),
+            ("2852039166", v4("169.254.169.254")),
+            ("[::1]", Some("::1".parse().unwrap())),
+            ("fe80::1%eth0", Some("fe80::1".parse().unwrap())),
+            ("::ffff:7f00:1", Some("::ffff:127.0.0.1".parse().unwrap())),
+            ("256.0.0.1", None),
+            ("1.2.3.4.5", None),
+            ("1.2.65536", None),
+            ("4294967296", None),
+            ("08.0.0.1", None),
+            ("1..2", None),
+            ("db.internal", None),
+            ("0x7g", None),
+        ] {
+            assert_eq!(address_literal(text), ip, "{text}");
+        }
+        let e = Egress::new(NetworkPolicy::default());
+        for host in [
+            "127.1",
+            "2130706433",
+            "0177.0.0.1",
+            "0x7f.1",
+            "[::1]",
+            "0",
+            "169.254.43518",
+        ] {
+            let err = e
+                .connect(host, 5432, Duration::from_millis(100))
+                .unwrap_err();
+            assert_eq!(err.code, Code::PolicyDenied, "{host}: {}", err.message);
+            assert!(
+                err.message.contains("outside the egress allow-list"),
+                "{}",
+                err.message
+            );
+            assert_eq!(
+                e.resolve(host).unwrap_err().code,
+                Code::PolicyDenied,
+                "{host}"
+            );
+        }
     }
 
     #[test]

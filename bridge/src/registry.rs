@@ -4,8 +4,15 @@
 //! into place, so a crash never leaves a half-installed tool; at start every
 //! tool is loaded again, and an artifact the engine can no longer load (a
 //! new wasmtime, another CPU target) is recompiled from its component.
+//!
+//! A tool's ClawFS data, `<clawfs>/<name>/`, leaves with it: `remove`
+//! deletes it unless asked to keep it, and kept data is recorded as the
+//! removed component's (`tools/.kept/<name>.toml`), so that the next tool
+//! installed under that name gets it only if it is the same component or
+//! the operator says so ([`KeptData`]).
 
 use crate::error::{Code, Failure};
+use crate::ipc::proto::KeptData;
 use crate::runtime::{Prepared, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +25,21 @@ pub const MAX_NAME: usize = 64;
 const COMPONENT: &str = "component.wasm";
 const ARTIFACT: &str = "component.cwasm";
 const META: &str = "tool.toml";
+/// Records of kept data, in the tools directory (never a tool's name).
+const KEPT: &str = ".kept";
+/// Data being deleted, in the ClawFS root (never a tool's name): a delete
+/// cut short is finished at the next start.
+const REMOVED: &str = ".removed-";
+
+/// Whose ClawFS data is kept under a name nobody has installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeptRecord {
+    /// sha256 of the removed tool's component.
+    sha256: String,
+    /// When it was removed, seconds since the Unix epoch.
+    removed_at: u64,
+}
 
 /// What the registry knows of an installed tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +71,8 @@ pub type Compile<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, Failure> + 'a;
 /// The set of installed tools.
 pub struct ToolRegistry {
     dir: PathBuf,
+    /// The ClawFS root: tool `t`'s data is `<data>/t/`.
+    data: PathBuf,
     tools: RwLock<BTreeMap<String, Arc<InstalledTool>>>,
     installing: Mutex<()>,
 }
@@ -92,8 +116,9 @@ fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Failure
 }
 
 impl ToolRegistry {
-    /// Open (creating it 0700) the registry under `state_dir` and load every tool.
-    pub fn open(state_dir: &Path, runtime: &Runtime) -> Result<ToolRegistry, Failure> {
+    /// Open (creating it 0700) the registry under `state_dir` and load every
+    /// tool; tools' data is in the ClawFS root `data`.
+    pub fn open(state_dir: &Path, data: &Path, runtime: &Runtime) -> Result<ToolRegistry, Failure> {
         let dir = state_dir.join("tools");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -107,10 +132,12 @@ impl ToolRegistry {
             .map_err(io(format_args!("cannot restrict {}", state_dir.display())))?;
         let registry = ToolRegistry {
             dir,
+            data: data.to_owned(),
             tools: RwLock::new(BTreeMap::new()),
             installing: Mutex::new(()),
         };
         registry.load_all(runtime)?;
+        registry.finish_deletes();
         Ok(registry)
     }
 
@@ -120,6 +147,9 @@ impl ToolRegistry {
         let mut tools = self.tools.write().map_err(|_| poisoned())?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name == KEPT {
+                continue;
+            }
             if name.starts_with(".staging-") || name.starts_with(".old-") {
                 let _ = std::fs::remove_dir_all(entry.path());
                 continue;
@@ -151,21 +181,30 @@ impl ToolRegistry {
         name: &str,
         bytes: &[u8],
         replace: bool,
+        kept_data: KeptData,
     ) -> Result<ToolInfo, Failure> {
         validate_name(name)?;
         let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
-        if !replace
-            && self
-                .tools
-                .read()
-                .map_err(|_| poisoned())?
-                .contains_key(name)
-        {
+        let installed = self
+            .tools
+            .read()
+            .map_err(|_| poisoned())?
+            .contains_key(name);
+        if installed && !replace {
             return Err(Failure::new(
                 Code::ToolExists,
                 format!("tool {name:?} is already installed (use replace)"),
             ));
         }
+        let sha256 = sha256_hex(bytes);
+        // An installed tool's data is its own, and stays with the name when
+        // it is replaced. Otherwise data under the name was left by a
+        // removed tool: settled before the compile, applied after it.
+        let kept = if installed {
+            None
+        } else {
+            self.kept_data(name, &sha256, kept_data)?
+        };
         let artifact = compile(bytes)?;
         let staging = self.dir.join(format!(".staging-{name}"));
         let _ = std::fs::remove_dir_all(&staging);
@@ -176,7 +215,7 @@ impl ToolRegistry {
         let staged = (|| {
             let info = ToolInfo {
                 name: name.to_owned(),
-                sha256: sha256_hex(bytes),
+                sha256: sha256.clone(),
                 component_bytes: bytes.len() as u64,
                 artifact_bytes: artifact.len() as u64,
                 installed_at: now_secs(),
@@ -197,6 +236,9 @@ impl ToolRegistry {
                 return Err(e);
             }
         };
+        if let Some(choice) = kept {
+            self.settle_kept_data(name, choice)?;
+        }
         let target = self.dir.join(name);
         let old = self.dir.join(format!(".old-{name}"));
         if target.exists() {
@@ -247,8 +289,10 @@ impl ToolRegistry {
             .unwrap_or_default()
     }
 
-    /// Remove the tool called `name`; runs in flight keep their instance.
-    pub fn remove(&self, name: &str) -> Result<ToolInfo, Failure> {
+    /// Remove the tool called `name` and, unless `keep_data`, its ClawFS
+    /// data (kept data is recorded as this component's). Runs in flight
+    /// keep their instance.
+    pub fn remove(&self, name: &str, keep_data: bool) -> Result<ToolInfo, Failure> {
         validate_name(name)?;
         let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
         let tool = self
@@ -265,9 +309,159 @@ impl ToolRegistry {
         let path = self.dir.join(name);
         std::fs::remove_dir_all(&path)
             .map_err(io(format_args!("cannot remove {}", path.display())))?;
-        tracing::info!(tool = %name, "tool removed");
+        let data = self.data.join(name);
+        if keep_data {
+            if data.is_dir() {
+                self.record_kept(name, &tool.info.sha256)?;
+                tracing::info!(tool = %name, data = %data.display(), "tool removed; its data is kept");
+            } else {
+                tracing::info!(tool = %name, "tool removed; it had no data");
+            }
+        } else {
+            let freed = self.delete_data(name)?;
+            tracing::info!(tool = %name, data_deleted = freed, "tool removed");
+        }
         Ok(tool.info.clone())
     }
+
+    /// What an install of a new tool `name` (component `sha256`) does with
+    /// data left under the name: `None` if there is none or it is this
+    /// component's; the choice to apply; TOOL_EXISTS when refused.
+    fn kept_data(
+        &self,
+        name: &str,
+        sha256: &str,
+        choice: KeptData,
+    ) -> Result<Option<KeptData>, Failure> {
+        let data = self.data.join(name);
+        let record = self.kept_record(name);
+        if !data.is_dir() {
+            // A record without data (deleted by hand) is stale.
+            return Ok(record.map(|_| KeptData::Discard));
+        }
+        let owner = record.as_ref().map(|r| r.sha256.as_str());
+        if owner == Some(sha256) {
+            return Ok(Some(KeptData::Adopt));
+        }
+        if choice == KeptData::Refuse {
+            let whose = match owner {
+                Some(sha) => format!("a removed tool (component sha256 {sha})"),
+                None => "an earlier tool of this name (component unknown)".to_owned(),
+            };
+            return Err(Failure::new(
+                Code::ToolExists,
+                format!(
+                    "ClawFS data of {whose} is kept in {}; install with adopt-data (clawosctl --adopt-data) to give it to this component, or discard-data (--discard-data) to delete it first",
+                    data.display()
+                ),
+            ));
+        }
+        Ok(Some(choice))
+    }
+
+    /// Apply an install's choice about data kept under `name`.
+    fn settle_kept_data(&self, name: &str, choice: KeptData) -> Result<(), Failure> {
+        match choice {
+            KeptData::Discard => {
+                if self.delete_data(name)? {
+                    tracing::info!(tool = %name, "kept data discarded at install");
+                }
+            }
+            KeptData::Adopt | KeptData::Refuse => {
+                tracing::info!(tool = %name, data = %self.data.join(name).display(), "kept data adopted at install");
+            }
+        }
+        let record = self.dir.join(KEPT).join(format!("{name}.toml"));
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::io(
+                format_args!("cannot remove {}", record.display()),
+                &e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn kept_record(&self, name: &str) -> Option<KeptRecord> {
+        let path = self.dir.join(KEPT).join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).ok()?;
+        match toml::from_str(&text) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "unreadable record of kept data, taken as of an unknown component: {e}");
+                None
+            }
+        }
+    }
+
+    fn record_kept(&self, name: &str, sha256: &str) -> Result<(), Failure> {
+        let dir = self.dir.join(KEPT);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(format_args!("cannot create {}", dir.display())))?;
+        let record = KeptRecord {
+            sha256: sha256.to_owned(),
+            removed_at: now_secs(),
+        };
+        let text = toml::to_string(&record).map_err(|e| {
+            Failure::new(
+                Code::Einternal,
+                format!("cannot encode a kept-data record: {e}"),
+            )
+        })?;
+        let path = dir.join(format!("{name}.toml"));
+        let fresh = dir.join(format!(".{name}.toml.new"));
+        let _ = std::fs::remove_file(&fresh);
+        write(&fresh, text.as_bytes())?;
+        std::fs::rename(&fresh, &path).map_err(io(format_args!("cannot write {}", path.display())))
+    }
+
+    /// Delete `<data>/<name>/`: renamed out of every tool's reach first (so
+    /// the name is free at once), then removed without following any link
+    /// the tool made. Whatever a run still in flight writes into it meanwhile
+    /// is deleted at the next start. True if there was data.
+    fn delete_data(&self, name: &str) -> Result<bool, Failure> {
+        let data = self.data.join(name);
+        let doomed = self.data.join(format!("{REMOVED}{name}-{}", now_nanos()));
+        match std::fs::rename(&data, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(Failure::io(
+                    format_args!(
+                        "cannot delete the data of tool {name:?}, {}",
+                        data.display()
+                    ),
+                    &e,
+                ));
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+            tracing::warn!(tool = %name, path = %doomed.display(), "the tool's data is out of reach but not yet deleted (at the next start): {e}");
+        }
+        Ok(true)
+    }
+
+    /// Finish deletes cut short (a crash, or a run that kept writing).
+    fn finish_deletes(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.data) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(REMOVED)
+                && let Err(e) = std::fs::remove_dir_all(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), "cannot delete a removed tool's data: {e}");
+            }
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn poisoned() -> Failure {

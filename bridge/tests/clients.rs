@@ -23,25 +23,38 @@ use std::time::{Duration, Instant};
 const NOBODY: u32 = 65534;
 
 /// `n` connections to `socket` made by a child process running as
-/// `uid`:`uid` (the kernel takes a connection's peer credentials at
-/// connect), handed back to this process over `SCM_RIGHTS`. The child
-/// makes only system calls (rustix) between fork and exit.
+/// `uid`:`uid`, the socket and its directory opened to everyone first (the
+/// daemon's own check is what the callers test).
 fn connections_as(uid: u32, n: usize, socket: &Path) -> Vec<UnixStream> {
-    use rustix::net::{
-        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-        SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketType,
-    };
-    use std::mem::MaybeUninit;
-    use std::os::fd::AsFd;
     use std::os::unix::fs::PermissionsExt;
-    // The socket and its directory open to everyone: the daemon's own
-    // check is what decides.
     std::fs::set_permissions(
         socket.parent().unwrap(),
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    connections_with(uid, uid, &[], n, socket).unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// `n` connections to `socket` made by a child process running as
+/// `uid`:`gid` with the supplementary `groups` (the kernel takes a
+/// connection's peer credentials at connect), handed back to this process
+/// over `SCM_RIGHTS`; or the errno of the child's first failed connect.
+/// The child makes only system calls (rustix) between fork and exit.
+fn connections_with(
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    n: usize,
+    socket: &Path,
+) -> Result<Vec<UnixStream>, std::io::Error> {
+    use rustix::net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketType,
+    };
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    let groups: Vec<libc::gid_t> = groups.to_vec();
     let addr = SocketAddrUnix::new(socket).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     // SAFETY: the child calls only async-signal-safe system calls (no
@@ -51,8 +64,8 @@ fn connections_as(uid: u32, n: usize, socket: &Path) -> Vec<UnixStream> {
     if pid == 0 {
         // SAFETY: plain system calls in the forked child.
         let ok = unsafe {
-            libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(uid) == 0
+            libc::setgroups(groups.len(), groups.as_ptr()) == 0
+                && libc::setgid(gid) == 0
                 && libc::setuid(uid) == 0
         };
         if !ok {
@@ -64,9 +77,9 @@ fn connections_as(uid: u32, n: usize, socket: &Path) -> Vec<UnixStream> {
                 // SAFETY: as above.
                 unsafe { libc::_exit(2) };
             };
-            if rustix::net::connect(&fd, &addr).is_err() {
-                // SAFETY: as above.
-                unsafe { libc::_exit(3) };
+            if let Err(e) = rustix::net::connect(&fd, &addr) {
+                // SAFETY: as above. The errno, told by the exit status.
+                unsafe { libc::_exit(100 + e.raw_os_error().min(150)) };
             }
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
             let mut control = SendAncillaryBuffer::new(&mut space);
@@ -100,12 +113,9 @@ fn connections_as(uid: u32, n: usize, socket: &Path) -> Vec<UnixStream> {
             RecvFlags::CMSG_CLOEXEC,
         )
         .unwrap();
-        assert_eq!(
-            r.bytes,
-            1,
-            "the child stopped after {} connections",
-            conns.len()
-        );
+        if r.bytes == 0 {
+            break;
+        }
         for m in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = m {
                 conns.extend(fds.map(|fd: OwnedFd| UnixStream::from(fd)));
@@ -115,8 +125,19 @@ fn connections_as(uid: u32, n: usize, socket: &Path) -> Vec<UnixStream> {
     let mut status = 0;
     // SAFETY: reaps the child forked above.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(status, 0, "the connecting child failed");
-    conns
+    assert!(libc::WIFEXITED(status), "the connecting child: {status:#x}");
+    match libc::WEXITSTATUS(status) {
+        0 => {}
+        code if code > 100 => return Err(std::io::Error::from_raw_os_error(code - 100)),
+        code => panic!("the connecting child failed ({code})"),
+    }
+    assert_eq!(
+        conns.len(),
+        n,
+        "the child stopped after {} connections",
+        conns.len()
+    );
+    Ok(conns)
 }
 
 /// The daemon's resident memory, bytes.
@@ -144,6 +165,63 @@ fn status(d: &TestDaemon) -> clawos_bridge::ipc::proto::DaemonStatus {
         Body::Status(s) => s,
         other => panic!("{other:?}"),
     }
+}
+
+/// The answer to `status` on `c`.
+fn status_on(c: &mut UnixStream) -> Response {
+    c.write_all(&frame::encode(&Request::Status.encode()))
+        .unwrap();
+    answer(c)
+}
+
+#[test]
+fn allowed_groups_reach_the_socket_as_the_daemon_made_it() {
+    use std::os::unix::fs::PermissionsExt;
+    const GROUP: u32 = 4242;
+    let mode = |d: &TestDaemon| std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    // The socket's directory is traversable, as the appliance's /run/clawos
+    // is; the socket itself keeps the mode the daemon gave it.
+    let open_dir = |d: &TestDaemon| {
+        std::fs::set_permissions(
+            d.socket.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap()
+    };
+
+    // No groups: root and the daemon's user only, and the kernel says so.
+    let d = TestDaemon::start();
+    open_dir(&d);
+    assert_eq!(mode(&d), 0o600);
+    let e = connections_with(NOBODY, NOBODY, &[], 1, &d.socket).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    drop(d);
+
+    let d = TestDaemon::with_config(&format!("allowed_gids = [{GROUP}, 4243]\n"));
+    open_dir(&d);
+    assert_eq!(mode(&d), 0o666);
+    // A member by a supplementary group (read from the socket, not /proc).
+    let mut c = connections_with(NOBODY, NOBODY, &[7, GROUP], 1, &d.socket)
+        .unwrap()
+        .remove(0);
+    let r = status_on(&mut c);
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    // And by its primary group.
+    let mut c = connections_with(NOBODY, GROUP, &[], 1, &d.socket)
+        .unwrap()
+        .remove(0);
+    assert_eq!(status_on(&mut c).code, Code::Success);
+    // Anyone else: EPERM at accept, nothing read.
+    let mut c = connections_with(NOBODY, NOBODY, &[7, 8], 1, &d.socket)
+        .unwrap()
+        .remove(0);
+    let r = answer(&mut c);
+    assert_eq!(r.code, Code::Eperm, "{}", r.message);
+    assert_eq!(
+        r.message,
+        "uid 65534 (gid 65534) may not use this socket: only root, the daemon's user and members of allowed_gids"
+    );
+    d.assert_serving();
 }
 
 #[test]
@@ -351,6 +429,7 @@ fn install_path(d: &TestDaemon, path: &str) -> Response {
         name: "bypath".into(),
         source: ComponentSource::Path(path.into()),
         replace: true,
+        kept_data: Default::default(),
     })
 }
 
@@ -456,6 +535,7 @@ fn an_install_compiles_outside_the_daemon() {
         name: "costly".into(),
         source: ComponentSource::Bytes(costly_component(20_000)),
         replace: false,
+        kept_data: Default::default(),
     });
     // It compiles (the development host has no cgroup v2, so the compiler
     // has no memory limit here; the appliance test kills one at its limit),

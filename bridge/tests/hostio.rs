@@ -24,6 +24,10 @@ struct Suite {
 
 const SECRET: &[u8] = b"secret bytes";
 
+/// The loopback's PostgreSQL port, named (the default allow-list never
+/// reaches the loopback).
+const LOOPBACK_PG: &str = "[network]\nallow = [{ cidr = \"127.0.0.0/8\", ports = [5432] }]\n";
+
 impl Suite {
     fn new() -> Suite {
         Suite::with_config("")
@@ -116,7 +120,7 @@ impl Suite {
 #[serial(postgres)]
 fn hostio_uses_every_function_against_a_real_postgres() {
     let pg = Postgres::start(postgres::PORT);
-    let d = TestDaemon::start();
+    let d = TestDaemon::with_config(LOOPBACK_PG);
     d.install_ok("hostio");
     let v2 = clawos_bridge::cgroup::cgroup2_mounted();
     let cgroup = if v2 {
@@ -178,12 +182,27 @@ fn filesystem_escapes_are_refused() {
     s.refused(&["write", "/etc/clawos-escape"], Code::PolicyDenied);
     s.refused(&["mkdir", "../escaped", "493"], Code::PolicyDenied);
     s.refused(&["opendir", ".."], Code::PolicyDenied);
-    // Symlinks made by the tool.
-    s.refused(&["symlink", abs, "abs-link"], Code::PolicyDenied);
-    s.refused(
-        &["symlink", "../other/secret", "rel-link"],
-        Code::PolicyDenied,
-    );
+    // Symlinks made by the tool, through the interface and through WASI
+    // (whose paths are the same, from "/").
+    for (target, link) in [
+        (abs, "abs-link"),
+        ("../other/secret", "rel-link"),
+        ("../..", "wsdir"),
+        ("..", "up"),
+        ("../../secret", "a/rel-link"),
+        ("x/../../..", "a/rel-link"),
+    ] {
+        s.refused(&["symlink", target, link], Code::PolicyDenied);
+        s.refused(&["wasi-symlink", target, link], Code::Eperm);
+        assert!(
+            fs::symlink_metadata(s.root.join(link)).is_err(),
+            "{link} made"
+        );
+    }
+    // Inside the root, both make them.
+    assert_eq!(s.probe(&["symlink", "../a", "a/self"]), "ok");
+    assert_eq!(s.probe(&["wasi-symlink", "../a", "a/self2"]), "ok");
+    assert_eq!(s.probe(&["wasi-symlink", "a", "to-a"]), "ok");
     // Symlinks planted from outside.
     std::os::unix::fs::symlink(&planted_out, s.root.join("planted-abs")).unwrap();
     std::os::unix::fs::symlink("../other/secret", s.root.join("planted-rel")).unwrap();
@@ -210,7 +229,22 @@ fn filesystem_escapes_are_refused() {
         s.refused(&["truncate", p, "0"], Code::PolicyDenied);
         s.refused(&["chmod", p, "666"], Code::PolicyDenied);
         s.refused(&["link", p, "again"], Code::PolicyDenied);
+        s.refused(&["wasi-link", p, "again"], Code::Eperm);
+        s.refused(&["wasi-link", p, "a/again"], Code::Eperm);
+        assert!(!s.root.join("again").exists() && !s.root.join("a/again").exists());
     }
+    // The root itself keeps its mode and owner, however it is named.
+    for p in ["", ".", "a/..", "a/../.", "to-a/.."] {
+        s.refused(&["chmod", p, "777"], Code::PolicyDenied);
+        s.refused(&["chown", p, "0", "0"], Code::PolicyDenied);
+    }
+    // WASI has no chmod: std's set_permissions fails, whatever it names.
+    assert!(s.probe(&["wasi-chmod", "/"]).starts_with("err "));
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&s.root).unwrap().permissions())
+            & 0o7777,
+        0o700
+    );
     // Rename out of the root, or of a file outside into it.
     assert_eq!(s.probe_with(&["write", "mine.txt"], b"mine"), "ok 4");
     s.refused(&["rename", "mine.txt", "../moved"], Code::PolicyDenied);
@@ -296,10 +330,24 @@ fn egress_is_postgres_only_and_resolution_is_policed() {
     s.refused(&["connect", "example.com", "5432"], Code::PolicyDenied);
     s.refused(&["resolve", "example.com"], Code::PolicyDenied);
     s.refused(&["resolve", "exfil.attacker.example"], Code::PolicyDenied);
-    assert!(
-        s.probe(&["resolve", "localhost"]).starts_with("ok"),
-        "localhost resolves"
-    );
+    // localhost is allowed as a name, but its addresses are the loopback,
+    // which no default rule names: however the address is spelt.
+    s.refused(&["resolve", "localhost"], Code::PolicyDenied);
+    for host in [
+        "localhost",
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "0177.0.0.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "169.254.169.254",
+    ] {
+        s.refused(&["connect", host, "5432"], Code::PolicyDenied);
+    }
+    let named = Suite::with_config(LOOPBACK_PG);
+    assert_eq!(named.probe(&["resolve", "localhost"]), "ok 1 addresses");
     // WASI sockets are not linked to the network: no socket of the tool's own.
     // (WASI's access-denied, EACCES, which the probe reports as EPERM.)
     s.refused(&["wasi-connect", "127.0.0.1", "5432"], Code::Eperm);
@@ -315,7 +363,7 @@ fn egress_is_postgres_only_and_resolution_is_policed() {
 fn closed_connections_and_quotas_answer_their_codes() {
     let pg = Postgres::start(postgres::PORT);
     let s = Suite::with_config(
-        "[clawfs]\nmax_open_files = 3\nmax_write_bytes = 10\n[network]\nmax_connections = 0\n",
+        "[clawfs]\nmax_open_files = 3\nmax_write_bytes = 10\n[network]\nmax_connections = 0\nallow = [{ cidr = \"127.0.0.0/8\", ports = [5432] }]\n",
     );
     // Handles: the fourth open file is over the limit.
     assert_eq!(s.probe(&["open-files", "f"]), "err 105 after 3");
@@ -334,7 +382,7 @@ fn closed_connections_and_quotas_answer_their_codes() {
     // Connections: none allowed by this config.
     s.refused(&["connect", "127.0.0.1", "5432"], Code::QuotaExceeded);
     drop(s);
-    let d = TestDaemon::start();
+    let d = TestDaemon::with_config(LOOPBACK_PG);
     d.install_ok("probe");
     let (r, out) = d.run("probe", &["closed-conn", "127.0.0.1", &pg.port.to_string()]);
     assert_eq!(r.code, Code::Success, "{}", r.message);

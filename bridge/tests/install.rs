@@ -4,7 +4,7 @@
 mod common;
 
 use clawos_bridge::error::Code;
-use clawos_bridge::ipc::proto::{Body, ComponentSource, Request};
+use clawos_bridge::ipc::proto::{Body, ComponentSource, KeptData, Request};
 use common::TestDaemon;
 
 fn install_bytes(
@@ -16,6 +16,7 @@ fn install_bytes(
         name: name.into(),
         source: ComponentSource::Bytes(bytes),
         replace: false,
+        kept_data: Default::default(),
     })
 }
 
@@ -61,6 +62,7 @@ fn names_exists_not_found_replace_and_remove() {
         name: "../etc".into(),
         source: ComponentSource::Bytes(vec![]),
         replace: false,
+        kept_data: Default::default(),
     });
     assert_eq!(r.code, Code::InvalidArgument, "{}", r.message);
     d.install_ok("hello");
@@ -70,6 +72,7 @@ fn names_exists_not_found_replace_and_remove() {
         name: "hello".into(),
         source: ComponentSource::Bytes(clawos_tool_artifacts::bytes("echo")),
         replace: true,
+        kept_data: Default::default(),
     });
     assert_eq!(r.code, Code::Success, "{}", r.message);
     let (r, out) = d.run("hello", &["now", "echo"]);
@@ -79,11 +82,13 @@ fn names_exists_not_found_replace_and_remove() {
     );
     let r = d.request(&Request::Remove {
         name: "hello".into(),
+        keep_data: false,
     });
     assert_eq!(r.code, Code::Success);
     assert!(!d.state.join("tools/hello").exists());
     let r = d.request(&Request::Remove {
         name: "hello".into(),
+        keep_data: false,
     });
     assert_eq!(r.code, Code::ToolNotFound);
     let r = d.request(&Request::Run(clawos_bridge::ipc::proto::RunRequest {
@@ -128,6 +133,7 @@ fn install_by_path_is_root_only_and_works_for_root() {
         name: "hello".into(),
         source: ComponentSource::Path(path.to_string_lossy().into_owned()),
         replace: false,
+        kept_data: Default::default(),
     });
     // The tests run as root (the appliance's daemon does too).
     assert_eq!(
@@ -140,6 +146,7 @@ fn install_by_path_is_root_only_and_works_for_root() {
         name: "nope".into(),
         source: ComponentSource::Path("/nonexistent.wasm".into()),
         replace: false,
+        kept_data: Default::default(),
     });
     assert_eq!(r.code, Code::Enoent, "{}", r.message);
 }
@@ -265,4 +272,167 @@ fn a_bad_config_stops_the_daemon_naming_the_key() {
     assert!(err.contains("sandbox.memory_limit_bytes = 12"), "{err}");
     let err = refused("disable_sandbox = true\n");
     assert!(err.contains("disable_sandbox"), "{err}");
+}
+
+/// Run tool `name` (the probe) with `args` and `input`; its one line.
+fn probe(d: &TestDaemon, name: &str, args: &[&str], input: &[u8]) -> String {
+    let (r, out) = d.run_with(clawos_bridge::ipc::proto::RunRequest {
+        name: name.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        input: input.to_vec(),
+        env: vec![],
+        timeout_ms: None,
+    });
+    assert_eq!(r.code, Code::Success, "{args:?}: {}", r.message);
+    String::from_utf8_lossy(&out.output).trim_end().to_owned()
+}
+
+fn install_with(
+    d: &TestDaemon,
+    name: &str,
+    tool: &str,
+    replace: bool,
+    kept_data: KeptData,
+) -> clawos_bridge::ipc::proto::Response {
+    d.request(&Request::Install {
+        name: name.into(),
+        source: ComponentSource::Bytes(clawos_tool_artifacts::bytes(tool)),
+        replace,
+        kept_data,
+    })
+}
+
+fn remove(d: &TestDaemon, name: &str, keep_data: bool) {
+    let r = d.request(&Request::Remove {
+        name: name.into(),
+        keep_data,
+    });
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+}
+
+#[test]
+fn a_tools_data_leaves_with_it_and_never_passes_silently_to_another_component() {
+    let d = TestDaemon::start();
+    let data = d.state.join("clawfs/t");
+    let ok =
+        |r: clawos_bridge::ipc::proto::Response| assert_eq!(r.code, Code::Success, "{}", r.message);
+
+    // Removed: the data goes too; the next tool of the name starts empty.
+    ok(install_with(&d, "t", "probe", false, KeptData::Refuse));
+    assert_eq!(probe(&d, "t", &["write", "secret.txt"], b"s3cret"), "ok 6");
+    remove(&d, "t", false);
+    assert!(!data.exists());
+    ok(install_with(&d, "t", "probe", false, KeptData::Refuse));
+    assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "err 3");
+
+    // Replaced (an upgrade): the data stays with the name.
+    assert_eq!(probe(&d, "t", &["write", "secret.txt"], b"s3cret"), "ok 6");
+    ok(install_with(&d, "t", "probe", true, KeptData::Refuse));
+    assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "ok s3cret");
+
+    // Kept: the same component gets it back...
+    remove(&d, "t", true);
+    assert!(data.join("secret.txt").exists());
+    ok(install_with(&d, "t", "probe", false, KeptData::Refuse));
+    assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "ok s3cret");
+    // ...another component only if the operator says so.
+    remove(&d, "t", true);
+    let r = install_with(&d, "t", "hello", false, KeptData::Refuse);
+    assert_eq!(r.code, Code::ToolExists, "{}", r.message);
+    assert!(
+        r.message
+            .starts_with("ClawFS data of a removed tool (component sha256 ")
+            && r.message.contains("--adopt-data")
+            && r.message.contains("--discard-data"),
+        "{}",
+        r.message
+    );
+    assert!(data.join("secret.txt").exists());
+    // (A probe built otherwise is another component: the probe with one
+    // more custom section stands in for it.)
+    let other = {
+        let mut b = clawos_tool_artifacts::bytes("probe");
+        let name = b"another-build";
+        let mut payload = vec![name.len() as u8];
+        payload.extend_from_slice(name);
+        payload.push(b'1');
+        b.push(0);
+        b.push(payload.len() as u8);
+        b.extend_from_slice(&payload);
+        b
+    };
+    let install_other = |kept_data| {
+        d.request(&Request::Install {
+            name: "t".into(),
+            source: ComponentSource::Bytes(other.clone()),
+            replace: false,
+            kept_data,
+        })
+    };
+    assert_eq!(install_other(KeptData::Refuse).code, Code::ToolExists);
+    ok(install_other(KeptData::Adopt));
+    assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "ok s3cret");
+    // Discarded at install: gone before the new tool's first run.
+    remove(&d, "t", true);
+    ok(install_with(&d, "t", "probe", false, KeptData::Discard));
+    assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "err 3");
+
+    // Data that no record explains (left by an older daemon) is refused too.
+    remove(&d, "t", false);
+    std::fs::create_dir_all(d.state.join("clawfs/old")).unwrap();
+    std::fs::write(d.state.join("clawfs/old/secret.txt"), b"x").unwrap();
+    let r = install_with(&d, "old", "probe", false, KeptData::Refuse);
+    assert_eq!(r.code, Code::ToolExists, "{}", r.message);
+    assert!(r.message.contains("(component unknown)"), "{}", r.message);
+
+    // A removed tool's links cannot make the delete leave its root.
+    std::fs::write(d.state.join("outside.txt"), b"keep me").unwrap();
+    ok(install_with(&d, "t", "probe", false, KeptData::Refuse));
+    assert_eq!(probe(&d, "t", &["mkdir", "d", "448"], b""), "ok");
+    std::os::unix::fs::symlink("../../outside.txt", data.join("d/link")).unwrap();
+    std::os::unix::fs::symlink(d.state.join("tools"), data.join("tools")).unwrap();
+    remove(&d, "t", false);
+    assert!(!data.exists());
+    assert_eq!(
+        std::fs::read(d.state.join("outside.txt")).unwrap(),
+        b"keep me"
+    );
+    assert!(d.state.join("tools").is_dir());
+    // Nothing of the tool's data or records is left behind.
+    let left: Vec<_> = std::fs::read_dir(d.state.join("clawfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("old")]);
+    d.assert_serving();
+}
+
+#[test]
+fn clawosctl_keeps_adopts_and_discards_data() {
+    let d = TestDaemon::start();
+    let data = d.state.join("clawfs/t");
+    let probe_wasm = clawos_tool_artifacts::path("probe");
+    let hello_wasm = clawos_tool_artifacts::path("hello");
+    let ok = |args: &[&str]| {
+        let o = d.ctl(args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    };
+    ok(&["install", "t", probe_wasm.to_str().unwrap()]);
+    assert_eq!(probe(&d, "t", &["write", "f"], b"x"), "ok 1");
+    ok(&["remove", "--keep-data", "t"]);
+    assert!(data.join("f").exists());
+    let o = d.ctl(&["install", "t", hello_wasm.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(207), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--adopt-data"),
+        "{o:?}"
+    );
+    ok(&[
+        "install",
+        "--discard-data",
+        "t",
+        hello_wasm.to_str().unwrap(),
+    ]);
+    assert!(!data.exists());
+    ok(&["remove", "t"]);
 }

@@ -121,12 +121,12 @@ fn other_protocol_version_is_209() {
     let d = TestDaemon::start();
     let mut c = d.client();
     let mut f = status_frame();
-    f[4..6].copy_from_slice(&2u16.to_be_bytes());
+    f[4..6].copy_from_slice(&1u16.to_be_bytes());
     c.send_raw(&f).unwrap();
     let r = c.receive().unwrap();
     assert_eq!(r.code, Code::UnsupportedVersion);
     assert!(
-        r.message.contains("version 2 is not supported"),
+        r.message.contains("version 1 is not supported"),
         "{}",
         r.message
     );

@@ -323,6 +323,7 @@ fn remote_frames_and_sessions_have_the_socket_limits() {
             name: "hello".into(),
             source: ComponentSource::Bytes(clawos_tool_artifacts::bytes("hello")),
             replace: false,
+            kept_data: Default::default(),
         })
         .unwrap();
     assert!(matches!(r.body, Body::Tool(_)), "{}", r.message);

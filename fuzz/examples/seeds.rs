@@ -27,6 +27,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             "remove",
             Request::Remove {
                 name: "hello".into(),
+                keep_data: false,
             },
         ),
         (
@@ -35,6 +36,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 name: "hello".into(),
                 source: ComponentSource::Bytes(empty_component()),
                 replace: false,
+                kept_data: Default::default(),
             },
         ),
         (
@@ -43,6 +45,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 name: "echo".into(),
                 source: ComponentSource::Path("/var/lib/clawos/incoming/echo.wasm".into()),
                 replace: true,
+                kept_data: Default::default(),
             },
         ),
         (

@@ -32,8 +32,12 @@ pub struct Root {
     path: PathBuf,
     fd: OwnedFd,
     dev: u64,
+    ino: u64,
     max_link_scan: u32,
 }
+
+/// Deepest directory [`Root::depth_of`] walks up from.
+const MAX_DEPTH: usize = MAX_PATH / 2;
 
 /// The parent directory of a last component, and that component.
 #[derive(Debug)]
@@ -148,6 +152,7 @@ impl Root {
             path: path.to_owned(),
             fd,
             dev: st.st_dev,
+            ino: st.st_ino,
             max_link_scan,
         })
     }
@@ -337,15 +342,7 @@ impl Root {
     /// a symlink, and it must itself be a file whose links are all inside.
     pub fn link(&self, existing: &str, new: &str) -> Result<(), Failure> {
         let from = self.leaf(existing)?;
-        let probe = rustix::fs::openat2(
-            &from.dir,
-            from.name.as_str(),
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve_flags(),
-        )
-        .map_err(|e| resolve_error(existing, e))?;
-        self.check_links(&probe, existing)?;
+        self.check_link_source(&from.dir, &from.name, false)?;
         let to = self.leaf(new)?;
         rustix::fs::linkat(
             &from.dir,
@@ -362,15 +359,7 @@ impl Root {
     /// `..` never above the root. (Following it is confined by the kernel
     /// anyway; this refuses to make one that could only fail.)
     pub fn symlink(&self, target: &str, link_path: &str) -> Result<(), Failure> {
-        check_path(target)?;
-        let (parent, _) = split(link_path)?;
-        let depth = lexical_depth(parent).and_then(|d| lexical_depth_from(d, target));
-        if depth.is_none() {
-            return Err(Failure::new(
-                Code::PolicyDenied,
-                format!("symlink target {target:?} at {link_path:?} leads outside the tool's root"),
-            ));
-        }
+        check_symlink(0, target, link_path)?;
         let leaf = self.leaf(link_path)?;
         rustix::fs::symlinkat(target, &leaf.dir, leaf.name.as_str())
             .map_err(|e| op_error("symlink", link_path, e))
@@ -405,7 +394,7 @@ impl Root {
     /// `chmod` of the entry `path` resolves to; permission bits only.
     pub fn chmod(&self, path: &str, mode: u32) -> Result<(), Failure> {
         let mode = check_mode(mode)?;
-        let fd = self.entry(path)?;
+        let fd = self.not_the_root(self.entry(path)?, "chmod", path)?;
         // fchmod does not take O_PATH descriptors and fchmodat2 is newer
         // than 6.6; the descriptor's /proc/self/fd entry names exactly the
         // inode resolved above.
@@ -420,7 +409,7 @@ impl Root {
 
     /// `chown` of the entry `path` resolves to (policy is the caller's).
     pub fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), Failure> {
-        let fd = self.entry(path)?;
+        let fd = self.not_the_root(self.entry(path)?, "chown", path)?;
         rustix::fs::chownat(
             &fd,
             "",
@@ -429,6 +418,103 @@ impl Root {
             AtFlags::EMPTY_PATH,
         )
         .map_err(|e| op_error("chown", path, e))
+    }
+}
+
+impl Root {
+    /// `fd`, unless it is the root itself: the root keeps the owner and
+    /// the mode (0700) the bridge gave it, whichever path names it.
+    fn not_the_root(&self, fd: OwnedFd, op: &str, path: &str) -> Result<OwnedFd, Failure> {
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|e| Failure::io(format_args!("stat {path:?}"), &e.into()))?;
+        if (st.st_dev, st.st_ino) == (self.dev, self.ino) {
+            return Err(Failure::new(
+                Code::PolicyDenied,
+                format!("{op} {path:?}: that is the tool's root, which keeps its owner and mode"),
+            ));
+        }
+        Ok(fd)
+    }
+
+    /// How many directories below the root the directory `dir` is (found by
+    /// walking its `..` up to the root). A directory the walk does not lead
+    /// back to the root from is refused.
+    pub fn depth_of(&self, dir: &impl AsFd) -> Result<usize, Failure> {
+        let outside = || {
+            Failure::new(
+                Code::PolicyDenied,
+                "a directory that is not beneath the tool's root",
+            )
+        };
+        let mut current = rustix::io::fcntl_dupfd_cloexec(dir, 0)
+            .map_err(|e| Failure::io("duplicate a directory descriptor", &e.into()))?;
+        for depth in 0..=MAX_DEPTH {
+            let st = rustix::fs::fstat(&current)
+                .map_err(|e| Failure::io("stat a directory", &e.into()))?;
+            if st.st_dev != self.dev {
+                return Err(outside());
+            }
+            if st.st_ino == self.ino {
+                return Ok(depth);
+            }
+            let parent = rustix::fs::openat(
+                &current,
+                "..",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Failure::io("open a directory's parent", &e.into()))?;
+            let up = rustix::fs::fstat(&parent)
+                .map_err(|e| Failure::io("stat a directory", &e.into()))?;
+            // The filesystem's own root is its own parent.
+            if (up.st_dev, up.st_ino) == (st.st_dev, st.st_ino) {
+                return Err(outside());
+            }
+            current = parent;
+        }
+        Err(outside())
+    }
+
+    /// May `path`, beneath the directory `dir`, be hard-linked? It is
+    /// resolved beneath `dir` (followed if `follow`, else the entry itself),
+    /// and it must be a file whose links are all inside the root.
+    pub fn check_link_source(
+        &self,
+        dir: &impl AsFd,
+        path: &str,
+        follow: bool,
+    ) -> Result<(), Failure> {
+        let nofollow = if follow {
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        let probe = rustix::fs::openat2(
+            dir,
+            check_path(path)?,
+            OFlags::PATH | nofollow | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(|e| resolve_error(path, e))?;
+        self.check_links(&probe, path).map(drop)
+    }
+}
+
+/// May a symlink to `target` be made at `link_path`, relative to a
+/// directory `depth` levels below the root? The target must stay inside
+/// the root when read from the link's directory: not absolute, and its
+/// `..` never above the root.
+pub fn check_symlink(depth: usize, target: &str, link_path: &str) -> Result<(), Failure> {
+    check_path(target)?;
+    let (parent, _) = split(link_path)?;
+    let end = lexical_depth_from(depth, parent).and_then(|d| lexical_depth_from(d, target));
+    match end {
+        Some(_) => Ok(()),
+        None => Err(Failure::new(
+            Code::PolicyDenied,
+            format!("symlink target {target:?} at {link_path:?} leads outside the tool's root"),
+        )),
     }
 }
 
@@ -441,12 +527,6 @@ fn op_error(op: &str, path: &str, err: Errno) -> Failure {
         ),
         e => Failure::io(format_args!("{op} {path:?}"), &e.into()),
     }
-}
-
-/// How many directories below the root a relative directory path is, or
-/// None if its `..` ever climb above the root.
-fn lexical_depth(path: &str) -> Option<usize> {
-    lexical_depth_from(0, path)
 }
 
 /// The depth reached walking `path` from `depth`, or None above the root.

@@ -8,6 +8,13 @@
 //! open descriptor (only regular files and directories, every link of a
 //! multiply linked file inside the root) and closes it with `not-permitted`
 //! if they fail, before the tool can read or write a byte.
+//!
+//! `symlink-at` and `link-at` are wrapped too, so that WASI makes nothing the
+//! filesystem interface refuses: no symlink whose target climbs out of the
+//! root (cap-std only refuses to follow one), no new link to a file that is
+//! linked from outside the root. (WASI has no chmod or chown: the root's
+//! mode and owner are the bridge's, and its own interface refuses to change
+//! them.)
 
 use crate::runtime::state::Instance;
 use wasmtime::component::{Linker, Resource};
@@ -91,11 +98,82 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
             Ok((Ok(fd),))
         },
     )?;
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "[method]descriptor.symlink-at",
+        |mut store, (dir, target, link_path): (Resource<Descriptor>, String, String)| {
+            let instance: &mut Instance = store.data_mut();
+            let checked = instance.wasi_dir(&dir).map(|d| {
+                let root = instance.fs.root().clone();
+                root.depth_of(&*d)
+                    .and_then(|depth| crate::clawfs::check_symlink(depth, &target, &link_path))
+            });
+            if let Some(Err(refusal)) = checked {
+                tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path = link_path, "wasi symlink refused: {}", refusal.message);
+                return Ok((Err(refused(&refusal)),));
+            }
+            let mut view = instance.filesystem();
+            match HostDescriptor::symlink_at(&mut view, dir, target, link_path) {
+                Ok(()) => Ok((Ok(()),)),
+                Err(e) => Ok((Err(fst::Host::convert_error_code(&mut view, e)?),)),
+            }
+        },
+    )?;
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "[method]descriptor.link-at",
+        |mut store,
+         (dir, old_flags, old_path, new_dir, new_path): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            let instance: &mut Instance = store.data_mut();
+            let follow = old_flags.contains(PathFlags::SYMLINK_FOLLOW);
+            let checked = instance.wasi_dir(&dir).map(|d| {
+                let root = instance.fs.root().clone();
+                root.check_link_source(&*d, &old_path, follow)
+            });
+            match checked {
+                // Missing: WASI answers that itself, as it would anyway.
+                Some(Err(f)) if f.code == crate::error::Code::Enoent => {}
+                Some(Err(refusal)) => {
+                    tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path = old_path, "wasi link refused: {}", refusal.message);
+                    return Ok((Err(refused(&refusal)),));
+                }
+                _ => {}
+            }
+            let mut view = instance.filesystem();
+            match HostDescriptor::link_at(&mut view, dir, old_flags, old_path, new_dir, new_path) {
+                Ok(()) => Ok((Ok(()),)),
+                Err(e) => Ok((Err(fst::Host::convert_error_code(&mut view, e)?),)),
+            }
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
+/// WASI's error for a refusal of ClawFS's rules: `not-permitted` for the
+/// policy, `io` for a check that could not be made (never a pass).
+fn refused(f: &crate::error::Failure) -> ErrorCode {
+    match f.code {
+        crate::error::Code::PolicyDenied | crate::error::Code::Eperm => ErrorCode::NotPermitted,
+        crate::error::Code::InvalidArgument => ErrorCode::Invalid,
+        _ => ErrorCode::Io,
+    }
+}
+
 impl Instance {
+    /// The directory a WASI descriptor is, if it is one (a file: WASI
+    /// answers `not-directory` itself).
+    fn wasi_dir(&self, fd: &Resource<Descriptor>) -> Option<std::sync::Arc<std::fs::File>> {
+        match self.handles.table.get(fd) {
+            Ok(Descriptor::Dir(d)) => Some(d.dir.clone()),
+            _ => None,
+        }
+    }
+
     /// ClawFS's rules for a descriptor wasmtime-wasi has just opened.
     fn check_wasi_open(
         &mut self,

@@ -7,7 +7,7 @@ use crate::error::{Code, Failure};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CLAW";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes in a header.
 pub const HEADER_LEN: usize = 12;
 
@@ -274,8 +274,8 @@ mod tests {
         f[0] = b'X';
         assert!(matches!(decode(&f, 100), Err(FrameError::BadMagic(_))));
         let mut f = encode(b"x");
-        f[5] = 2;
-        assert_eq!(decode(&f, 100), Err(FrameError::UnsupportedVersion(2)));
+        f[5] = 1;
+        assert_eq!(decode(&f, 100), Err(FrameError::UnsupportedVersion(1)));
         assert_eq!(
             FrameError::UnsupportedVersion(2).code(),
             Code::UnsupportedVersion

@@ -24,20 +24,41 @@ pub enum Request {
         name: String,
         /// The component.
         source: ComponentSource,
-        /// Replace a tool of that name if there is one.
+        /// Replace a tool of that name if there is one (its ClawFS data
+        /// stays with the name: an upgrade).
         replace: bool,
+        /// What to do with ClawFS data kept under that name by a removed
+        /// tool of another component.
+        kept_data: KeptData,
     },
     /// List installed tools.
     List,
     /// Run a tool.
     Run(RunRequest),
-    /// Remove a tool.
+    /// Remove a tool and, unless `keep_data`, its ClawFS data.
     Remove {
         /// The tool's name.
         name: String,
+        /// Keep `<clawfs>/<name>/`, recorded as the removed component's.
+        keep_data: bool,
     },
     /// The daemon's status and counters.
     Status,
+}
+
+/// An install's answer to ClawFS data that a removed tool left under its
+/// name (`remove --keep-data`, or a remove by an older daemon). Data kept
+/// by the very same component (same sha256) is its own again whatever this
+/// says; other data is never handed over silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeptData {
+    /// Refuse the install (TOOL_EXISTS), naming the data and the choices.
+    #[default]
+    Refuse,
+    /// The new component gets the data.
+    Adopt,
+    /// Delete the data, then install.
+    Discard,
 }
 
 /// Where the component of an install comes from.
@@ -186,7 +207,7 @@ impl Request {
                     ComponentSource::Path(p) => check_len("install.path", p.len(), MAX_PATH as u64),
                 }
             }
-            Request::Remove { name } => check_len("remove.name", name.len(), MAX_NAME as u64),
+            Request::Remove { name, .. } => check_len("remove.name", name.len(), MAX_NAME as u64),
             Request::List | Request::Status => Ok(()),
             Request::Run(run) => {
                 check_len("run.name", run.name.len(), MAX_NAME as u64)?;
@@ -327,17 +348,20 @@ mod tests {
             name: "x".into(),
             source: ComponentSource::Bytes(vec![0; 33]),
             replace: false,
+            kept_data: Default::default(),
         };
         assert!(refused(install).contains("install.component is 33 bytes"));
         let install = Request::Install {
             name: "x".into(),
             source: ComponentSource::Path("p".repeat(4097)),
             replace: false,
+            kept_data: Default::default(),
         };
         assert!(refused(install).contains("install.path"));
         assert!(
             refused(Request::Remove {
-                name: "n".repeat(65)
+                name: "n".repeat(65),
+                keep_data: false,
             })
             .contains("remove.name")
         );

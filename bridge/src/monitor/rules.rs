@@ -410,10 +410,13 @@ mod tests {
         let mut d = detector();
         let mut e = seen(t::OP_CONNECT);
         e.who = Who::Daemon;
-        e.dest = Some(("127.0.0.1".parse().unwrap(), 80));
+        e.dest = Some(("192.0.2.7".parse().unwrap(), 80));
         assert_eq!(rules_hit(&mut d, &e), ["egress"]);
-        e.dest = Some(("127.0.0.1".parse().unwrap(), 5432));
+        e.dest = Some(("192.0.2.7".parse().unwrap(), 5432));
         assert!(rules_hit(&mut d, &e).is_empty());
+        // The loopback is outside the default allow-list on any port.
+        e.dest = Some(("127.0.0.1".parse().unwrap(), 5432));
+        assert_eq!(rules_hit(&mut d, &e), ["egress"]);
         e.dest = None; // a Unix socket
         assert!(rules_hit(&mut d, &e).is_empty());
     }

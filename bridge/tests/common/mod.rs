@@ -142,6 +142,7 @@ impl TestDaemon {
             name: name.into(),
             source: ComponentSource::Bytes(clawos_tool_artifacts::bytes(name)),
             replace: false,
+            kept_data: Default::default(),
         })
     }
 

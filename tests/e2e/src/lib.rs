@@ -772,7 +772,7 @@ fn clone_needles(needles: &[ReadUntil]) -> Vec<ReadUntil> {
 }
 
 /// Run every sample tool once in `g` with exact results: the WIT
-/// interfaces (hostio: filesystem, device, network resolving localhost,
+/// interfaces (hostio: filesystem, device, network: localhost is refused by the default policy,
 /// cgroup), the limits and the P1.7 codes of failed runs. Shared by the
 /// tools suite and the AppArmor suite (which checks for denials after).
 pub fn run_sample_tools(g: &mut Guest) {

@@ -150,7 +150,7 @@ fn tools_run_without_denials_and_the_kernel_refuses_what_the_profiles_refuse() {
     );
 
     // The sample tools under the profile: the filesystem, device, network
-    // (resolves localhost) and cgroup interfaces, limits and failures.
+    // (localhost refused) and cgroup interfaces, limits and failures.
     clawos_e2e::run_sample_tools(&mut g);
     // Install (precompile, stage, rename) and remove, in the guest.
     assert_eq!(

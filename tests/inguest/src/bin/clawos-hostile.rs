@@ -345,14 +345,32 @@ fn main() {
         }
         s.spawn(|| {
             while going() {
+                let started = Instant::now();
                 let r = request(
                     &socket,
                     &Request::Install {
                         name: "bomb".into(),
                         source: ComponentSource::Bytes(bomb.clone()),
                         replace: true,
+                        kept_data: Default::default(),
                     },
                 );
+                if let Ok(r) = &r {
+                    eprintln!(
+                        "hostile: bomb answered after {:.1} s: {} {}",
+                        started.elapsed().as_secs_f64(),
+                        r.code,
+                        r.message
+                    );
+                }
+                // Killed at its memory limit, not at the compile's deadline.
+                let r = r.map(|r| match r.message.contains("compile.memory_max") {
+                    true => r,
+                    false => Response {
+                        code: Code::Einternal,
+                        ..r
+                    },
+                });
                 bombs.expect("compile bomb", r, Code::WasmResourceLimit);
             }
         });

@@ -165,6 +165,17 @@ impl Guest for Probe {
             "wasi-stat" => wasi(std::fs::metadata(a), |m| format!("size={}", m.len())),
             "wasi-mkdir" => wasi(std::fs::create_dir(a), |_| String::new()),
             "wasi-link" => wasi(std::fs::hard_link(a, b), |_| String::new()),
+            // std's only stable symlink call on WASI (path_symlink).
+            #[allow(deprecated)]
+            "wasi-symlink" => wasi(std::fs::soft_link(a, b), |_| String::new()),
+            "wasi-chmod" => wasi(
+                std::fs::metadata(a).and_then(|m| {
+                    let mut p = m.permissions();
+                    p.set_readonly(!p.readonly());
+                    std::fs::set_permissions(a, p)
+                }),
+                |_| String::new(),
+            ),
             "wasi-rename" => wasi(std::fs::rename(a, b), |_| String::new()),
             "wasi-readdir" => wasi(std::fs::read_dir(a), |d| format!("{} entries", d.count())),
             "wasi-open-read" => wasi(
