@@ -12,6 +12,7 @@ use crate::egress::Egress;
 use crate::error::Failure;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +24,30 @@ pub trait Outside: Send + Sync + std::fmt::Debug {
     fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure>;
     /// One call on the instance's cgroup delegation.
     fn cgroup(&self, call: CgroupCall) -> Result<CgroupReply, Failure>;
+    /// The memory of the region `name` that the live instances of this
+    /// instance's tool share, `size` bytes: a sealed memfd ([`sealed_memfd`])
+    /// to map. `None` where instances share one process, whose own buffer
+    /// serves them.
+    fn shared_region(&self, name: &str, size: u64) -> Result<Option<OwnedFd>, Failure>;
+}
+
+/// A new memfd of `size` zero bytes whose size can never change
+/// (F_SEAL_GROW, F_SEAL_SHRINK, then F_SEAL_SEAL), so a mapping of it can
+/// never lose its pages under a reader (SIGBUS) or grow past its account.
+pub fn sealed_memfd(size: u64) -> Result<OwnedFd, Failure> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let io = |what: &str, e: rustix::io::Errno| {
+        Failure::io(format_args!("shared region: {what}"), &e.into())
+    };
+    let fd = rustix::fs::memfd_create(
+        "clawos-shared",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| io("memfd_create", e))?;
+    rustix::fs::ftruncate(&fd, size).map_err(|e| io("ftruncate", e))?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
+        .map_err(|e| io("seal", e))?;
+    Ok(fd)
 }
 
 /// A call of the cgroup interface, with groups named relative to the
@@ -136,5 +161,9 @@ impl Outside for Direct {
             *slot = Some(Delegation::create(&self.cgroup, self.instance)?);
         }
         call.apply(slot.as_mut().expect("set above"), Ok)
+    }
+
+    fn shared_region(&self, _name: &str, _size: u64) -> Result<Option<OwnedFd>, Failure> {
+        Ok(None)
     }
 }

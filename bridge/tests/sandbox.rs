@@ -316,3 +316,60 @@ fn concurrent_runs_all_complete() {
     };
     assert_eq!((s.runs_in_flight, s.runs_total, s.runs_failed), (0, 16, 0));
 }
+
+#[test]
+fn concurrent_runs_of_a_tool_share_its_regions_and_no_one_else_does() {
+    let d = std::sync::Arc::new(TestDaemon::start());
+    d.install_ok("probe");
+    let root = d.state.join("clawfs/probe");
+    let meet = |d: &TestDaemon, size: &str| {
+        let (r, out) = d.run("probe", &["shared-meet", "board", size]);
+        assert_eq!(r.code, Code::Success, "{}", r.message);
+        String::from_utf8_lossy(&out.output).trim_end().to_owned()
+    };
+    // Nobody holds "board" yet: the first run to open it finds zeros.
+    assert_eq!(meet(&d, "4096"), "ok 000000");
+    std::fs::remove_file(root.join("b-done")).unwrap();
+    // One run holds it while another opens it: each sees the other's bytes
+    // (two worker processes, one memory the daemon holds).
+    let holder = {
+        let d = d.clone();
+        std::thread::spawn(move || d.run("probe", &["shared-hold", "board", "4096"]))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !root.join("a-ready").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never wrote"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Another size while it is held: INVALID_ARGUMENT.
+    let (r, out) = d.run("probe", &["shared-meet", "board", "8192"]);
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    assert_eq!(String::from_utf8_lossy(&out.output), "err 208\n");
+    assert_eq!(meet(&d, "4096"), "ok from-a");
+    let (r, out) = holder.join().unwrap();
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    assert_eq!(String::from_utf8_lossy(&out.output), "ok from-b\n");
+    // Once no run holds it, it is gone: zeros again.
+    for f in ["a-ready", "b-done"] {
+        std::fs::remove_file(root.join(f)).unwrap();
+    }
+    assert_eq!(meet(&d, "4096"), "ok 000000");
+    // Another tool's region of the same name is its own.
+    std::fs::remove_file(root.join("b-done")).unwrap();
+    let r = d.request(&clawos_bridge::ipc::proto::Request::Install {
+        name: "probe2".into(),
+        source: clawos_bridge::ipc::proto::ComponentSource::Bytes(clawos_tool_artifacts::bytes(
+            "probe",
+        )),
+        replace: false,
+        kept_data: Default::default(),
+    });
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    let (r, out) = d.run("probe2", &["shared-meet", "board", "4096"]);
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    assert_eq!(String::from_utf8_lossy(&out.output), "ok 000000\n");
+    d.assert_serving();
+}

@@ -2,10 +2,18 @@
 //! [`MemoryAccount`] per instance counts linear memory (it is the store's
 //! `ResourceLimiter`) and host regions together against one limit, so a tool
 //! cannot get past its cap by allocating on the host side.
+//!
+//! A region from `open-shared` is shared by the live instances of a tool.
+//! Each sandboxed run is a process of its own, so there it is memory the
+//! daemon holds (a sealed memfd, [`crate::outside::Outside::shared_region`])
+//! mapped into every worker of the tool that opens it; instances in one
+//! process (benchmarks, unit tests) share a buffer of that process.
 
 use super::wit_memory::{Host, HostSharedRegion, Usage};
-use super::{ErrorCode, Handles, SandboxTrap, table_error};
+use super::{ErrorCode, Handles, SandboxTrap, refuse, table_error};
+use crate::outside::Outside;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::{HasData, Resource};
 
@@ -15,9 +23,99 @@ const MAX_REGION_NAME: usize = 64;
 /// host-side copy outside the account.
 const MAX_TRANSFER: u64 = 16 << 20;
 
-type Bytes = Arc<Mutex<Vec<u8>>>;
+type Bytes = Arc<Backing>;
 /// (tool, region name) to the region, while some instance holds it.
-type SharedMap = HashMap<(String, String), Weak<Mutex<Vec<u8>>>>;
+type SharedMap = HashMap<(String, String), Weak<Backing>>;
+
+/// A region's bytes.
+#[derive(Debug)]
+enum Backing {
+    /// This process's own memory.
+    Private(Mutex<Vec<u8>>),
+    /// A shared mapping of the daemon's memfd.
+    Mapped(Mapping),
+}
+
+/// `len` bytes of a memfd mapped shared, read and write. Other processes
+/// (workers of the same tool) write it at any time: bytes are copied in and
+/// out with raw copies, never through a Rust reference to the mapping.
+#[derive(Debug)]
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, valid until Drop unmaps it;
+// every access is a bounds-checked raw copy.
+#[allow(unsafe_code)]
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Mapping {}
+
+#[allow(unsafe_code)]
+impl Mapping {
+    /// Map all of `fd`, which must be `len` bytes.
+    fn new(fd: &OwnedFd, len: u64) -> Result<Mapping, ErrorCode> {
+        let st = rustix::fs::fstat(fd).map_err(|_| ErrorCode::Einternal)?;
+        if u64::try_from(st.st_size).ok() != Some(len) {
+            return Err(ErrorCode::Einternal);
+        }
+        let len = usize::try_from(len).map_err(|_| ErrorCode::InvalidArgument)?;
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: std::ptr::NonNull::dangling().as_ptr(),
+                len,
+            });
+        }
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a new mapping at an address the kernel picks, of a file
+        // whose size was checked above.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|_| ErrorCode::WasmMemoryLimit)?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn read(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        assert!(range.end <= self.len);
+        let mut out = vec![0u8; range.len()];
+        // SAFETY: the range lies in the mapping (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.add(range.start), out.as_mut_ptr(), out.len());
+        }
+        out
+    }
+
+    fn write(&self, start: usize, data: &[u8]) {
+        assert!(start + data.len() <= self.len);
+        // SAFETY: the range lies in the mapping (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(start), data.len());
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping made in `new`, unmapped once.
+            let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+}
 
 /// A host-backed region held through a handle.
 #[derive(Debug)]
@@ -34,25 +132,41 @@ pub struct SharedRegions {
 }
 
 impl SharedRegions {
-    /// The region `name` of `tool`, created with `size` zero bytes if none is live.
-    fn open(&self, tool: &str, name: &str, size: u64) -> Result<Bytes, ErrorCode> {
+    /// The region `name` of `tool`, created with `size` zero bytes if none
+    /// is live: the daemon's (through `outside`) for a sandboxed instance,
+    /// this process's otherwise.
+    fn open(
+        &self,
+        tool: &str,
+        name: &str,
+        size: u64,
+        outside: &dyn Outside,
+    ) -> Result<Bytes, ErrorCode> {
         let mut map = self.map.lock().map_err(|_| ErrorCode::Einternal)?;
         map.retain(|_, weak| weak.strong_count() > 0);
         let key = (tool.to_owned(), name.to_owned());
         if let Some(bytes) = map.get(&key).and_then(Weak::upgrade) {
-            let len = bytes.lock().map_err(|_| ErrorCode::Einternal)?.len() as u64;
-            return if len == size {
+            let len = match &*bytes {
+                Backing::Private(b) => b.lock().map_err(|_| ErrorCode::Einternal)?.len(),
+                Backing::Mapped(m) => m.len,
+            };
+            return if len as u64 == size {
                 Ok(bytes)
             } else {
                 Err(ErrorCode::InvalidArgument)
             };
         }
-        let bytes = Arc::new(Mutex::new(vec![
-            0;
-            usize::try_from(size).map_err(|_| {
-                ErrorCode::InvalidArgument
-            })?
-        ]));
+        let backing = match outside.shared_region(name, size) {
+            Ok(Some(fd)) => Backing::Mapped(Mapping::new(&fd, size)?),
+            Ok(None) => Backing::Private(Mutex::new(vec![
+                0;
+                usize::try_from(size).map_err(|_| {
+                    ErrorCode::InvalidArgument
+                })?
+            ])),
+            Err(f) => return Err(refuse("memory", "open-shared", tool, f)),
+        };
+        let bytes = Arc::new(backing);
         map.insert(key, Arc::downgrade(&bytes));
         Ok(bytes)
     }
@@ -172,6 +286,8 @@ pub struct MemoryView<'a> {
     pub account: &'a mut MemoryAccount,
     /// Regions shared between instances of the same tool.
     pub shared: &'a SharedRegions,
+    /// Where the memory of shared regions comes from.
+    pub outside: &'a dyn Outside,
     /// The tool's name: the namespace of its shared regions.
     pub tool: &'a str,
 }
@@ -219,7 +335,7 @@ impl Host for MemoryView<'_> {
     fn allocate(&mut self, size: u64) -> R<Resource<Region>> {
         Ok(self.hold(size, |_| {
             let len = usize::try_from(size).map_err(|_| ErrorCode::InvalidArgument)?;
-            Ok(Arc::new(Mutex::new(vec![0; len])))
+            Ok(Arc::new(Backing::Private(Mutex::new(vec![0; len]))))
         }))
     }
 
@@ -227,7 +343,9 @@ impl Host for MemoryView<'_> {
         if name.is_empty() || name.len() > MAX_REGION_NAME {
             return Ok(Err(ErrorCode::InvalidArgument));
         }
-        Ok(self.hold(size, |view| view.shared.open(view.tool, &name, size)))
+        Ok(self.hold(size, |view| {
+            view.shared.open(view.tool, &name, size, view.outside)
+        }))
     }
 
     fn get_usage(&mut self) -> wasmtime::Result<Usage> {
@@ -258,11 +376,13 @@ impl HostSharedRegion for MemoryView<'_> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let bytes = region
-            .bytes
-            .lock()
-            .map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
-        Ok(Ok(bytes[range].to_vec()))
+        Ok(Ok(match &*region.bytes {
+            Backing::Private(b) => b
+                .lock()
+                .map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?[range]
+                .to_vec(),
+            Backing::Mapped(m) => m.read(range),
+        }))
     }
 
     fn write(&mut self, handle: Resource<Region>, offset: u64, data: Vec<u8>) -> R<()> {
@@ -274,11 +394,13 @@ impl HostSharedRegion for MemoryView<'_> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let mut bytes = region
-            .bytes
-            .lock()
-            .map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?;
-        bytes[range].copy_from_slice(&data);
+        match &*region.bytes {
+            Backing::Private(b) => b
+                .lock()
+                .map_err(|_| wasmtime::format_err!("shared region lock poisoned"))?[range]
+                .copy_from_slice(&data),
+            Backing::Mapped(m) => m.write(range.start, &data),
+        }
         Ok(Ok(()))
     }
 
@@ -346,17 +468,108 @@ mod tests {
     #[test]
     fn shared_regions_are_per_tool_and_live_while_held() {
         let shared = SharedRegions::default();
-        let a = shared.open("t", "r", 8).unwrap();
-        a.lock().unwrap()[0] = 42;
-        let b = shared.open("t", "r", 8).unwrap();
-        assert_eq!(b.lock().unwrap()[0], 42);
-        assert_eq!(
-            shared.open("t", "r", 9).unwrap_err(),
-            ErrorCode::InvalidArgument
-        );
-        let other = shared.open("u", "r", 8).unwrap();
-        assert_eq!(other.lock().unwrap()[0], 0);
+        let open = |tool: &str, size| shared.open(tool, "r", size, &Daemon::InProcess);
+        let a = open("t", 8).unwrap();
+        a.write_at(0, &[42]);
+        let b = open("t", 8).unwrap();
+        assert_eq!(b.read_at(0..1), [42]);
+        assert_eq!(open("t", 9).unwrap_err(), ErrorCode::InvalidArgument);
+        let other = open("u", 8).unwrap();
+        assert_eq!(other.read_at(0..1), [0]);
         drop((a, b));
-        assert_eq!(shared.open("t", "r", 9).unwrap().lock().unwrap().len(), 9);
+        assert_eq!(open("t", 9).unwrap().read_at(0..9), [0; 9]);
+    }
+
+    #[test]
+    fn regions_of_separate_processes_share_the_daemon_s_memory() {
+        // Two workers each have their own SharedRegions; the daemon's
+        // memfd is what they share.
+        let daemon = Daemon::Memfds(Mutex::default());
+        let (w1, w2) = (SharedRegions::default(), SharedRegions::default());
+        let a = w1.open("t", "board", 4096, &daemon).unwrap();
+        let b = w2.open("t", "board", 4096, &daemon).unwrap();
+        a.write_at(4000, b"from a");
+        assert_eq!(b.read_at(4000..4006), b"from a");
+        b.write_at(0, b"from b");
+        assert_eq!(a.read_at(0..6), b"from b");
+        // A zero-byte region maps nothing and reads nothing.
+        let z = w1.open("t", "empty", 0, &daemon).unwrap();
+        assert!(z.read_at(0..0).is_empty());
+        // The daemon's refusal is the tool's code.
+        assert_eq!(
+            w1.open("t", "refused", 1, &Daemon::Refusing).unwrap_err(),
+            ErrorCode::QuotaExceeded
+        );
+    }
+
+    impl Backing {
+        fn read_at(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+            match self {
+                Backing::Private(b) => b.lock().unwrap()[range].to_vec(),
+                Backing::Mapped(m) => m.read(range),
+            }
+        }
+
+        fn write_at(&self, start: usize, data: &[u8]) {
+            match self {
+                Backing::Private(b) => {
+                    b.lock().unwrap()[start..start + data.len()].copy_from_slice(data)
+                }
+                Backing::Mapped(m) => m.write(start, data),
+            }
+        }
+    }
+
+    /// The daemon's side of shared regions, for one process's tests.
+    #[derive(Debug)]
+    enum Daemon {
+        /// Instances in one process: no memory from outside.
+        InProcess,
+        /// What the daemon does: one sealed memfd per name.
+        Memfds(Mutex<HashMap<String, OwnedFd>>),
+        /// A daemon that refuses every region.
+        Refusing,
+    }
+
+    impl Outside for Daemon {
+        fn resolve(&self, _: &str) -> Result<Vec<std::net::IpAddr>, crate::error::Failure> {
+            unreachable!("only shared regions")
+        }
+        fn connect(
+            &self,
+            _: &str,
+            _: u16,
+            _: std::time::Duration,
+        ) -> Result<std::net::TcpStream, crate::error::Failure> {
+            unreachable!("only shared regions")
+        }
+        fn cgroup(
+            &self,
+            _: crate::outside::CgroupCall,
+        ) -> Result<crate::outside::CgroupReply, crate::error::Failure> {
+            unreachable!("only shared regions")
+        }
+        fn shared_region(
+            &self,
+            name: &str,
+            size: u64,
+        ) -> Result<Option<OwnedFd>, crate::error::Failure> {
+            match self {
+                Daemon::InProcess => Ok(None),
+                Daemon::Memfds(map) => {
+                    let mut map = map.lock().unwrap();
+                    if !map.contains_key(name) {
+                        map.insert(name.to_owned(), crate::outside::sealed_memfd(size)?);
+                    }
+                    Ok(Some(
+                        rustix::io::fcntl_dupfd_cloexec(&map[name], 0).unwrap(),
+                    ))
+                }
+                Daemon::Refusing => Err(crate::error::Failure::new(
+                    crate::error::Code::QuotaExceeded,
+                    "too many shared regions",
+                )),
+            }
+        }
     }
 }

@@ -333,6 +333,7 @@ impl Runtime {
                 budget_ms: deadline_ms,
             },
             shared: self.shared.clone(),
+            outside: place.outside.clone(),
             fs: FsState::new(root, self.clawfs.clone(), tool.to_owned()),
             net: NetState::new(
                 self.network.clone(),

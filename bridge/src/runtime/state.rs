@@ -22,6 +22,8 @@ pub struct Instance {
     pub(crate) log: LogSink,
     pub(crate) info: InstanceInfo,
     pub(crate) shared: Arc<SharedRegions>,
+    /// What lies outside the instance's process (shared regions' memory).
+    pub(crate) outside: Arc<dyn crate::outside::Outside>,
     pub(crate) fs: FsState,
     pub(crate) net: NetState,
     pub(crate) cg: CgroupState,
@@ -45,6 +47,7 @@ impl Instance {
             handles: &mut self.handles,
             account: &mut self.account,
             shared: &self.shared,
+            outside: &*self.outside,
             tool: &self.info.tool,
         }
     }

@@ -25,6 +25,10 @@ pub(super) struct Serve<'a> {
     egress: &'a Egress,
     delegation: Option<&'a mut Delegation>,
     pids: PidMap,
+    shared: &'a SharedMemory,
+    tool: &'a str,
+    /// The shared regions this run holds, given back when it ends.
+    held: Vec<String>,
 }
 
 impl<'a> Serve<'a> {
@@ -34,11 +38,16 @@ impl<'a> Serve<'a> {
         egress: &'a Egress,
         delegation: Option<&'a mut Delegation>,
         worker: i32,
+        shared: &'a SharedMemory,
+        tool: &'a str,
     ) -> Serve<'a> {
         Serve {
             egress,
             delegation,
             pids: PidMap::new(worker),
+            shared,
+            tool,
+            held: Vec::new(),
         }
     }
 
@@ -80,10 +89,33 @@ impl<'a> Serve<'a> {
                     "the cgroup interface needs cgroup v2, which this system lacks",
                 )),
             },
+            FromWorker::Shared { name, size } => {
+                if self.held.len() >= MAX_SHARED_PER_RUN {
+                    return refused(Failure::new(
+                        Code::QuotaExceeded,
+                        format!("a run holds at most {MAX_SHARED_PER_RUN} shared regions"),
+                    ));
+                }
+                match self.shared.open(self.tool, &name, size) {
+                    Ok(fd) => {
+                        self.held.push(name);
+                        (ToWorker::SharedRegion, Some(fd))
+                    }
+                    Err(f) => refused(f),
+                }
+            }
             other => refused(Failure::new(
                 Code::Eproto,
                 format!("unexpected request {}", kind(&other)),
             )),
+        }
+    }
+}
+
+impl Drop for Serve<'_> {
+    fn drop(&mut self) {
+        for name in &self.held {
+            self.shared.release(self.tool, name);
         }
     }
 }
@@ -96,6 +128,7 @@ fn kind(msg: &FromWorker) -> &'static str {
         FromWorker::Resolve(_) => "resolve",
         FromWorker::Connect { .. } => "connect",
         FromWorker::Cgroup(_) => "cgroup",
+        FromWorker::Shared { .. } => "shared",
         FromWorker::Done(_) => "done",
         FromWorker::Compiled(_) => "compiled",
     }
@@ -183,6 +216,108 @@ impl Outside for Broker {
             (other, _) => Err(unexpected(other)),
         }
     }
+
+    fn shared_region(&self, name: &str, size: u64) -> Result<Option<OwnedFd>, Failure> {
+        let request = FromWorker::Shared {
+            name: name.to_owned(),
+            size,
+        };
+        match self.ask(request)? {
+            (ToWorker::SharedRegion, mut fds) if fds.len() == 1 => Ok(fds.pop()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+}
+
+/// Most shared regions one run may hold: each is a descriptor the daemon
+/// keeps while a run of the tool holds it.
+pub const MAX_SHARED_PER_RUN: usize = 64;
+/// Longest name of a shared region (as the memory interface checks).
+const MAX_SHARED_NAME: usize = 64;
+
+/// The daemon's shared regions: one sealed memfd per (tool, name), kept
+/// while some live run of the tool holds it, so every worker of the tool
+/// maps the same memory. Bounded: at most [`MAX_SHARED_PER_RUN`] per run,
+/// each at most `max_bytes` (the instance memory limit, which also counts
+/// them in the worker).
+#[derive(Debug)]
+pub(super) struct SharedMemory {
+    max_bytes: u64,
+    map: Mutex<HashMap<(String, String), Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    fd: OwnedFd,
+    size: u64,
+    holders: usize,
+}
+
+impl SharedMemory {
+    pub(super) fn new(max_bytes: u64) -> SharedMemory {
+        SharedMemory {
+            max_bytes,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A descriptor of region `name` of `tool`, made with `size` bytes if
+    /// no run holds it; one more holder.
+    fn open(&self, tool: &str, name: &str, size: u64) -> Result<OwnedFd, Failure> {
+        if name.is_empty() || name.len() > MAX_SHARED_NAME {
+            return Err(Failure::new(
+                Code::InvalidArgument,
+                format!("a shared region's name is 1-{MAX_SHARED_NAME} bytes"),
+            ));
+        }
+        if size > self.max_bytes {
+            return Err(Failure::new(
+                Code::WasmMemoryLimit,
+                format!(
+                    "a shared region of {size} bytes is over the instance memory limit ({})",
+                    self.max_bytes
+                ),
+            ));
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tool.to_owned(), name.to_owned());
+        let held = match map.get_mut(&key) {
+            Some(h) if h.size != size => {
+                return Err(Failure::new(
+                    Code::InvalidArgument,
+                    format!("shared region {name:?} has {} bytes, not {size}", h.size),
+                ));
+            }
+            Some(h) => h,
+            None => map.entry(key).or_insert(Held {
+                fd: crate::outside::sealed_memfd(size)?,
+                size,
+                holders: 0,
+            }),
+        };
+        let fd = rustix::io::fcntl_dupfd_cloexec(&held.fd, 0)
+            .map_err(|e| Failure::io("shared region: dup", &e.into()))?;
+        held.holders += 1;
+        Ok(fd)
+    }
+
+    /// One holder fewer; the memory goes with the last.
+    fn release(&self, tool: &str, name: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tool.to_owned(), name.to_owned());
+        if let Some(h) = map.get_mut(&key) {
+            h.holders = h.holders.saturating_sub(1);
+            if h.holders == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// Regions held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
 }
 
 /// Pids as the instance sees them (its own pid namespace) to the daemon's.
@@ -244,5 +379,48 @@ mod tests {
         assert_eq!(parse_nspid(status), Some((4242, 1)));
         assert_eq!(parse_nspid("NSpid:\t77\n"), Some((77, 77)));
         assert_eq!(parse_nspid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn shared_regions_live_while_a_run_holds_them() {
+        let shared = SharedMemory::new(1 << 20);
+        let a = shared.open("t", "r", 4096).unwrap();
+        let b = shared.open("t", "r", 4096).unwrap();
+        // The same memory: one file, two descriptors.
+        let (sa, sb) = (
+            rustix::fs::fstat(&a).unwrap(),
+            rustix::fs::fstat(&b).unwrap(),
+        );
+        assert_eq!((sa.st_dev, sa.st_ino), (sb.st_dev, sb.st_ino));
+        assert_eq!(sa.st_size, 4096);
+        // Sealed: no one resizes it under a mapping.
+        assert!(rustix::fs::ftruncate(&a, 1).is_err());
+        assert_eq!(
+            shared.open("t", "r", 8192).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        let other = shared.open("u", "r", 4096).unwrap();
+        assert_ne!(rustix::fs::fstat(&other).unwrap().st_ino, sa.st_ino);
+        assert_eq!(shared.len(), 2);
+        shared.release("t", "r");
+        assert_eq!(shared.len(), 2);
+        shared.release("t", "r");
+        shared.release("u", "r");
+        assert_eq!(shared.len(), 0);
+        // Bounds: the name, and the instance's memory limit.
+        assert_eq!(
+            shared.open("t", "", 1).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        let long = "n".repeat(65);
+        assert_eq!(
+            shared.open("t", &long, 1).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            shared.open("t", "big", (1 << 20) + 1).unwrap_err().code,
+            Code::WasmMemoryLimit
+        );
+        assert_eq!(shared.len(), 0);
     }
 }

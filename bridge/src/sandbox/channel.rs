@@ -90,6 +90,8 @@ pub enum ToWorker {
     Connected,
     /// The answer to a `Cgroup` call.
     Cgroup(CgroupReply),
+    /// The memfd of a `Shared` region rides along.
+    SharedRegion,
     /// The request failed.
     Refused(Code, String),
 }
@@ -114,6 +116,13 @@ pub enum FromWorker {
     },
     /// A call on the instance's cgroup delegation.
     Cgroup(CgroupCall),
+    /// The memory of the region `name` the tool's live instances share.
+    Shared {
+        /// The region's name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The run ended: the last message.
     Done(Box<RunOutcome>),
     /// The artifact of a `Compile`; a component that does not validate

@@ -4,7 +4,7 @@
 //! requests, answer, then reap it and remove its cgroup while the next
 //! spare is made.
 
-use super::broker::Serve;
+use super::broker::{Serve, SharedMemory};
 use super::channel::{self, FromWorker, Layers, Setup, Spawn, Spawned, ToWorker};
 use super::launcher;
 use super::sys;
@@ -96,6 +96,8 @@ pub struct Sandbox {
     max_message: u32,
     /// The limits of an install's compile.
     pub(super) compile: CompileLimits,
+    /// Memory shared by the live runs of a tool (`memory.open-shared`).
+    shared: SharedMemory,
 }
 
 /// A worker made ahead of its run: cloned into new namespaces and into its
@@ -157,6 +159,7 @@ impl Sandbox {
                     max_message: u32::try_from(config.sandbox.max_outcome_bytes())
                         .unwrap_or(u32::MAX),
                     compile: config.compile.clone(),
+                    shared: SharedMemory::new(config.sandbox.memory_limit_bytes),
                 };
                 Ok((sandbox, rt))
             }
@@ -336,8 +339,13 @@ impl Sandbox {
         let ready = || instances().running(id, tool);
         let talk = self.converse(
             &channel,
-            &worker,
-            delegation.as_mut(),
+            Serve::new(
+                &self.egress,
+                delegation.as_mut(),
+                worker.pid,
+                &self.shared,
+                tool,
+            ),
             input,
             budget,
             &ready,
@@ -431,8 +439,7 @@ impl Sandbox {
     fn converse(
         &self,
         ch: &UnixStream,
-        worker: &Worker,
-        delegation: Option<&mut Delegation>,
+        mut serve: Serve<'_>,
         input: RunInput,
         budget: Duration,
         ready: &dyn Fn(),
@@ -475,7 +482,6 @@ impl Sandbox {
             }
             None => return Ok(None),
         }
-        let mut serve = Serve::new(&self.egress, delegation, worker.pid);
         while let Some((msg, _)) = recv()? {
             let (reply, fd) = match msg {
                 FromWorker::Done(out) => return Ok(Some(*out)),

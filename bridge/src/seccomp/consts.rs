@@ -49,6 +49,7 @@ fn constant(name: &str) -> Option<u64> {
         "PR_SET_SECCOMP" => libc::PR_SET_SECCOMP as u64,
         "PR_CAP_AMBIENT" => libc::PR_CAP_AMBIENT as u64,
         "MFD_CLOEXEC" => libc::MFD_CLOEXEC as u64,
+        "MFD_ALLOW_SEALING" => libc::MFD_ALLOW_SEALING as u64,
         _ => return None,
     })
 }

@@ -229,11 +229,12 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
         alert.contains("connect to 127.0.0.1 port 80") && alert.contains("refused by the kernel"),
         "no egress alert:\n{alert}"
     );
-    assert!(
-        alert.contains("connect to 127.0.0.1 port 5432")
-            && alert.contains("outside the egress allow-list, let through"),
-        "{alert}"
-    );
+    if !(alert.contains("connect to 127.0.0.1 port 5432")
+        && alert.contains("outside the egress allow-list, let through"))
+    {
+        let connects = g.sh_ok(&format!("grep -F connect {LOG} | tail -20"));
+        g.fail(&format!("no alert for the loopback:\n{alert}\n{connects}"));
+    }
     assert!(status_line(&mut g, "alerts:").contains("egress 2"));
 
     // --- load: every operation arrives or is counted lost -------------

@@ -7,7 +7,9 @@
 //! own; the first traps (the run ends with INVALID_HANDLE), the second gets
 //! INVALID_HANDLE back from the call.
 
-use clawos_tool::{Guest, device, export, filesystem, network, types::ErrorCode};
+use clawos_tool::{
+    Guest, cgroup, device, export, filesystem, memory, network, system, types::ErrorCode,
+};
 use std::io::{Read, Write};
 
 struct Probe;
@@ -27,6 +29,17 @@ fn io_code(e: &std::io::Error) -> String {
         _ => 2,
     };
     format!("err {n} ({e})")
+}
+
+/// Wait (8 s at most) until `file` exists in the tool's root.
+fn wait_for_file(file: &str) -> Result<(), ErrorCode> {
+    for _ in 0..400 {
+        if std::fs::metadata(file).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(ErrorCode::Etimeout)
 }
 
 fn arg(args: &[String], i: usize) -> &str {
@@ -165,6 +178,47 @@ impl Guest for Probe {
             "wasi-stat" => wasi(std::fs::metadata(a), |m| format!("size={}", m.len())),
             "wasi-mkdir" => wasi(std::fs::create_dir(a), |_| String::new()),
             "wasi-link" => wasi(std::fs::hard_link(a, b), |_| String::new()),
+            // Two runs meet in the shared region `a` of `b` bytes: the one
+            // that holds it writes "from-a" at 0, says so with /a-ready and
+            // waits for /b-done; the one that meets it reads that, writes
+            // "from-b" at 100 and writes /b-done. Each prints what it read.
+            "shared-hold" => {
+                let region = memory::open_shared(a, b.parse().unwrap_or(0))?;
+                region.write(0, b"from-a")?;
+                std::fs::write("/a-ready", b"").map_err(|_| ErrorCode::Eio)?;
+                wait_for_file("/b-done")?;
+                let got = region.read(100, 6)?;
+                format!("ok {}", String::from_utf8_lossy(&got))
+            }
+            "shared-meet" => match memory::open_shared(a, b.parse().unwrap_or(0)) {
+                Ok(region) => {
+                    let got = region.read(0, 6)?;
+                    region.write(100, b"from-b")?;
+                    std::fs::write("/b-done", b"").map_err(|_| ErrorCode::Eio)?;
+                    format!("ok {}", String::from_utf8_lossy(&got).replace('\0', "0"))
+                }
+                Err(e) => code(e),
+            },
+            // Move this instance into its group `a` and back, each step
+            // waiting for the test (outside) to look at cgroup.procs: the
+            // tool writes /moved and /back into its root, the test answers
+            // with /go-back and /done.
+            "cgroup-dance" => {
+                let wait_for = wait_for_file;
+                let me = system::get_pid();
+                let g = cgroup::create(a)?;
+                cgroup::add_process(&g, me)?;
+                std::fs::write("/moved", me.to_string()).map_err(|_| ErrorCode::Eio)?;
+                wait_for("/go-back")?;
+                cgroup::remove_process(&g, me)?;
+                std::fs::write("/back", b"").map_err(|_| ErrorCode::Eio)?;
+                wait_for("/done")?;
+                // Not in the group any more: a second remove is refused.
+                let again = cgroup::remove_process(&g, me).err();
+                drop(g);
+                cgroup::delete(a)?;
+                format!("ok pid={me} again={:?}", again.map(clawos_tool::code))
+            }
             // std's only stable symlink call on WASI (path_symlink).
             #[allow(deprecated)]
             "wasi-symlink" => wasi(std::fs::soft_link(a, b), |_| String::new()),
