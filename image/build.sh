@@ -227,7 +227,10 @@ esp_start=2048
 esp_end=$((esp_start + ESP_MIB * 2048 - 1))
 data_start=$((esp_end + 1))
 data_end=$((data_start + DATA_MIB * 2048 - 1))
-total=$(((data_end + 1 + 2048) * 512))
+# The data partition ends where the backup GPT (33 sectors) begins: it fills
+# the image, so the first boot from the image itself has nothing to grow
+# (clawosctl grow-data grows it on a larger disk).
+total=$(((data_end + 1 + 33) * 512))
 rm -f "$work/clawos.img"
 truncate -s "$total" "$work/clawos.img"
 sgdisk -U "$DISK_GUID" \

@@ -131,6 +131,14 @@ pub enum Command {
     /// Make the keys of the remote API (no daemon is contacted).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Grow the data partition mounted at DIR, and its ext4, to the end of
+    /// its disk (the appliance's init runs it at every boot; a partition
+    /// that fills its disk is left as it is). No daemon is contacted.
+    GrowData {
+        /// Where the data partition is mounted.
+        #[arg(default_value = "/var/lib/clawos")]
+        dir: PathBuf,
+    },
 }
 
 /// `clawosctl keys` subcommands.
@@ -196,7 +204,9 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
                 _ => KeptData::Refuse,
             },
         },
-        Command::Keys(_) => unreachable!("keys commands make no request"),
+        Command::Keys(_) | Command::GrowData { .. } => {
+            unreachable!("keys and grow-data make no request")
+        }
         Command::List => Request::List,
         Command::Remove { name, keep_data } => Request::Remove {
             name: name.clone(),
@@ -304,6 +314,32 @@ pub fn main(cli: Cli) -> u8 {
                     for f in files {
                         println!("wrote {}", f.display());
                     }
+                }
+                0
+            }
+            Err(f) => report_failure(&cli, &f),
+        };
+    }
+    if let Command::GrowData { dir } = &cli.command {
+        return match crate::datapart::grow(dir) {
+            Ok(grown) => {
+                let mib = |b: u64| b / (1 << 20);
+                match (&grown, cli.json) {
+                    (Some(g), true) => println!(
+                        "{}",
+                        serde_json::json!({ "code": 0, "name": "SUCCESS", "device": g.device, "from_bytes": g.from_bytes, "to_bytes": g.to_bytes })
+                    ),
+                    (None, true) => println!(
+                        "{}",
+                        serde_json::json!({ "code": 0, "name": "SUCCESS", "device": null })
+                    ),
+                    (Some(g), false) => println!(
+                        "data partition {} grown from {} MiB to {} MiB",
+                        g.device.display(),
+                        mib(g.from_bytes),
+                        mib(g.to_bytes)
+                    ),
+                    (None, false) => println!("data partition fills its disk"),
                 }
                 0
             }

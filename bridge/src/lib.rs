@@ -24,6 +24,7 @@ pub mod clawfs;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod datapart;
 pub mod egress;
 pub mod error;
 pub mod escape;

@@ -414,8 +414,13 @@ mod tests {
         assert_eq!(rules_hit(&mut d, &e), ["egress"]);
         e.dest = Some(("192.0.2.7".parse().unwrap(), 5432));
         assert!(rules_hit(&mut d, &e).is_empty());
-        // The loopback is outside the default allow-list on any port.
+        // The loopback is outside the default allow-list on any port, for
+        // any bridge process, whatever the kernel's verdict.
         e.dest = Some(("127.0.0.1".parse().unwrap(), 5432));
+        assert_eq!(rules_hit(&mut d, &e), ["egress"]);
+        e.who = Who::Other;
+        e.instance = None;
+        e.verdict = 0;
         assert_eq!(rules_hit(&mut d, &e), ["egress"]);
         e.dest = None; // a Unix socket
         assert!(rules_hit(&mut d, &e).is_empty());

@@ -372,6 +372,16 @@ impl Disk {
         Disk { dir }
     }
 
+    /// The image written to a disk of `bytes` (larger than the image): the
+    /// file grows, sparse, as a bigger disk would hold it.
+    pub fn grow_to(&self, bytes: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.image())
+            .and_then(|f| f.set_len(bytes))
+            .expect("cannot grow the disk image");
+    }
+
     /// The disk image.
     pub fn image(&self) -> PathBuf {
         self.dir.path().join("disk.img")

@@ -1,5 +1,6 @@
 //! ClawFS is a real partition: what the guest writes to it before a clean
-//! reboot is there after it, and so is a change to the installed tools.
+//! reboot is there after it, and so is a change to the installed tools. On
+//! a disk larger than the image it grows to fill the disk at first boot.
 
 use clawos_e2e::{Boot, Disk, Guest};
 use serial_test::serial;
@@ -29,6 +30,51 @@ fn data_written_before_a_reboot_is_there_after_it() {
     assert_eq!(
         g.sh_ok("clawosctl run hello again 2>/dev/null"),
         "hello, again\n"
+    );
+    g.poweroff();
+}
+
+#[test]
+#[serial]
+fn the_data_partition_grows_to_fill_a_larger_disk_at_first_boot() {
+    const GIB: u64 = 1 << 30;
+    let disk = Disk::fresh();
+    disk.grow_to(2 * GIB);
+    let mut g = Guest::boot("grow-1", Boot::Fast, &disk);
+    // 2 GiB less the ESP (1 + 64 MiB from the start) and the backup GPT.
+    let sectors = 2 * GIB / 512 - 34 - (2048 + 64 * 2048) + 1;
+    assert!(
+        g.console()
+            .contains(&format!("clawos: data partition /dev/vda2 grown from 256 MiB to {} MiB", sectors * 512 >> 20)),
+        "{}",
+        g.console()
+    );
+    assert_eq!(g.sh_ok("cat /sys/class/block/vda2/size"), format!("{sectors}\n"));
+    // The mounted ext4 grew with it, online, and kept its files.
+    let df = g.sh_ok("df -k /var/lib/clawos | tail -n 1");
+    let total_kib: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        total_kib > 1900 * 1024 && total_kib <= sectors / 2,
+        "{df}"
+    );
+    assert_eq!(g.sh_ok("clawosctl run hello grown 2>/dev/null"), "hello, grown\n");
+    // The space is usable: 1 GiB more than the image's partition held.
+    g.sh_ok("dd if=/dev/zero of=/var/lib/clawos/big bs=1M count=1024 2>/dev/null && sync && rm /var/lib/clawos/big");
+    g.poweroff();
+    // The host's own tools agree with the table the guest wrote.
+    let verify = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(disk.image())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && text.contains("No problems found"), "{text}");
+    // Later boots find nothing to do.
+    let g = Guest::boot("grow-2", Boot::Fast, &disk);
+    assert!(
+        g.console().contains("clawos: data partition fills its disk"),
+        "{}",
+        g.console()
     );
     g.poweroff();
 }

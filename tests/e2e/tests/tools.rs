@@ -75,7 +75,7 @@ fn cgroup_processes_move_between_the_instance_s_groups(g: &mut Guest) {
     };
     g.sh_ok(&format!(
         "rm -f {ROOT}/moved {ROOT}/back {ROOT}/go-back {ROOT}/done; \
-         (clawosctl run probe cgroup-dance moved >/tmp/dance 2>&1; echo status=$? >>/tmp/dance) &"
+         (clawosctl run probe cgroup-dance moved >/tmp/dance 2>&1; echo status=$? >>/tmp/dance) & true"
     ));
     wait(g, "moved");
     // In the group: its cgroup file names it, and the instance's own leaf
