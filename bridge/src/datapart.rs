@@ -55,10 +55,14 @@ pub fn grow(mountpoint: &Path) -> Result<Option<Grown>, Failure> {
         ))
     })?)
     .map_err(failed)?;
-    let real = std::fs::canonicalize(&sys).map_err(|e| failed(format_args!("{}: {e}", sys.display())))?;
+    let real =
+        std::fs::canonicalize(&sys).map_err(|e| failed(format_args!("{}: {e}", sys.display())))?;
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let (Some(part), Some(disk)) = (name(&real), real.parent().and_then(name)) else {
-        return Err(failed(format_args!("{} has no parent disk", real.display())));
+        return Err(failed(format_args!(
+            "{} has no parent disk",
+            real.display()
+        )));
     };
     let device = PathBuf::from(format!("/dev/{part}"));
     let disk_path = PathBuf::from(format!("/dev/{disk}"));
@@ -244,7 +248,10 @@ mod tests {
         disk.get_mut().resize((64 * MIB) as usize, 0);
         let (start, old, new) = grow_table(&mut disk, 2).unwrap().unwrap();
         assert_eq!(start, before[2].starting_lba * 512);
-        assert_eq!(old, (before[2].ending_lba - before[2].starting_lba + 1) * 512);
+        assert_eq!(
+            old,
+            (before[2].ending_lba - before[2].starting_lba + 1) * 512
+        );
         let after = GPT::find_from(&mut disk).unwrap();
         let last = sectors(&mut disk) - 1;
         // The backup header is the disk's last sector, its table just
@@ -257,7 +264,10 @@ mod tests {
         // Nothing else moved.
         assert_eq!(after[1], before[1]);
         assert_eq!(after[2].starting_lba, before[2].starting_lba);
-        assert_eq!(after[2].unique_partition_guid, before[2].unique_partition_guid);
+        assert_eq!(
+            after[2].unique_partition_guid,
+            before[2].unique_partition_guid
+        );
         // The backup is a valid table too: read from the end alone.
         let mut backup_only = disk.clone();
         backup_only.get_mut()[512..1024].fill(0);
@@ -280,6 +290,11 @@ mod tests {
         let e = grow_table(&mut disk, 3).unwrap_err();
         assert!(e.message.contains("no partition 3"), "{}", e.message);
         let mut blank = Cursor::new(vec![0u8; MIB as usize]);
-        assert!(grow_table(&mut blank, 2).unwrap_err().message.contains("no GPT"));
+        assert!(
+            grow_table(&mut blank, 2)
+                .unwrap_err()
+                .message
+                .contains("no GPT")
+        );
     }
 }

@@ -131,6 +131,22 @@ fn raise_open_file_limit() {
     }
 }
 
+/// glibc raises its mmap threshold to the size of the largest mapping a
+/// program frees (up to 32 MiB); after that, request-sized buffers (a
+/// component, an input, a frame of up to 65 MiB) come from the heap, and
+/// their pages stay resident after they are freed. A fixed threshold keeps
+/// every buffer above 256 KiB a mapping of its own, given back to the
+/// kernel when freed: the load test saw the daemon's RSS grow 14% over a
+/// minute of compile bombs without it.
+#[allow(unsafe_code)]
+fn return_large_buffers_to_the_kernel() {
+    // SAFETY: mallopt only sets a parameter of glibc's allocator (it takes
+    // the allocator's own lock).
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) } != 1 {
+        tracing::warn!("mallopt(M_MMAP_THRESHOLD) refused: large buffers may stay resident");
+    }
+}
+
 pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(btf) = &args.kernel_layout {
@@ -160,6 +176,7 @@ pub fn main() -> anyhow::Result<()> {
     }
     init_logging(config.log_format, &config.log_filter)?;
     raise_open_file_limit();
+    return_large_buffers_to_the_kernel();
     // The same source built as the test-only `clawos-audit-daemon`
     // (bridge/Cargo.toml; never in the image): the comparison is of two
     // constants, so the shipped daemon holds no trace of this.

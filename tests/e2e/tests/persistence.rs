@@ -44,20 +44,25 @@ fn the_data_partition_grows_to_fill_a_larger_disk_at_first_boot() {
     // 2 GiB less the ESP (1 + 64 MiB from the start) and the backup GPT.
     let sectors = 2 * GIB / 512 - 34 - (2048 + 64 * 2048) + 1;
     assert!(
-        g.console()
-            .contains(&format!("clawos: data partition /dev/vda2 grown from 256 MiB to {} MiB", sectors * 512 >> 20)),
+        g.console().contains(&format!(
+            "clawos: data partition /dev/vda2 grown from 256 MiB to {} MiB",
+            sectors * 512 >> 20
+        )),
         "{}",
         g.console()
     );
-    assert_eq!(g.sh_ok("cat /sys/class/block/vda2/size"), format!("{sectors}\n"));
+    assert_eq!(
+        g.sh_ok("cat /sys/class/block/vda2/size"),
+        format!("{sectors}\n")
+    );
     // The mounted ext4 grew with it, online, and kept its files.
     let df = g.sh_ok("df -k /var/lib/clawos | tail -n 1");
     let total_kib: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(
-        total_kib > 1900 * 1024 && total_kib <= sectors / 2,
-        "{df}"
+    assert!(total_kib > 1900 * 1024 && total_kib <= sectors / 2, "{df}");
+    assert_eq!(
+        g.sh_ok("clawosctl run hello grown 2>/dev/null"),
+        "hello, grown\n"
     );
-    assert_eq!(g.sh_ok("clawosctl run hello grown 2>/dev/null"), "hello, grown\n");
     // The space is usable: 1 GiB more than the image's partition held.
     g.sh_ok("dd if=/dev/zero of=/var/lib/clawos/big bs=1M count=1024 2>/dev/null && sync && rm /var/lib/clawos/big");
     g.poweroff();
@@ -68,11 +73,15 @@ fn the_data_partition_grows_to_fill_a_larger_disk_at_first_boot() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success() && text.contains("No problems found"), "{text}");
+    assert!(
+        verify.status.success() && text.contains("No problems found"),
+        "{text}"
+    );
     // Later boots find nothing to do.
     let g = Guest::boot("grow-2", Boot::Fast, &disk);
     assert!(
-        g.console().contains("clawos: data partition fills its disk"),
+        g.console()
+            .contains("clawos: data partition fills its disk"),
         "{}",
         g.console()
     );

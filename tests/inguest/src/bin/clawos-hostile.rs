@@ -357,7 +357,7 @@ fn main() {
                 );
                 if let Ok(r) = &r {
                     eprintln!(
-                        "hostile: bomb answered after {:.1} s: {} {}",
+                        "hostile: compile bomb answered after {:.1} s: {} {}",
                         started.elapsed().as_secs_f64(),
                         r.code,
                         r.message
