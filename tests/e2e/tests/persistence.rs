@@ -46,7 +46,7 @@ fn the_data_partition_grows_to_fill_a_larger_disk_at_first_boot() {
     assert!(
         g.console().contains(&format!(
             "clawos: data partition /dev/vda2 grown from 256 MiB to {} MiB",
-            sectors * 512 >> 20
+            (sectors * 512) >> 20
         )),
         "{}",
         g.console()
