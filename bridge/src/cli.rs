@@ -327,17 +327,21 @@ pub fn main(cli: Cli) -> u8 {
                 match (&grown, cli.json) {
                     (Some(g), true) => println!(
                         "{}",
-                        serde_json::json!({ "code": 0, "name": "SUCCESS", "device": g.device, "from_bytes": g.from_bytes, "to_bytes": g.to_bytes })
+                        serde_json::json!({ "code": 0, "name": "SUCCESS", "device": g.device, "from_bytes": g.from_bytes, "to_bytes": g.to_bytes, "filesystem_grew": g.filesystem_grew })
                     ),
                     (None, true) => println!(
                         "{}",
                         serde_json::json!({ "code": 0, "name": "SUCCESS", "device": null })
                     ),
-                    (Some(g), false) => println!(
+                    (Some(g), false) if g.from_bytes < g.to_bytes => println!(
                         "data partition {} grown from {} MiB to {} MiB",
                         g.device.display(),
                         mib(g.from_bytes),
                         mib(g.to_bytes)
+                    ),
+                    (Some(g), false) => println!(
+                        "data partition {}: its filesystem grown to fill it (an earlier grow was cut short)",
+                        g.device.display()
                     ),
                     (None, false) => println!("data partition fills its disk"),
                 }

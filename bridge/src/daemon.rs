@@ -464,6 +464,9 @@ impl Daemon {
         };
         let sandbox = self.sandbox.clone();
         let artifact = self.registry.artifact(&run.name);
+        // The tool's ClawFS directory, made now if it is missing, and only
+        // if the tool was not removed meanwhile (its data must not come back).
+        self.registry.data_dir_for_run(&tool)?;
         let budget = match run.timeout_ms {
             Some(t) => t.min(self.config.sandbox.cpu_budget_ms),
             None => self.config.sandbox.cpu_budget_ms,

@@ -4,8 +4,10 @@
 //! it, `clawosctl grow-data` moves the GPT's backup header to the disk's end,
 //! extends the partition to the last usable sector, tells the kernel
 //! (BLKPG), and grows the mounted ext4 online (EXT4_IOC_RESIZE_FS): no
-//! unmount, no resize2fs in the image. On a disk it already fills, nothing
-//! is written.
+//! unmount, no resize2fs in the image. On a disk it already fills, the
+//! table is not written; the kernel's view of the partition and the ext4
+//! are still brought to the table's size, so a grow cut short (power lost
+//! between the steps) is finished at the next boot.
 //!
 //! The partition table is read and written with `gptman`; the kernel's
 //! side is two ioctls that no maintained crate wraps (BLKPG_RESIZE_PARTITION
@@ -23,10 +25,12 @@ use std::path::{Path, PathBuf};
 pub struct Grown {
     /// The partition's device, e.g. /dev/vda2.
     pub device: PathBuf,
-    /// Its size before, bytes.
+    /// The partition's size before, bytes (as the kernel saw it).
     pub from_bytes: u64,
     /// Its size now, bytes.
     pub to_bytes: u64,
+    /// Whether its ext4 grew (it may alone, finishing a grow cut short).
+    pub filesystem_grew: bool,
 }
 
 fn failed(what: impl std::fmt::Display) -> Failure {
@@ -71,17 +75,63 @@ pub fn grow(mountpoint: &Path) -> Result<Option<Grown>, Failure> {
         .write(true)
         .open(&disk_path)
         .map_err(|e| failed(format_args!("open {}: {e}", disk_path.display())))?;
-    let Some((start, old_len, new_len)) = grow_table(&mut file, number)? else {
-        return Ok(None);
-    };
-    resize_partition(&file, number, start, new_len)
-        .map_err(|e| failed(format_args!("BLKPG resize of {}: {e}", device.display())))?;
-    resize_ext4(mountpoint, new_len)?;
-    Ok(Some(Grown {
+    grow_table(&mut file, number)?;
+    // On the disk before the kernel and the filesystem rely on it.
+    file.sync_all()
+        .map_err(|e| failed(format_args!("sync {}: {e}", disk_path.display())))?;
+    let (start, len) = table_extent(&mut file, number)?;
+    let seen = read("size")?.saturating_mul(512);
+    if seen < len {
+        resize_partition(&file, number, start, len)
+            .map_err(|e| failed(format_args!("BLKPG resize of {}: {e}", device.display())))?;
+    }
+    let before = ext4_bytes(mountpoint)?;
+    resize_ext4(mountpoint, len)?;
+    let filesystem_grew = ext4_bytes(mountpoint)? > before;
+    Ok((seen < len || filesystem_grew).then_some(Grown {
         device,
-        from_bytes: old_len,
-        to_bytes: new_len,
+        from_bytes: seen,
+        to_bytes: len,
+        filesystem_grew,
     }))
+}
+
+/// Where partition `number` of the GPT on `disk` starts and how long it
+/// is, bytes.
+fn table_extent<D>(disk: &mut D, number: u32) -> Result<(u64, u64), Failure>
+where
+    D: std::io::Read + Seek,
+{
+    let gpt = GPT::find_from(disk).map_err(|e| failed(format_args!("no GPT: {e}")))?;
+    let e = gpt
+        .iter()
+        .find(|(i, e)| *i == number && e.is_used())
+        .map(|(_, e)| e.clone())
+        .ok_or_else(|| failed(format_args!("the GPT has no partition {number}")))?;
+    let sectors = extent(&e)?;
+    Ok((e.starting_lba * gpt.sector_size, sectors * gpt.sector_size))
+}
+
+/// How many sectors an entry spans; a corrupt one (end before start) is
+/// refused before anything is written.
+fn extent(e: &gptman::GPTPartitionEntry) -> Result<u64, Failure> {
+    e.ending_lba
+        .checked_sub(e.starting_lba)
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| {
+            failed(format_args!(
+                "a corrupt partition entry: it ends (sector {}) before it starts (sector {})",
+                e.ending_lba, e.starting_lba
+            ))
+        })
+}
+
+/// The size of the ext4 mounted at `mountpoint`, bytes (its blocks, as
+/// statfs counts them).
+fn ext4_bytes(mountpoint: &Path) -> Result<u64, Failure> {
+    let fs = rustix::fs::statfs(mountpoint)
+        .map_err(|e| failed(format_args!("statfs {}: {e}", mountpoint.display())))?;
+    Ok((fs.f_blocks as u64).saturating_mul(fs.f_bsize as u64))
 }
 
 /// Extend partition `number` of the GPT on `disk` to its last usable
@@ -99,6 +149,7 @@ where
         .find(|(i, e)| *i == number && e.is_used())
         .map(|(_, e)| e.clone())
         .ok_or_else(|| failed(format_args!("the GPT has no partition {number}")))?;
+    let old_sectors = extent(&entry)?;
     if gpt
         .iter()
         .any(|(i, e)| i != number && e.is_used() && e.ending_lba > entry.ending_lba)
@@ -119,11 +170,11 @@ where
         .map_err(|e| failed(format_args!("write the GPT: {e}")))?;
     disk.flush()
         .map_err(|e| failed(format_args!("write the GPT: {e}")))?;
-    let len = |end: u64| (end - entry.starting_lba + 1) * ss;
+    let new_sectors = new_end - entry.starting_lba + 1;
     Ok(Some((
         entry.starting_lba * ss,
-        len(entry.ending_lba),
-        len(new_end),
+        old_sectors * ss,
+        new_sectors * ss,
     )))
 }
 
@@ -296,5 +347,11 @@ mod tests {
                 .message
                 .contains("no GPT")
         );
+        // A corrupt entry (ends before it starts) is refused before
+        // anything is written.
+        let mut gpt = GPT::find_from(&mut disk).unwrap();
+        gpt[2].ending_lba = gpt[2].starting_lba - 1;
+        let e = extent(&gpt[2]).unwrap_err();
+        assert!(e.message.contains("corrupt"), "{}", e.message);
     }
 }

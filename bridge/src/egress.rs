@@ -183,7 +183,10 @@ impl Egress {
 /// Destinations that a rule reaches only if it names them: its network
 /// lies inside the range (`127.0.0.0/8`, `169.254.169.254/32`), so that
 /// `0.0.0.0/0` or `::/0` never opens the appliance's own loopback, the
-/// link-local metadata addresses or a multicast group.
+/// link-local metadata addresses or a multicast group. IPv6 forms that
+/// carry an IPv4 address to a translator or tunnel (IPv4-compatible,
+/// NAT64, 6to4) are here too, so that `::/0` does not reach IPv4
+/// destinations through them; the first match names the range.
 pub const SPECIAL: &[(&str, &str)] = &[
     ("0.0.0.0/8", "unspecified"),
     ("127.0.0.0/8", "loopback"),
@@ -194,6 +197,12 @@ pub const SPECIAL: &[(&str, &str)] = &[
     ("::1/128", "loopback"),
     ("fe80::/10", "link-local"),
     ("ff00::/8", "multicast"),
+    ("::/96", "IPv4-compatible"),
+    ("64:ff9b::/96", "NAT64"),
+    ("64:ff9b:1::/48", "NAT64"),
+    ("2002::/16", "6to4"),
+    ("fec0::/10", "site-local"),
+    ("fd00:ec2::254/128", "cloud metadata"),
 ];
 
 /// The [`SPECIAL`] range `ip` (canonical) is in, and its kind.
@@ -360,6 +369,13 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::",
+            "fec0::1",
+            "fd00:ec2::254",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!e.destination_allowed(ip, 5432), "{ip}");

@@ -75,6 +75,9 @@ pub struct ToolRegistry {
     data: PathBuf,
     tools: RwLock<BTreeMap<String, Arc<InstalledTool>>>,
     installing: Mutex<()>,
+    /// Held while a tool's data directory is made for a run or taken away
+    /// by a remove, so that a run never brings back a removed tool's data.
+    data_lock: Mutex<()>,
 }
 
 /// Refuse names that are not `[a-z0-9][a-z0-9_-]{0,63}`; a name is a
@@ -135,6 +138,7 @@ impl ToolRegistry {
             data: data.to_owned(),
             tools: RwLock::new(BTreeMap::new()),
             installing: Mutex::new(()),
+            data_lock: Mutex::new(()),
         };
         registry.load_all(runtime)?;
         registry.finish_deletes();
@@ -281,6 +285,42 @@ impl ToolRegistry {
             })
     }
 
+    /// The ClawFS directory of `tool` for a run, made (0700) if missing, as
+    /// long as `tool` is still what is installed under its name: a run that
+    /// waited through a remove gets TOOL_NOT_FOUND, one that waited through
+    /// a replace by another component EAGAIN.
+    pub fn data_dir_for_run(&self, tool: &Arc<InstalledTool>) -> Result<PathBuf, Failure> {
+        let name = &tool.info.name;
+        let _data = self.data_lock.lock().map_err(|_| poisoned())?;
+        match self.tools.read().map_err(|_| poisoned())?.get(name) {
+            None => {
+                return Err(Failure::new(
+                    Code::ToolNotFound,
+                    format!("tool {name:?} was removed while this run waited"),
+                ));
+            }
+            Some(now) if now.info.sha256 != tool.info.sha256 => {
+                return Err(Failure::new(
+                    Code::Eagain,
+                    format!("tool {name:?} was replaced while this run waited; run it again"),
+                ));
+            }
+            Some(_) => {}
+        }
+        let dir = self.data.join(name);
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Failure::new(
+                Code::SandboxSetupFailed,
+                format!("cannot create the ClawFS directory {}: {e}", dir.display()),
+            )),
+            _ => Ok(dir),
+        }
+    }
+
     /// Every installed tool, by name.
     pub fn list(&self) -> Vec<ToolInfo> {
         self.tools
@@ -297,29 +337,46 @@ impl ToolRegistry {
         let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
         let tool = self
             .tools
-            .write()
+            .read()
             .map_err(|_| poisoned())?
-            .remove(name)
+            .get(name)
+            .cloned()
             .ok_or_else(|| {
                 Failure::new(
                     Code::ToolNotFound,
                     format!("no tool named {name:?} is installed"),
                 )
             })?;
+        // The data first (kept and recorded, or moved out of every tool's
+        // reach), so that a failure there changes nothing; the tool leaves
+        // the registry under the same lock, so no run makes its directory
+        // again afterwards (`data_dir_for_run`).
+        let data = self.data.join(name);
+        let doomed = {
+            let _data = self.data_lock.lock().map_err(|_| poisoned())?;
+            let doomed = match keep_data {
+                true if data.is_dir() => {
+                    self.record_kept(name, &tool.info.sha256)?;
+                    None
+                }
+                true => None,
+                false => self.take_data(name)?,
+            };
+            self.tools.write().map_err(|_| poisoned())?.remove(name);
+            doomed
+        };
         let path = self.dir.join(name);
         std::fs::remove_dir_all(&path)
             .map_err(io(format_args!("cannot remove {}", path.display())))?;
-        let data = self.data.join(name);
-        if keep_data {
-            if data.is_dir() {
-                self.record_kept(name, &tool.info.sha256)?;
-                tracing::info!(tool = %name, data = %data.display(), "tool removed; its data is kept");
-            } else {
-                tracing::info!(tool = %name, "tool removed; it had no data");
+        match (keep_data, doomed) {
+            (true, _) if data.is_dir() => {
+                tracing::info!(tool = %name, data = %data.display(), "tool removed; its data is kept")
             }
-        } else {
-            let freed = self.delete_data(name)?;
-            tracing::info!(tool = %name, data_deleted = freed, "tool removed");
+            (_, Some(doomed)) => {
+                finish_delete(name, &doomed);
+                tracing::info!(tool = %name, "tool removed with its data");
+            }
+            _ => tracing::info!(tool = %name, "tool removed; it had no data"),
         }
         Ok(tool.info.clone())
     }
@@ -340,6 +397,9 @@ impl ToolRegistry {
             return Ok(record.map(|_| KeptData::Discard));
         }
         let owner = record.as_ref().map(|r| r.sha256.as_str());
+        if choice == KeptData::Discard {
+            return Ok(Some(KeptData::Discard));
+        }
         if owner == Some(sha256) {
             return Ok(Some(KeptData::Adopt));
         }
@@ -363,7 +423,12 @@ impl ToolRegistry {
     fn settle_kept_data(&self, name: &str, choice: KeptData) -> Result<(), Failure> {
         match choice {
             KeptData::Discard => {
-                if self.delete_data(name)? {
+                let doomed = {
+                    let _data = self.data_lock.lock().map_err(|_| poisoned())?;
+                    self.take_data(name)?
+                };
+                if let Some(doomed) = doomed {
+                    finish_delete(name, &doomed);
                     tracing::info!(tool = %name, "kept data discarded at install");
                 }
             }
@@ -417,30 +482,22 @@ impl ToolRegistry {
         std::fs::rename(&fresh, &path).map_err(io(format_args!("cannot write {}", path.display())))
     }
 
-    /// Delete `<data>/<name>/`: renamed out of every tool's reach first (so
-    /// the name is free at once), then removed without following any link
-    /// the tool made. Whatever a run still in flight writes into it meanwhile
-    /// is deleted at the next start. True if there was data.
-    fn delete_data(&self, name: &str) -> Result<bool, Failure> {
+    /// Move `<data>/<name>/` out of every tool's reach (a name no tool can
+    /// have), to be deleted: where it went, or `None` if there was no data.
+    fn take_data(&self, name: &str) -> Result<Option<PathBuf>, Failure> {
         let data = self.data.join(name);
         let doomed = self.data.join(format!("{REMOVED}{name}-{}", now_nanos()));
         match std::fs::rename(&data, &doomed) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => {
-                return Err(Failure::io(
-                    format_args!(
-                        "cannot delete the data of tool {name:?}, {}",
-                        data.display()
-                    ),
-                    &e,
-                ));
-            }
+            Ok(()) => Ok(Some(doomed)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Failure::io(
+                format_args!(
+                    "cannot delete the data of tool {name:?}, {}",
+                    data.display()
+                ),
+                &e,
+            )),
         }
-        if let Err(e) = std::fs::remove_dir_all(&doomed) {
-            tracing::warn!(tool = %name, path = %doomed.display(), "the tool's data is out of reach but not yet deleted (at the next start): {e}");
-        }
-        Ok(true)
     }
 
     /// Finish deletes cut short (a crash, or a run that kept writing).
@@ -455,6 +512,15 @@ impl ToolRegistry {
                 tracing::warn!(path = %entry.path().display(), "cannot delete a removed tool's data: {e}");
             }
         }
+    }
+}
+
+/// Delete data taken out of reach, without following any link the tool
+/// made in it. Whatever a run still in flight writes there meanwhile is
+/// deleted at the next start.
+fn finish_delete(name: &str, doomed: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(doomed) {
+        tracing::warn!(tool = %name, path = %doomed.display(), "the tool's data is out of reach but not yet deleted (at the next start): {e}");
     }
 }
 

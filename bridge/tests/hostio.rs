@@ -199,6 +199,12 @@ fn filesystem_escapes_are_refused() {
             "{link} made"
         );
     }
+    // A symlink on the way to the link does not fool the check: `s -> .`
+    // puts `s/l` in the root itself, where `../x` leads out.
+    assert_eq!(s.probe(&["symlink", ".", "s"]), "ok");
+    s.refused(&["symlink", "../x", "s/l"], Code::PolicyDenied);
+    s.refused(&["wasi-symlink", "../x", "s/l"], Code::Eperm);
+    assert!(fs::symlink_metadata(s.root.join("l")).is_err());
     // Inside the root, both make them.
     assert_eq!(s.probe(&["symlink", "../a", "a/self"]), "ok");
     assert_eq!(s.probe(&["wasi-symlink", "../a", "a/self2"]), "ok");

@@ -372,7 +372,8 @@ fn a_tools_data_leaves_with_it_and_never_passes_silently_to_another_component() 
     assert_eq!(install_other(KeptData::Refuse).code, Code::ToolExists);
     ok(install_other(KeptData::Adopt));
     assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "ok s3cret");
-    // Discarded at install: gone before the new tool's first run.
+    // Discarded at install: gone before the new tool's first run, even
+    // for the very component that kept it.
     remove(&d, "t", true);
     ok(install_with(&d, "t", "probe", false, KeptData::Discard));
     assert_eq!(probe(&d, "t", &["read", "secret.txt"], b""), "err 3");

@@ -359,8 +359,8 @@ impl Root {
     /// `..` never above the root. (Following it is confined by the kernel
     /// anyway; this refuses to make one that could only fail.)
     pub fn symlink(&self, target: &str, link_path: &str) -> Result<(), Failure> {
-        check_symlink(0, target, link_path)?;
         let leaf = self.leaf(link_path)?;
+        self.check_symlink_in(&leaf.dir, target, link_path)?;
         rustix::fs::symlinkat(target, &leaf.dir, leaf.name.as_str())
             .map_err(|e| op_error("symlink", link_path, e))
     }
@@ -501,20 +501,47 @@ impl Root {
     }
 }
 
-/// May a symlink to `target` be made at `link_path`, relative to a
-/// directory `depth` levels below the root? The target must stay inside
-/// the root when read from the link's directory: not absolute, and its
-/// `..` never above the root.
-pub fn check_symlink(depth: usize, target: &str, link_path: &str) -> Result<(), Failure> {
-    check_path(target)?;
-    let (parent, _) = split(link_path)?;
-    let end = lexical_depth_from(depth, parent).and_then(|d| lexical_depth_from(d, target));
-    match end {
-        Some(_) => Ok(()),
-        None => Err(Failure::new(
-            Code::PolicyDenied,
-            format!("symlink target {target:?} at {link_path:?} leads outside the tool's root"),
-        )),
+impl Root {
+    /// May a symlink to `target` be made at `link_path` (beneath `dir`)?
+    /// Its directory is resolved as the kernel will resolve it (beneath
+    /// `dir`, following the symlinks on the way), and the target, read from
+    /// there, must stay inside the root: not absolute, its `..` never above
+    /// the root. (A symlink on the way would make a textual check of
+    /// `link_path` wrong: `s -> .` then `s/l -> ../x`.)
+    pub fn check_symlink_at(
+        &self,
+        dir: &impl AsFd,
+        target: &str,
+        link_path: &str,
+    ) -> Result<(), Failure> {
+        let (parent, _) = split(link_path)?;
+        let parent = rustix::fs::openat2(
+            dir,
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(|e| resolve_error(link_path, e))?;
+        self.check_symlink_in(&parent, target, link_path)
+    }
+
+    /// [`Root::check_symlink_at`] for a link made in the directory `parent`.
+    fn check_symlink_in(
+        &self,
+        parent: &impl AsFd,
+        target: &str,
+        link_path: &str,
+    ) -> Result<(), Failure> {
+        check_path(target)?;
+        let depth = self.depth_of(parent)?;
+        match lexical_depth_from(depth, target) {
+            Some(_) => Ok(()),
+            None => Err(Failure::new(
+                Code::PolicyDenied,
+                format!("symlink target {target:?} at {link_path:?} leads outside the tool's root"),
+            )),
+        }
     }
 }
 

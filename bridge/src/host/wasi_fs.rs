@@ -104,12 +104,16 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
             let instance: &mut Instance = store.data_mut();
             let checked = instance.wasi_dir(&dir).map(|d| {
                 let root = instance.fs.root().clone();
-                root.depth_of(&*d)
-                    .and_then(|depth| crate::clawfs::check_symlink(depth, &target, &link_path))
+                root.check_symlink_at(&*d, &target, &link_path)
             });
-            if let Some(Err(refusal)) = checked {
-                tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path = link_path, "wasi symlink refused: {}", refusal.message);
-                return Ok((Err(refused(&refusal)),));
+            match checked {
+                // A missing directory: WASI answers that itself.
+                Some(Err(f)) if f.code == crate::error::Code::Enoent => {}
+                Some(Err(refusal)) => {
+                    tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path = link_path, "wasi symlink refused: {}", refusal.message);
+                    return Ok((Err(refused(&refusal)),));
+                }
+                _ => {}
             }
             let mut view = instance.filesystem();
             match HostDescriptor::symlink_at(&mut view, dir, target, link_path) {

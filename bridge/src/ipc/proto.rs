@@ -48,8 +48,8 @@ pub enum Request {
 
 /// An install's answer to ClawFS data that a removed tool left under its
 /// name (`remove --keep-data`, or a remove by an older daemon). Data kept
-/// by the very same component (same sha256) is its own again whatever this
-/// says; other data is never handed over silently.
+/// by the very same component (same sha256) is its own again unless this
+/// says `Discard`; other data is never handed over silently.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeptData {
     /// Refuse the install (TOOL_EXISTS), naming the data and the choices.

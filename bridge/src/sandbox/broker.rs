@@ -27,8 +27,9 @@ pub(super) struct Serve<'a> {
     pids: PidMap,
     shared: &'a SharedMemory,
     tool: &'a str,
-    /// The shared regions this run holds, given back when it ends.
-    held: Vec<String>,
+    /// The shared regions this run holds (one hold each, however often it
+    /// opens them), given back when it ends, and their bytes.
+    held: HashMap<String, u64>,
 }
 
 impl<'a> Serve<'a> {
@@ -47,7 +48,7 @@ impl<'a> Serve<'a> {
             pids: PidMap::new(worker),
             shared,
             tool,
-            held: Vec::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -89,21 +90,10 @@ impl<'a> Serve<'a> {
                     "the cgroup interface needs cgroup v2, which this system lacks",
                 )),
             },
-            FromWorker::Shared { name, size } => {
-                if self.held.len() >= MAX_SHARED_PER_RUN {
-                    return refused(Failure::new(
-                        Code::QuotaExceeded,
-                        format!("a run holds at most {MAX_SHARED_PER_RUN} shared regions"),
-                    ));
-                }
-                match self.shared.open(self.tool, &name, size) {
-                    Ok(fd) => {
-                        self.held.push(name);
-                        (ToWorker::SharedRegion, Some(fd))
-                    }
-                    Err(f) => refused(f),
-                }
-            }
+            FromWorker::Shared { name, size } => match self.open_shared(name, size) {
+                Ok(fd) => (ToWorker::SharedRegion, Some(fd)),
+                Err(f) => refused(f),
+            },
             other => refused(Failure::new(
                 Code::Eproto,
                 format!("unexpected request {}", kind(&other)),
@@ -112,9 +102,46 @@ impl<'a> Serve<'a> {
     }
 }
 
+impl Serve<'_> {
+    /// A descriptor of the shared region `name`. A run holds each region
+    /// once, at most [`MAX_SHARED_PER_RUN`] of them and at most the
+    /// instance memory limit in all: the daemon does not rely on the
+    /// worker's own account, which a tool that escaped WebAssembly owns.
+    fn open_shared(&mut self, name: String, size: u64) -> Result<OwnedFd, Failure> {
+        if let Some(held) = self.held.get(&name) {
+            if *held != size {
+                return Err(Failure::new(
+                    Code::InvalidArgument,
+                    format!("shared region {name:?} has {held} bytes, not {size}"),
+                ));
+            }
+            return self.shared.descriptor(self.tool, &name);
+        }
+        if self.held.len() >= MAX_SHARED_PER_RUN {
+            return Err(Failure::new(
+                Code::QuotaExceeded,
+                format!("a run holds at most {MAX_SHARED_PER_RUN} shared regions"),
+            ));
+        }
+        let total = self.held.values().sum::<u64>().saturating_add(size);
+        if total > self.shared.max_bytes {
+            return Err(Failure::new(
+                Code::WasmMemoryLimit,
+                format!(
+                    "the run's shared regions would hold {total} bytes, over the instance memory limit ({})",
+                    self.shared.max_bytes
+                ),
+            ));
+        }
+        let fd = self.shared.open(self.tool, &name, size)?;
+        self.held.insert(name, size);
+        Ok(fd)
+    }
+}
+
 impl Drop for Serve<'_> {
     fn drop(&mut self) {
-        for name in &self.held {
+        for name in self.held.keys() {
             self.shared.release(self.tool, name);
         }
     }
@@ -237,9 +264,10 @@ const MAX_SHARED_NAME: usize = 64;
 
 /// The daemon's shared regions: one sealed memfd per (tool, name), kept
 /// while some live run of the tool holds it, so every worker of the tool
-/// maps the same memory. Bounded: at most [`MAX_SHARED_PER_RUN`] per run,
-/// each at most `max_bytes` (the instance memory limit, which also counts
-/// them in the worker).
+/// maps the same memory. Bounded by each run ([`Serve::open_shared`]): at
+/// most [`MAX_SHARED_PER_RUN`] regions, `max_bytes` (the instance memory
+/// limit) in all, so what the daemon keeps is at most the runs in flight
+/// times the instance memory limit, however the workers behave.
 #[derive(Debug)]
 pub(super) struct SharedMemory {
     max_bytes: u64,
@@ -281,24 +309,42 @@ impl SharedMemory {
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let key = (tool.to_owned(), name.to_owned());
-        let held = match map.get_mut(&key) {
-            Some(h) if h.size != size => {
-                return Err(Failure::new(
-                    Code::InvalidArgument,
-                    format!("shared region {name:?} has {} bytes, not {size}", h.size),
-                ));
+        match map.get_mut(&key) {
+            Some(h) if h.size != size => Err(Failure::new(
+                Code::InvalidArgument,
+                format!("shared region {name:?} has {} bytes, not {size}", h.size),
+            )),
+            Some(h) => {
+                let fd = dup(&h.fd)?;
+                h.holders += 1;
+                Ok(fd)
             }
-            Some(h) => h,
-            None => map.entry(key).or_insert(Held {
-                fd: crate::outside::sealed_memfd(size)?,
-                size,
-                holders: 0,
-            }),
-        };
-        let fd = rustix::io::fcntl_dupfd_cloexec(&held.fd, 0)
-            .map_err(|e| Failure::io("shared region: dup", &e.into()))?;
-        held.holders += 1;
-        Ok(fd)
+            None => {
+                let held = crate::outside::sealed_memfd(size)?;
+                let fd = dup(&held)?;
+                map.insert(
+                    key,
+                    Held {
+                        fd: held,
+                        size,
+                        holders: 1,
+                    },
+                );
+                Ok(fd)
+            }
+        }
+    }
+
+    /// Another descriptor of a region the caller holds already.
+    fn descriptor(&self, tool: &str, name: &str) -> Result<OwnedFd, Failure> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&(tool.to_owned(), name.to_owned())) {
+            Some(h) => dup(&h.fd),
+            None => Err(Failure::new(
+                Code::Einternal,
+                format!("shared region {name:?} is held but not known"),
+            )),
+        }
     }
 
     /// One holder fewer; the memory goes with the last.
@@ -318,6 +364,10 @@ impl SharedMemory {
     fn len(&self) -> usize {
         self.map.lock().unwrap().len()
     }
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, Failure> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| Failure::io("shared region: dup", &e.into()))
 }
 
 /// Pids as the instance sees them (its own pid namespace) to the daemon's.
@@ -421,6 +471,41 @@ mod tests {
             shared.open("t", "big", (1 << 20) + 1).unwrap_err().code,
             Code::WasmMemoryLimit
         );
+        assert_eq!(shared.len(), 0);
+    }
+
+    #[test]
+    fn a_run_holds_each_region_once_and_its_bytes_within_the_limit() {
+        let egress = Egress::new(crate::config::NetworkPolicy::default());
+        let shared = SharedMemory::new(1 << 20);
+        let mut run = Serve::new(&egress, None, 0, &shared, "t");
+        // Opened again and again (a tool that drops and reopens): one hold.
+        for _ in 0..200 {
+            run.open_shared("r".into(), 4096).unwrap();
+        }
+        assert_eq!(run.held.len(), 1);
+        assert_eq!(
+            run.open_shared("r".into(), 8192).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        // Bytes over all its regions: the instance memory limit.
+        run.open_shared("big".into(), (1 << 20) - 4096).unwrap();
+        assert_eq!(
+            run.open_shared("more".into(), 1).unwrap_err().code,
+            Code::WasmMemoryLimit
+        );
+        drop(run);
+        assert_eq!(shared.len(), 0, "released when the run ends");
+        // At most MAX_SHARED_PER_RUN distinct regions.
+        let mut run = Serve::new(&egress, None, 0, &shared, "t");
+        for i in 0..MAX_SHARED_PER_RUN {
+            run.open_shared(format!("r{i}"), 1).unwrap();
+        }
+        assert_eq!(
+            run.open_shared("one-more".into(), 1).unwrap_err().code,
+            Code::QuotaExceeded
+        );
+        drop(run);
         assert_eq!(shared.len(), 0);
     }
 }

@@ -9,7 +9,6 @@ use super::channel::{self, FromWorker, Layers, Setup, Spawn, Spawned, ToWorker};
 use super::launcher;
 use super::sys;
 use crate::cgroup::{self, Delegation, MAIN_LEAF};
-use crate::clawfs::Root;
 use crate::config::{CgroupPolicy, CompileLimits, Config};
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
@@ -389,9 +388,16 @@ impl Sandbox {
     /// Give a spare its tool: the worker learns what to load and which
     /// ClawFS directory to bind.
     fn hand_over(&self, channel: &UnixStream, tool: &str, artifact: &Path) -> Result<(), Failure> {
-        // The tool's ClawFS directory exists before the worker binds it.
+        // The registry made the tool's ClawFS directory when the run began
+        // (`ToolRegistry::data_dir_for_run`); it is gone only if the tool
+        // was removed since, and it is never made again here.
         let clawfs = self.clawfs_root.join(tool);
-        drop(Root::open(&clawfs, 0)?);
+        if !clawfs.is_dir() {
+            return Err(Failure::new(
+                Code::ToolNotFound,
+                format!("tool {tool:?} was removed while this run waited: its ClawFS data is gone"),
+            ));
+        }
         let setup = Setup {
             tool: tool.to_owned(),
             artifact: artifact.to_owned(),
