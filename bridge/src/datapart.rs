@@ -102,14 +102,23 @@ fn table_extent<D>(disk: &mut D, number: u32) -> Result<(u64, u64), Failure>
 where
     D: std::io::Read + Seek,
 {
+    let (gpt, e) = read_table(disk, number)?;
+    let sectors = extent(&e)?;
+    Ok((e.starting_lba * gpt.sector_size, sectors * gpt.sector_size))
+}
+
+/// The GPT on `disk` and its partition `number`.
+fn read_table<D>(disk: &mut D, number: u32) -> Result<(GPT, gptman::GPTPartitionEntry), Failure>
+where
+    D: std::io::Read + Seek,
+{
     let gpt = GPT::find_from(disk).map_err(|e| failed(format_args!("no GPT: {e}")))?;
-    let e = gpt
+    let entry = gpt
         .iter()
         .find(|(i, e)| *i == number && e.is_used())
         .map(|(_, e)| e.clone())
         .ok_or_else(|| failed(format_args!("the GPT has no partition {number}")))?;
-    let sectors = extent(&e)?;
-    Ok((e.starting_lba * gpt.sector_size, sectors * gpt.sector_size))
+    Ok((gpt, entry))
 }
 
 /// How many sectors an entry spans; a corrupt one (end before start) is
@@ -142,13 +151,8 @@ pub fn grow_table<D>(disk: &mut D, number: u32) -> Result<Option<(u64, u64, u64)
 where
     D: std::io::Read + std::io::Write + Seek,
 {
-    let mut gpt = GPT::find_from(disk).map_err(|e| failed(format_args!("no GPT: {e}")))?;
+    let (mut gpt, entry) = read_table(disk, number)?;
     let ss = gpt.sector_size;
-    let entry = gpt
-        .iter()
-        .find(|(i, e)| *i == number && e.is_used())
-        .map(|(_, e)| e.clone())
-        .ok_or_else(|| failed(format_args!("the GPT has no partition {number}")))?;
     let old_sectors = extent(&entry)?;
     if gpt
         .iter()

@@ -102,18 +102,10 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
         "[method]descriptor.symlink-at",
         |mut store, (dir, target, link_path): (Resource<Descriptor>, String, String)| {
             let instance: &mut Instance = store.data_mut();
-            let checked = instance.wasi_dir(&dir).map(|d| {
-                let root = instance.fs.root().clone();
-                root.check_symlink_at(&*d, &target, &link_path)
-            });
-            match checked {
-                // A missing directory: WASI answers that itself.
-                Some(Err(f)) if f.code == crate::error::Code::Enoent => {}
-                Some(Err(refusal)) => {
-                    tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path = link_path, "wasi symlink refused: {}", refusal.message);
-                    return Ok((Err(refused(&refusal)),));
-                }
-                _ => {}
+            if let Some(code) = instance.refusal("symlink", &link_path, &dir, |root, d| {
+                root.check_symlink_at(d, &target, &link_path)
+            }) {
+                return Ok((Err(code),));
             }
             let mut view = instance.filesystem();
             match HostDescriptor::symlink_at(&mut view, dir, target, link_path) {
@@ -134,18 +126,10 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
         )| {
             let instance: &mut Instance = store.data_mut();
             let follow = old_flags.contains(PathFlags::SYMLINK_FOLLOW);
-            let checked = instance.wasi_dir(&dir).map(|d| {
-                let root = instance.fs.root().clone();
-                root.check_link_source(&*d, &old_path, follow)
-            });
-            match checked {
-                // Missing: WASI answers that itself, as it would anyway.
-                Some(Err(f)) if f.code == crate::error::Code::Enoent => {}
-                Some(Err(refusal)) => {
-                    tracing::warn!(tool = %instance.info.tool, instance = instance.info.id, path = old_path, "wasi link refused: {}", refusal.message);
-                    return Ok((Err(refused(&refusal)),));
-                }
-                _ => {}
+            if let Some(code) = instance.refusal("link", &old_path, &dir, |root, d| {
+                root.check_link_source(d, &old_path, follow)
+            }) {
+                return Ok((Err(code),));
             }
             let mut view = instance.filesystem();
             match HostDescriptor::link_at(&mut view, dir, old_flags, old_path, new_dir, new_path) {
@@ -174,6 +158,28 @@ impl Instance {
     fn wasi_dir(&self, fd: &Resource<Descriptor>) -> Option<std::sync::Arc<std::fs::File>> {
         match self.handles.table.get(fd) {
             Ok(Descriptor::Dir(d)) => Some(d.dir.clone()),
+            _ => None,
+        }
+    }
+
+    /// The WASI error for `op` on `path` beneath the descriptor `dir` if
+    /// `check` (ClawFS's rule, given the root and the directory) refuses
+    /// it, logged; `None` to let wasmtime-wasi carry it out. A missing
+    /// entry, or a descriptor that is not a directory, is left to WASI,
+    /// which answers it as it would anyway.
+    fn refusal(
+        &self,
+        op: &str,
+        path: &str,
+        dir: &Resource<Descriptor>,
+        check: impl FnOnce(&crate::clawfs::Root, &std::fs::File) -> Result<(), crate::error::Failure>,
+    ) -> Option<ErrorCode> {
+        let d = self.wasi_dir(dir)?;
+        match check(self.fs.root(), &d) {
+            Err(f) if f.code != crate::error::Code::Enoent => {
+                tracing::warn!(tool = %self.info.tool, instance = self.info.id, path, "wasi {op} refused: {}", f.message);
+                Some(refused(&f))
+            }
             _ => None,
         }
     }
