@@ -283,14 +283,16 @@ fn a_refused_peer_sending_large_frames_costs_the_daemon_no_memory() {
 fn idle_clients_cannot_lock_others_out() {
     let d = TestDaemon::with_config("allowed_gids = [65534]\n[ipc]\nmax_connections = 4\n");
     let mut idle = connections_as(NOBODY, 4, &d.socket);
-    // Each is in the table: a status on one of them is served.
-    idle[3]
-        .write_all(&frame::encode(&Request::Status.encode()))
-        .unwrap();
-    assert_eq!(answer(&mut idle[3]).code, Code::Success);
-    // Root still gets in: one of the three that have waited longest (the
-    // daemon admits them in the order its accept tasks run) is closed for
-    // it; the one just served is not.
+    // Each is in the table: a status on each is served, in order, so that
+    // every one has been admitted before the last is served (the daemon
+    // admits them in the order its accept tasks run).
+    for c in &mut idle {
+        c.write_all(&frame::encode(&Request::Status.encode()))
+            .unwrap();
+        assert_eq!(answer(c).code, Code::Success);
+    }
+    // Root still gets in: one of the three that have waited longer is
+    // closed for it; the one served last is not.
     status(&d);
     let closed = |c: &mut UnixStream| {
         c.set_nonblocking(true).unwrap();
