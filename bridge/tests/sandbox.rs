@@ -287,7 +287,11 @@ fn output_over_the_cap_is_201() {
 
 #[test]
 fn concurrent_runs_all_complete() {
-    let d = TestDaemon::with_config("[ipc]\nmax_concurrent_runs = 16\n");
+    // 16 runs from one uid at once, plus room for the install's connection,
+    // which the daemon may not have seen closed yet when they arrive (its
+    // per-uid share is 16 by default).
+    let d =
+        TestDaemon::with_config("[ipc]\nmax_concurrent_runs = 16\nmax_connections_per_uid = 24\n");
     d.install_ok("echo");
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
