@@ -206,14 +206,28 @@ install -m 0644 "$KEYS/clients-ca.pem" "$data/tls/clients-ca.pem"
 sed -i "s/^installed_at = .*/installed_at = $SOURCE_DATE_EPOCH/" "$data"/tools/*/tool.toml
 find "$data" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
-mkfs.ext4 -q -F -L "$DATA_LABEL" -U "$DATA_FS_UUID" -T default -I 256 \
-    -E "hash_seed=$DATA_HASH_SEED,root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard" \
+# Project quotas (-O quota,project; init mounts it with prjquota): the
+# daemon makes each tool's tree a project with the [clawfs] quota limits.
+# One inode per 8 KiB (32768 on 256 MiB, twice ext4's default), because
+# tools' files are small. 10% of the blocks are reserved for uid and gid
+# 65534, which nothing runs as, and for CAP_SYS_RESOURCE: the daemon has it,
+# workers (kernel uid 0, no capabilities) do not, so tools that fill the
+# partition leave room for installs (docs/storage.md).
+mkfs.ext4 -q -F -L "$DATA_LABEL" -U "$DATA_FS_UUID" -T default -I 256 -i 8192 -m 10 \
+    -O quota,project \
+    -E "hash_seed=$DATA_HASH_SEED,root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard,quotatype=prjquota" \
     -d "$data" "$work/data.ext4" "${DATA_MIB}M" >/dev/null
+tune2fs -u 65534 -g 65534 "$work/data.ext4" >/dev/null
 # mke2fs copies each file's ctime, which cannot be set on the staging tree.
 (cd "$data" && find . | sed 's|^\.||; s|^$|/|' | sort | while read -r p; do
     printf 'sif "%s" ctime %s\n' "$p" "$SOURCE_DATE_EPOCH"
 done) >"$work/ctime.debugfs"
 debugfs -w -f "$work/ctime.debugfs" "$work/data.ext4" >/dev/null 2>&1
+# mke2fs makes the quota inodes before it copies the tree in (-d): e2fsck
+# counts the copied files into them (at the build's time, so the same
+# bytes every build), then the partition must pass a check that changes nothing.
+E2FSCK_TIME=$SOURCE_DATE_EPOCH e2fsck -fy "$work/data.ext4" >/dev/null 2>&1 || [ $? -eq 1 ] ||
+    die "e2fsck could not settle the data partition's quota usage"
 e2fsck -fn "$work/data.ext4" >/dev/null 2>&1 || die "the data partition does not pass e2fsck"
 
 # ---- ESP ----

@@ -440,9 +440,19 @@ fn human(resp: &Response) {
                 let _ = writeln!(out, "no tools installed");
             }
             for t in tools {
+                let storage = match &t.storage {
+                    Some(u) => format!(
+                        "  data {} of {} ({} of {} inodes)",
+                        mib(u.bytes),
+                        mib(u.quota_bytes),
+                        u.inodes,
+                        u.quota_inodes
+                    ),
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "{:<24} {:>10} bytes  sha256:{}",
+                    "{:<24} {:>10} bytes  sha256:{}{storage}",
                     t.name,
                     t.component_bytes,
                     &t.sha256[..16]
@@ -481,6 +491,27 @@ fn human(resp: &Response) {
                 s.memory_limit_bytes >> 20,
                 s.cpu_budget_ms
             );
+            match &s.clawfs {
+                Some(c) => {
+                    let _ = writeln!(
+                        out,
+                        "clawfs:            tools hold {}; free {} and {} inodes, {} more kept for installs",
+                        mib(c.tools_bytes),
+                        mib(c.free_bytes),
+                        c.free_inodes,
+                        mib(c.reserved_bytes)
+                    );
+                    let _ = writeln!(
+                        out,
+                        "per tool:          storage {}, {} inodes",
+                        mib(c.quota_bytes),
+                        c.quota_inodes
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "clawfs quotas:     none (development host)");
+                }
+            }
             match &s.monitor {
                 Some(m) => {
                     let programs: Vec<String> = m
@@ -520,4 +551,9 @@ fn human(resp: &Response) {
             escape::controls(&resp.message)
         );
     }
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -88,10 +88,15 @@ impl Daemon {
     ) -> Result<Daemon, Failure> {
         let runtime = Arc::new(runtime);
         let sandbox = Arc::new(sandbox);
+        let quota = sandbox
+            .layers()
+            .storage_quota
+            .then_some((config.clawfs.quota_bytes, config.clawfs.quota_inodes));
         let registry = Arc::new(ToolRegistry::open(
             &config.state_dir,
             &config.clawfs_root(),
             &runtime,
+            quota,
         )?);
         sandbox.prepare();
         Ok(Daemon {
@@ -198,6 +203,7 @@ impl Daemon {
             memory_limit_bytes: self.config.sandbox.memory_limit_bytes,
             cpu_budget_ms: self.config.sandbox.cpu_budget_ms,
             monitor: self.monitor.as_ref().map(Monitor::status),
+            clawfs: self.registry.clawfs_status(),
         }
     }
 
@@ -385,7 +391,7 @@ impl Daemon {
         let kind = request.kind();
         let result = match request {
             Request::Status => Ok(Response::ok(Body::Status(self.status()))),
-            Request::List => Ok(Response::ok(Body::Tools(self.registry.list()))),
+            Request::List => Ok(Response::ok(Body::Tools(self.registry.list_with_storage()))),
             Request::Remove { name, keep_data } => {
                 // Deleting a tool's data may take a while (a tree of files).
                 let registry = self.registry.clone();

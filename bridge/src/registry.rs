@@ -11,11 +11,12 @@
 //! installed under that name gets it only if it is the same component or
 //! the operator says so ([`KeptData`]).
 
+use crate::clawfs::quota::{Quotas, StorageUse};
 use crate::error::{Code, Failure};
 use crate::ipc::proto::KeptData;
 use crate::runtime::{Prepared, Runtime};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,6 +56,10 @@ pub struct ToolInfo {
     pub artifact_bytes: u64,
     /// When it was installed, seconds since the Unix epoch.
     pub installed_at: u64,
+    /// What its ClawFS tree holds against its quota (in `list` answers
+    /// where ClawFS has quotas; never stored).
+    #[serde(default)]
+    pub storage: Option<StorageUse>,
 }
 
 /// An installed tool, linked and ready to instantiate.
@@ -77,7 +82,11 @@ pub struct ToolRegistry {
     installing: Mutex<()>,
     /// Held while a tool's data directory is made for a run or taken away
     /// by a remove, so that a run never brings back a removed tool's data.
-    data_lock: Mutex<()>,
+    /// Holds the names whose tree got its storage quota in this daemon's
+    /// life (the config's limits are applied once per start).
+    data_lock: Mutex<HashSet<String>>,
+    /// Per-tool storage quotas, where ClawFS enforces them.
+    quotas: Option<Quotas>,
 }
 
 /// Refuse names that are not `[a-z0-9][a-z0-9_-]{0,63}`; a name is a
@@ -120,8 +129,14 @@ fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Failure
 
 impl ToolRegistry {
     /// Open (creating it 0700) the registry under `state_dir` and load every
-    /// tool; tools' data is in the ClawFS root `data`.
-    pub fn open(state_dir: &Path, data: &Path, runtime: &Runtime) -> Result<ToolRegistry, Failure> {
+    /// tool; tools' data is in the ClawFS root `data`, each tool's tree
+    /// bounded by `quota` (bytes, inodes) when given.
+    pub fn open(
+        state_dir: &Path,
+        data: &Path,
+        runtime: &Runtime,
+        quota: Option<(u64, u64)>,
+    ) -> Result<ToolRegistry, Failure> {
         let dir = state_dir.join("tools");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -133,12 +148,27 @@ impl ToolRegistry {
             )))?;
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format_args!("cannot restrict {}", state_dir.display())))?;
+        let quotas = match quota {
+            Some((bytes, inodes)) => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(data)
+                    .map_err(io(format_args!(
+                        "cannot create the ClawFS root {}",
+                        data.display()
+                    )))?;
+                Some(Quotas::open(data, bytes, inodes)?)
+            }
+            None => None,
+        };
         let registry = ToolRegistry {
             dir,
             data: data.to_owned(),
             tools: RwLock::new(BTreeMap::new()),
             installing: Mutex::new(()),
-            data_lock: Mutex::new(()),
+            data_lock: Mutex::new(HashSet::new()),
+            quotas,
         };
         registry.load_all(runtime)?;
         registry.finish_deletes();
@@ -223,6 +253,7 @@ impl ToolRegistry {
                 component_bytes: bytes.len() as u64,
                 artifact_bytes: artifact.len() as u64,
                 installed_at: now_secs(),
+                storage: None,
             };
             write(&staging.join(COMPONENT), bytes)?;
             write(&staging.join(ARTIFACT), &artifact)?;
@@ -291,7 +322,7 @@ impl ToolRegistry {
     /// a replace by another component EAGAIN.
     pub fn data_dir_for_run(&self, tool: &Arc<InstalledTool>) -> Result<PathBuf, Failure> {
         let name = &tool.info.name;
-        let _data = self.data_lock.lock().map_err(|_| poisoned())?;
+        let mut quota_set = self.data_lock.lock().map_err(|_| poisoned())?;
         match self.tools.read().map_err(|_| poisoned())?.get(name) {
             None => {
                 return Err(Failure::new(
@@ -313,12 +344,33 @@ impl ToolRegistry {
             .mode(0o700)
             .create(&dir)
         {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Failure::new(
-                Code::SandboxSetupFailed,
-                format!("cannot create the ClawFS directory {}: {e}", dir.display()),
-            )),
-            _ => Ok(dir),
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Failure::new(
+                    Code::SandboxSetupFailed,
+                    format!("cannot create the ClawFS directory {}: {e}", dir.display()),
+                ));
+            }
+            _ => {}
         }
+        if let Some(quotas) = &self.quotas
+            && !quota_set.contains(name)
+        {
+            let project = quotas.assign(&dir)?;
+            tracing::info!(tool = %name, project, "storage quota set");
+            quota_set.insert(name.clone());
+        }
+        Ok(dir)
+    }
+
+    /// What tool `name`'s tree holds against its quota: None without
+    /// quotas, or before the tool's first run.
+    pub fn storage(&self, name: &str) -> Option<StorageUse> {
+        let quotas = self.quotas.as_ref()?;
+        quotas
+            .usage(&self.data.join(name))
+            .inspect_err(|f| tracing::warn!(tool = %name, "{}", f.message))
+            .ok()
+            .flatten()
     }
 
     /// Every installed tool, by name.
@@ -327,6 +379,30 @@ impl ToolRegistry {
             .read()
             .map(|t| t.values().map(|t| t.info.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The ClawFS partition's use, where it has quotas.
+    pub fn clawfs_status(&self) -> Option<crate::clawfs::quota::ClawfsStatus> {
+        let quotas = self.quotas.as_ref()?;
+        let tools_bytes = self
+            .list()
+            .iter()
+            .filter_map(|t| self.storage(&t.name))
+            .map(|u| u.bytes)
+            .sum();
+        quotas
+            .status(tools_bytes)
+            .inspect_err(|f| tracing::warn!("{}", f.message))
+            .ok()
+    }
+
+    /// Every installed tool with what its tree holds.
+    pub fn list_with_storage(&self) -> Vec<ToolInfo> {
+        let mut tools = self.list();
+        for t in &mut tools {
+            t.storage = self.storage(&t.name);
+        }
+        tools
     }
 
     /// Remove the tool called `name` and, unless `keep_data`, its ClawFS
@@ -353,7 +429,8 @@ impl ToolRegistry {
         // again afterwards (`data_dir_for_run`).
         let data = self.data.join(name);
         let doomed = {
-            let _data = self.data_lock.lock().map_err(|_| poisoned())?;
+            let mut quota_set = self.data_lock.lock().map_err(|_| poisoned())?;
+            quota_set.remove(name);
             let doomed = match keep_data {
                 true if data.is_dir() => {
                     self.record_kept(name, &tool.info.sha256)?;
@@ -424,7 +501,8 @@ impl ToolRegistry {
         match choice {
             KeptData::Discard => {
                 let doomed = {
-                    let _data = self.data_lock.lock().map_err(|_| poisoned())?;
+                    let mut quota_set = self.data_lock.lock().map_err(|_| poisoned())?;
+                    quota_set.remove(name);
                     self.take_data(name)?
                 };
                 if let Some(doomed) = doomed {
@@ -563,6 +641,7 @@ fn load_one(runtime: &Runtime, dir: &Path) -> Result<InstalledTool, Failure> {
             format!("invalid {}: {e}", meta_path.display()),
         )
     })?;
+    info.storage = None;
     let artifact = dir.join(ARTIFACT);
     match runtime.load_artifact(&artifact) {
         Ok(prepared) => Ok(InstalledTool { info, prepared }),

@@ -68,6 +68,12 @@ fn responses() -> Vec<(&'static str, Response)> {
         component_bytes: 8,
         artifact_bytes: 4096,
         installed_at: 1_796_000_000,
+        storage: Some(clawos_bridge::clawfs::quota::StorageUse {
+            bytes: 8 << 20,
+            inodes: 3,
+            quota_bytes: 8 << 20,
+            quota_inodes: 200,
+        }),
     };
     vec![
         (
@@ -194,6 +200,7 @@ fn spawns() -> Vec<(&'static str, Spawn)> {
                 cgroup: true,
                 apparmor: true,
                 ebpf: false,
+                storage_quota: true,
             },
             preload: Some(PathBuf::from("/var/lib/clawos/tools/hello/component.cwasm")),
         },

@@ -204,7 +204,12 @@ pub fn main() -> anyhow::Result<()> {
             f.message
         ),
     }
-    let layers = detect_layers(&config.cgroup, args.dev_allow_missing_layers).map_err(start)?;
+    let layers = detect_layers(
+        &config.cgroup,
+        &config.clawfs_root(),
+        args.dev_allow_missing_layers,
+    )
+    .map_err(start)?;
     // The launcher is forked while this process has one thread: no
     // runtime clock, no async runtime yet.
     let runtime = Runtime::idle(&config).map_err(start)?;

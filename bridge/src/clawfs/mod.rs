@@ -12,6 +12,7 @@
 //! refuses hard links planted to files outside it.
 
 pub mod links;
+pub mod quota;
 
 use crate::error::{Code, Failure};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
@@ -422,6 +423,13 @@ impl Root {
 }
 
 impl Root {
+    /// Whether the tree has no block or no inode left: statfs beneath a
+    /// directory with a project quota reports what the project may still
+    /// take (or the partition, if that is less), as the tool sees it.
+    pub fn is_full(&self) -> bool {
+        rustix::fs::fstatfs(&self.fd).is_ok_and(|s| s.f_bavail == 0 || s.f_ffree == 0)
+    }
+
     /// `fd`, unless it is the root itself: the root keeps the owner and
     /// the mode (0700) the bridge gave it, whichever path names it.
     fn not_the_root(&self, fd: OwnedFd, op: &str, path: &str) -> Result<OwnedFd, Failure> {

@@ -18,6 +18,12 @@ pub struct ClawfsPolicy {
     pub max_open_files: u32,
     /// Bytes an instance may write, growth by truncate included (QUOTA_EXCEEDED).
     pub max_write_bytes: u64,
+    /// Bytes one tool's tree may hold, across all its runs and whatever
+    /// wrote them (an ext4 project quota; QUOTA_EXCEEDED past it).
+    pub quota_bytes: u64,
+    /// Files, directories and symlinks one tool's tree may hold, its root
+    /// included (the project quota's inode limit).
+    pub quota_inodes: u64,
     /// Largest single read or write; longer reads return this much, longer
     /// writes accept this much.
     pub max_io_bytes: u32,
@@ -112,6 +118,8 @@ impl Default for ClawfsPolicy {
             root: None,
             max_open_files: 64,
             max_write_bytes: 256 * MIB,
+            quota_bytes: 64 * MIB,
+            quota_inodes: 4096,
             max_io_bytes: 4 * MIB as u32,
             chown_uids: Vec::new(),
             chown_gids: Vec::new(),
@@ -196,6 +204,8 @@ pub(super) fn validate(
     }
     range("clawfs.max_open_files", fs.max_open_files.into(), 1, 65_536)?;
     range("clawfs.max_write_bytes", fs.max_write_bytes, 0, 1 << 50)?;
+    range("clawfs.quota_bytes", fs.quota_bytes, MIB, 1 << 50)?;
+    range("clawfs.quota_inodes", fs.quota_inodes, 16, u32::MAX.into())?;
     range("clawfs.max_io_bytes", fs.max_io_bytes.into(), 1, 64 * MIB)?;
     range(
         "clawfs.max_link_scan",

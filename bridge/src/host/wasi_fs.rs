@@ -15,6 +15,13 @@
 //! linked from outside the root. (WASI has no chmod or chown: the root's
 //! mode and owner are the bridge's, and its own interface refuses to change
 //! them.)
+//!
+//! wasmtime-wasi 50 has no errno for a spent storage quota: EDQUOT becomes
+//! `io`. The bridge answers `quota` instead, exactly for stream writes (the
+//! stream's error still holds the errno) and, for the descriptor calls that
+//! allocate (open-at, create-directory-at, symlink-at, link-at, write,
+//! set-size), when the call failed with `io` and the tool's tree has no
+//! block or inode left.
 
 use crate::runtime::state::Instance;
 use wasmtime::component::{Linker, Resource};
@@ -74,6 +81,7 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
                     Ok(fd) => Ok(fd),
                     Err(e) => Err(fst::Host::convert_error_code(&mut view, e)?),
                 }
+                .map_err(|code| instance.quota_or(code))
             };
             let fd = match opened {
                 Ok(fd) => fd,
@@ -86,11 +94,10 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
                 return Ok((Err(ErrorCode::NotPermitted),));
             }
             if truncate {
-                let mut view = instance.filesystem();
                 let borrowed = Resource::new_borrow(fd.rep());
-                if let Err(e) = HostDescriptor::set_size(&mut view, borrowed, 0) {
-                    let code = fst::Host::convert_error_code(&mut view, e)?;
-                    HostDescriptor::drop(&mut view, fd)?;
+                let done = HostDescriptor::set_size(&mut instance.filesystem(), borrowed, 0);
+                if let Err(code) = instance.wasi_result(done)? {
+                    HostDescriptor::drop(&mut instance.filesystem(), fd)?;
                     return Ok((Err(code),));
                 }
             }
@@ -107,11 +114,9 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
             }) {
                 return Ok((Err(code),));
             }
-            let mut view = instance.filesystem();
-            match HostDescriptor::symlink_at(&mut view, dir, target, link_path) {
-                Ok(()) => Ok((Ok(()),)),
-                Err(e) => Ok((Err(fst::Host::convert_error_code(&mut view, e)?),)),
-            }
+            let done =
+                HostDescriptor::symlink_at(&mut instance.filesystem(), dir, target, link_path);
+            Ok((instance.wasi_result(done)?,))
         },
     )?;
     linker.instance(TYPES_INTERFACE)?.func_wrap(
@@ -131,11 +136,60 @@ pub fn add_to_linker(linker: &mut Linker<Instance>) -> wasmtime::Result<()> {
             }) {
                 return Ok((Err(code),));
             }
-            let mut view = instance.filesystem();
-            match HostDescriptor::link_at(&mut view, dir, old_flags, old_path, new_dir, new_path) {
-                Ok(()) => Ok((Ok(()),)),
-                Err(e) => Ok((Err(fst::Host::convert_error_code(&mut view, e)?),)),
+            let done = HostDescriptor::link_at(
+                &mut instance.filesystem(),
+                dir,
+                old_flags,
+                old_path,
+                new_dir,
+                new_path,
+            );
+            Ok((instance.wasi_result(done)?,))
+        },
+    )?;
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "[method]descriptor.create-directory-at",
+        |mut store, (dir, path): (Resource<Descriptor>, String)| {
+            let instance: &mut Instance = store.data_mut();
+            let done = HostDescriptor::create_directory_at(&mut instance.filesystem(), dir, path);
+            Ok((instance.wasi_result(done)?,))
+        },
+    )?;
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "[method]descriptor.write",
+        |mut store, (fd, buffer, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
+            let instance: &mut Instance = store.data_mut();
+            let done = HostDescriptor::write(&mut instance.filesystem(), fd, buffer, offset);
+            Ok((instance.wasi_result(done)?,))
+        },
+    )?;
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "[method]descriptor.set-size",
+        |mut store, (fd, size): (Resource<Descriptor>, u64)| {
+            let instance: &mut Instance = store.data_mut();
+            let done = HostDescriptor::set_size(&mut instance.filesystem(), fd, size);
+            Ok((instance.wasi_result(done)?,))
+        },
+    )?;
+    // A stream's error holds the io::Error: EDQUOT is `quota`.
+    linker.instance(TYPES_INTERFACE)?.func_wrap(
+        "filesystem-error-code",
+        |mut store, (err,): (Resource<wasmtime::Error>,)| {
+            let instance: &mut Instance = store.data_mut();
+            let quota = instance
+                .handles
+                .table
+                .get(&err)?
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EDQUOT);
+            if quota {
+                return Ok((Some(ErrorCode::Quota),));
             }
+            Ok((fst::Host::filesystem_error_code(
+                &mut instance.filesystem(),
+                err,
+            )?,))
         },
     )?;
     linker.allow_shadowing(false);
@@ -153,6 +207,29 @@ fn refused(f: &crate::error::Failure) -> ErrorCode {
 }
 
 impl Instance {
+    /// `code`, or `quota` for an `io` failure when the tool's tree has no
+    /// block or inode left (EDQUOT, which wasmtime-wasi reports as `io`).
+    fn quota_or(&self, code: ErrorCode) -> ErrorCode {
+        match code {
+            ErrorCode::Io if self.fs.root().is_full() => ErrorCode::Quota,
+            code => code,
+        }
+    }
+
+    /// A descriptor call's result as the tool gets it ([`Instance::quota_or`]).
+    fn wasi_result<T>(
+        &mut self,
+        done: wasmtime_wasi::p2::FsResult<T>,
+    ) -> wasmtime::Result<Result<T, ErrorCode>> {
+        match done {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => {
+                let code = fst::Host::convert_error_code(&mut self.filesystem(), e)?;
+                Ok(Err(self.quota_or(code)))
+            }
+        }
+    }
+
     /// The directory a WASI descriptor is, if it is one (a file: WASI
     /// answers `not-directory` itself).
     fn wasi_dir(&self, fd: &Resource<Descriptor>) -> Option<std::sync::Arc<std::fs::File>> {

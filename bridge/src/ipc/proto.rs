@@ -144,6 +144,9 @@ pub struct DaemonStatus {
     pub cpu_budget_ms: u64,
     /// The eBPF monitors, when loaded (not on a development host).
     pub monitor: Option<crate::monitor::MonitorStatus>,
+    /// The ClawFS partition and the per-tool quotas, where it has them
+    /// (not on a development host).
+    pub clawfs: Option<crate::clawfs::quota::ClawfsStatus>,
 }
 
 impl Response {

@@ -37,6 +37,9 @@ pub struct Layers {
     /// The eBPF monitors watch the bridge's subtree (the daemon loads them;
     /// the launcher and workers only live in that subtree).
     pub ebpf: bool,
+    /// ClawFS enforces a project quota per tool (the daemon sets each
+    /// tool's; a worker only writes under it).
+    pub storage_quota: bool,
 }
 
 /// Daemon to launcher: make a worker for instance `instance`, ahead of the

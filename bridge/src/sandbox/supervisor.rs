@@ -35,9 +35,15 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Which optional layers this system can apply. Seccomp and the namespaces
 /// are always applied; cgroup v2 and AppArmor are required unless the loud
 /// development flag allows them to be missing, and the appliance never
-/// sets it.
-pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layers, Failure> {
+/// sets it. So are per-tool storage quotas on the filesystem of
+/// `clawfs_root`.
+pub fn detect_layers(
+    policy: &CgroupPolicy,
+    clawfs_root: &std::path::Path,
+    allow_missing: bool,
+) -> Result<Layers, Failure> {
     let cgroup = cgroup::available(policy);
+    let quota = crate::clawfs::quota::require_enforced(clawfs_root);
     let apparmor = crate::apparmor::require_confined(crate::apparmor::DAEMON_PROFILE);
     // The monitors' cgroup filter needs the bridge's cgroup v2 subtree.
     let ebpf = cgroup
@@ -53,6 +59,9 @@ pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layer
     }
     if let Err(f) = &ebpf {
         missing.push(format!("ebpf ({})", f.message));
+    }
+    if let Err(f) = &quota {
+        missing.push(format!("storage quotas ({})", f.message));
     }
     if !missing.is_empty() {
         if !allow_missing {
@@ -74,6 +83,7 @@ pub fn detect_layers(policy: &CgroupPolicy, allow_missing: bool) -> Result<Layer
         cgroup: cgroup.is_ok(),
         apparmor: apparmor.is_ok(),
         ebpf: ebpf.is_ok(),
+        storage_quota: quota.is_ok(),
     })
 }
 

@@ -50,6 +50,13 @@ fn constant(name: &str) -> Option<u64> {
         "PR_CAP_AMBIENT" => libc::PR_CAP_AMBIENT as u64,
         "MFD_CLOEXEC" => libc::MFD_CLOEXEC as u64,
         "MFD_ALLOW_SEALING" => libc::MFD_ALLOW_SEALING as u64,
+        // quotactl_fd commands on project quotas (clawfs::quota), as that
+        // module passes them: zero-extended.
+        "QCMD_XGETQSTAT_PRJQUOTA" => crate::clawfs::quota::CMD_STATE.into(),
+        "QCMD_GETQUOTA_PRJQUOTA" => crate::clawfs::quota::CMD_GET.into(),
+        "QCMD_SETQUOTA_PRJQUOTA" => crate::clawfs::quota::CMD_SET.into(),
+        "FS_IOC_FSGETXATTR" => crate::clawfs::quota::FS_IOC_FSGETXATTR,
+        "FS_IOC_FSSETXATTR" => crate::clawfs::quota::FS_IOC_FSSETXATTR,
         _ => return None,
     })
 }

@@ -3,6 +3,13 @@
 //! attempt per run, and checks the exact code. WASI calls (`wasi-*`) go
 //! through Rust's std::fs and report the P1.7 code nearest the io error.
 //!
+//! `fill PATH CHUNK` and `wasi-fill PATH CHUNK` write CHUNK-byte blocks
+//! until a write is refused (`wasi-stream-fill` through WASI's output
+//! stream itself, asking `filesystem-error-code` what went wrong, which
+//! Rust std's WASI adapter does not), `many KIND PREFIX` and `wasi-many KIND PREFIX`
+//! make files, directories or symlinks (KIND) until one is refused; each
+//! prints the refusal and how far it got: `err 201 at 8380416`.
+//!
 //! `forge-file` and `closed-conn HOST PORT` use handles the tool does not
 //! own; the first traps (the run ends with INVALID_HANDLE), the second gets
 //! INVALID_HANDLE back from the call.
@@ -71,6 +78,119 @@ fn wasi<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
     }
 }
 
+/// Write `chunk`-byte blocks to `path` until a write is refused.
+fn fill(path: &str, chunk: usize, wasi: bool) -> String {
+    let data = vec![0x5a; chunk];
+    let mut n = 0u64;
+    if wasi {
+        let mut f = match std::fs::File::create(path) {
+            Ok(f) => f,
+            Err(e) => return format!("{} at 0", io_code(&e)),
+        };
+        loop {
+            match f.write(&data) {
+                Ok(0) => return format!("ok wrote nothing at {n}"),
+                Ok(w) => n += w as u64,
+                Err(e) => return format!("{} at {n}", io_code(&e)),
+            }
+        }
+    }
+    use filesystem::OpenFlags as F;
+    let f = match filesystem::open(path, F::WRITE | F::CREATE | F::TRUNCATE, 0o644) {
+        Ok(f) => f,
+        Err(e) => return format!("{} at 0", code(e)),
+    };
+    loop {
+        match f.write(&data) {
+            Ok(0) => return format!("ok wrote nothing at {n}"),
+            Ok(w) => n += u64::from(w),
+            Err(e) => return format!("{} at {n}", code(e)),
+        }
+    }
+}
+
+/// Write `chunk`-byte blocks to `path` through a WASI output stream until
+/// a write fails, and ask WASI why.
+fn stream_fill(path: &str, chunk: usize) -> String {
+    use wasip2::filesystem::{preopens, types as t};
+    use wasip2::io::streams::StreamError;
+    let dirs = preopens::get_directories();
+    let Some((root, _)) = dirs.first() else {
+        return "err no preopen".to_owned();
+    };
+    let file = match root.open_at(
+        t::PathFlags::empty(),
+        path,
+        t::OpenFlags::CREATE | t::OpenFlags::TRUNCATE,
+        t::DescriptorFlags::WRITE,
+    ) {
+        Ok(f) => f,
+        Err(e) => return format!("err {e:?} at 0"),
+    };
+    let out = match file.write_via_stream(0) {
+        Ok(s) => s,
+        Err(e) => return format!("err {e:?} at 0"),
+    };
+    let data = vec![0x5a; chunk.max(1)];
+    let mut n = 0u64;
+    let why = |e: wasip2::io::error::Error| {
+        let why = t::filesystem_error_code(&e);
+        let p17 = match why {
+            Some(t::ErrorCode::Quota | t::ErrorCode::InsufficientSpace) => 201,
+            _ => 2,
+        };
+        format!("err {p17} ({why:?})")
+    };
+    loop {
+        // As much as the stream takes at once, then a flush, which reports
+        // a failed write.
+        let done = out.check_write().and_then(|permit| {
+            let len = data
+                .len()
+                .min(usize::try_from(permit).unwrap_or(usize::MAX));
+            if len == 0 {
+                out.subscribe().block();
+                return Ok(0);
+            }
+            out.write(&data[..len])?;
+            out.blocking_flush()?;
+            Ok(len as u64)
+        });
+        match done {
+            Ok(len) => n += len,
+            Err(StreamError::LastOperationFailed(e)) => return format!("{} at {n}", why(e)),
+            Err(StreamError::Closed) => return format!("err closed at {n}"),
+        }
+    }
+}
+
+/// Make files, directories or symlinks (`kind`) named `prefix0`,
+/// `prefix1`, ... until one is refused.
+fn many(kind: &str, prefix: &str, wasi: bool) -> String {
+    use filesystem::OpenFlags as F;
+    for i in 0u64.. {
+        let name = format!("{prefix}{i}");
+        let made = match (wasi, kind) {
+            (false, "file") => filesystem::open(&name, F::WRITE | F::CREATE, 0o644)
+                .map(drop)
+                .map_err(code),
+            (false, "dir") => filesystem::mkdir(&name, 0o755).map_err(code),
+            (false, "symlink") => filesystem::symlink("t", &name).map_err(code),
+            (true, "file") => std::fs::File::create(&name)
+                .map(drop)
+                .map_err(|e| io_code(&e)),
+            (true, "dir") => std::fs::create_dir(&name).map_err(|e| io_code(&e)),
+            #[allow(deprecated)]
+            (true, "symlink") => std::fs::soft_link("t", &name).map_err(|e| io_code(&e)),
+            _ => return format!("unknown kind {kind:?}"),
+        };
+        if let Err(e) = made {
+            return format!("{e} at {i}");
+        }
+    }
+    unreachable!("u64 names run out")
+}
+
 impl Guest for Probe {
     fn run(args: Vec<String>, input: Vec<u8>) -> Result<Vec<u8>, ErrorCode> {
         use filesystem::OpenFlags as F;
@@ -109,6 +229,11 @@ impl Guest for Probe {
                 String::new()
             }),
             "opendir" => show(filesystem::opendir(a), |_| String::new()),
+            "fill" => fill(a, num(b) as usize, false),
+            "wasi-fill" => fill(a, num(b) as usize, true),
+            "wasi-stream-fill" => stream_fill(a, num(b) as usize),
+            "many" => many(a, b, false),
+            "wasi-many" => many(a, b, true),
             "device" => show(device::open(a, b == "w"), |d| {
                 let i = device::get_info(&d).expect("info of an open device");
                 format!("{:?} {}:{}", i.kind, i.major, i.minor)
