@@ -273,7 +273,21 @@ impl Daemon {
             if let Some(p) = &place {
                 p.waiting(true);
             }
-            let read = frame::read_async(&mut stream, max, IDLE, frame_timeout, &self.frames);
+            // Once a request begins to arrive, the place gives way only
+            // when no connection is idle.
+            let begun = || {
+                if let Some(p) = &place {
+                    p.receiving();
+                }
+            };
+            let read = frame::read_async_noting(
+                &mut stream,
+                max,
+                IDLE,
+                frame_timeout,
+                &self.frames,
+                begun,
+            );
             let read = tokio::select! {
                 read = read => read,
                 () = close.notified() => {

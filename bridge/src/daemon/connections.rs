@@ -3,8 +3,11 @@
 //! its next request holds its place only until someone needs it: when the
 //! table (or the uid's share) is full, the connection that has waited
 //! longest is closed to make room, so idle clients cannot lock others
-//! out. A connection whose request is being served is never closed; only
-//! when every place is serving is a new one answered EAGAIN.
+//! out. One that is sending a request gives way only when none is idle
+//! (so a large install in transfer is not cut short for an idle client,
+//! while a trickling sender still cannot keep a place from everyone). A
+//! connection whose request is being served is never closed; only when
+//! every place is serving is a new one answered EAGAIN.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -28,9 +31,19 @@ struct Table {
 struct Entry {
     id: u64,
     uid: u32,
-    /// Since when it waits for a request; `None` while one is served.
-    waiting_since: Option<Instant>,
+    state: State,
     close: Arc<Notify>,
+}
+
+/// Where a connection is, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for a request to begin.
+    Idle(Instant),
+    /// A request's frame has begun and is being read.
+    Receiving(Instant),
+    /// Its request is being served: never closed.
+    Serving,
 }
 
 /// Why a connection was not admitted.
@@ -82,7 +95,7 @@ impl Connections {
         t.open.push(Entry {
             id,
             uid,
-            waiting_since: Some(Instant::now()),
+            state: State::Idle(Instant::now()),
             close: close.clone(),
         });
         Ok(Place {
@@ -101,15 +114,21 @@ impl Connections {
 
 impl Table {
     /// Close the connection among `which` that has waited longest for a
-    /// request; false if none waits.
+    /// request, or, if none is idle, the one that began receiving its
+    /// request longest ago; false if every one is being served.
     fn evict(&mut self, which: impl Fn(&Entry) -> bool) -> bool {
         let oldest = self
             .open
             .iter()
             .enumerate()
             .filter(|(_, e)| which(e))
-            .filter_map(|(i, e)| e.waiting_since.map(|t| (t, i)))
-            .min();
+            .filter_map(|(i, e)| match e.state {
+                State::Idle(t) => Some((0, t, i)),
+                State::Receiving(t) => Some((1, t, i)),
+                State::Serving => None,
+            })
+            .min()
+            .map(|(_, t, i)| (t, i));
         match oldest {
             Some((_, i)) => {
                 let e = self.open.swap_remove(i);
@@ -125,13 +144,22 @@ impl Place {
     /// The connection now serves a request (`false`) or waits for the
     /// next one (`true`).
     pub fn waiting(&self, waiting: bool) {
+        self.set(|state| match (waiting, state) {
+            (true, State::Idle(since)) => State::Idle(since),
+            (true, _) => State::Idle(Instant::now()),
+            (false, _) => State::Serving,
+        });
+    }
+
+    /// The connection's next request has begun to arrive.
+    pub fn receiving(&self) {
+        self.set(|_| State::Receiving(Instant::now()));
+    }
+
+    fn set(&self, to: impl FnOnce(State) -> State) {
         let mut t = self.table.lock();
         if let Some(e) = t.open.iter_mut().find(|e| e.id == self.id) {
-            e.waiting_since = match (waiting, e.waiting_since) {
-                (true, Some(since)) => Some(since),
-                (true, None) => Some(Instant::now()),
-                (false, _) => None,
-            };
+            e.state = to(e.state);
         }
     }
 }
@@ -174,6 +202,35 @@ mod tests {
         let c = t.admit(0).unwrap();
         assert_eq!(t.open(), 2);
         drop((a, c));
+    }
+
+    #[tokio::test]
+    async fn a_connection_receiving_a_request_gives_way_only_when_none_is_idle() {
+        let t = Connections::new(2, 2);
+        let a = t.admit(1000).unwrap();
+        a.receiving();
+        let b = t.admit(1000).unwrap();
+        // b is idle, a has waited longer but is receiving: b is closed.
+        let c = t.admit(0).unwrap();
+        let told = |p: &Place| {
+            let close = p.close.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_millis(200), close.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(told(&b).await, "the idle connection makes room");
+        assert!(!told(&a).await, "the receiving one keeps its place");
+        drop(b);
+        // Only a (receiving) and c (idle) now, c the newer: c goes first.
+        let d = t.admit(0).unwrap();
+        assert!(!told(&a).await);
+        drop(c);
+        // With no idle connection left, the receiving one gives way.
+        d.waiting(false);
+        let _e = t.admit(0).unwrap();
+        assert!(told(&a).await, "a trickling sender cannot keep its place");
     }
 
     #[test]

@@ -197,6 +197,18 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
     whole_frame: std::time::Duration,
     budget: &std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<Option<Frame>, Failure> {
+    read_async_noting(r, max, first_byte, whole_frame, budget, || {}).await
+}
+
+/// [`read_async`], calling `begun` when the frame's first byte has come.
+pub async fn read_async_noting<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max: u64,
+    first_byte: std::time::Duration,
+    whole_frame: std::time::Duration,
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+    begun: impl FnOnce(),
+) -> Result<Option<Frame>, Failure> {
     use tokio::io::AsyncReadExt;
     let mut h = [0u8; HEADER_LEN];
     match tokio::time::timeout(first_byte, r.read(&mut h[..1])).await {
@@ -205,7 +217,7 @@ pub async fn read_async<R: tokio::io::AsyncRead + Unpin>(
         // between frames: the end of the stream as well.
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Ok(Err(e)) => return Err(Failure::io("cannot read frame header", &e)),
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => begun(),
     }
     let rest = async {
         let got = 1 + read_full_async(r, &mut h[1..])
