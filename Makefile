@@ -27,9 +27,10 @@ MATRIX_BUILD := build/matrix
 # monitors (their overhead test aside: it takes a guest of its own, counted
 # by instructions), the sandbox layers, AppArmor, the layer matrix, the
 # sample tools, the field offsets against the kernel's BTF, and the
-# per-tool storage quotas (ext4 project quotas).
+# per-tool storage quotas (ext4 project quotas) and devices in workers.
 MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
-	--test layers --test tools --test kernel_layout --test network --test storage
+	--test layers --test tools --test kernel_layout --test network --test storage \
+	--test devices
 
 .PHONY: help setup build tools ebpf run demo stop test unit-test seccomp-audit lint bench fuzz clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
 

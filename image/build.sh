@@ -130,6 +130,10 @@ install -m 0755 "$(command -v apparmor_parser)" "$root/sbin/apparmor_parser"
 # feature ABI they declare (abi <abi/3.0>), from the same apparmor package
 # as the parser.
 cp -r "$here/image/apparmor.d/." "$root/etc/apparmor.d/"
+# The worker's device rules, from the shipped config's [devices] list (init
+# writes them again from /etc/clawos/daemon.toml at boot).
+"$bin/clawosctl" apparmor-devices --config "$here/config/daemon.toml" >"$root/etc/apparmor.d/clawos.d/devices" ||
+    die "clawosctl apparmor-devices could not read config/daemon.toml"
 [ -f /etc/apparmor.d/abi/3.0 ] || die "/etc/apparmor.d/abi/3.0 is missing: install apparmor (scripts/setup.sh does)"
 install -D -m 0644 /etc/apparmor.d/abi/3.0 "$root/etc/apparmor.d/abi/3.0"
 # Shared libraries of every dynamic executable, at the paths the loader looks in.

@@ -29,6 +29,8 @@
 #                   with --api-port: the guest's TCP connections to ADDR:PORT (an
 #                   address in 10.0.2.0/24, not .2 or .3) go to 127.0.0.1:HOSTPORT
 #                   here (repeatable). Without --api-port the guest has no NIC
+#   --disk FILE     a second (third, ...) virtio disk, raw, read-write: /dev/vdb, ... in the
+#                   guest (repeatable; the tests' device grants use one)
 #   --reboot        let a guest reboot restart it (default: QEMU exits when the guest
 #                   reboots or powers off)
 #   --dry-run       print the QEMU command line and exit
@@ -45,6 +47,7 @@ say() { printf 'qemu: %s\n' "$*" >&2; }
 
 kernel="" initrd="" append="" vars="" mem=1024 smp=2 accel=auto icount="" smp_given=0 reboot=0 dry=0 image=""
 api_port="" guestfwd=()
+disks=()
 while [ $# -gt 0 ]; do
     case $1 in
     --kernel) kernel=$2; shift 2 ;;
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
     --icount) icount=$2; shift 2 ;;
     --api-port) api_port=$2; shift 2 ;;
     --guestfwd) guestfwd+=("$2"); shift 2 ;;
+    --disk) disks+=("$2"); shift 2 ;;
     --reboot) reboot=1; shift ;;
     --dry-run) dry=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -157,6 +161,10 @@ fi
 args=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -m "$mem" -smp "$smp" -nographic
     -drive "file=$image,format=raw,if=none,id=disk,cache=writeback" -device virtio-blk-pci,drive=disk
     -device virtio-rng-pci "${nic[@]}")
+for i in "${!disks[@]}"; do
+    [ -f "${disks[$i]}" ] || die "--disk ${disks[$i]}: no such file"
+    args+=(-drive "file=${disks[$i]},format=raw,if=none,id=extra$i,cache=writeback" -device "virtio-blk-pci,drive=extra$i")
+done
 [ "$reboot" = 1 ] || args+=(-no-reboot)
 if [ -n "$kernel" ]; then
     args+=(-kernel "$kernel")

@@ -139,6 +139,15 @@ pub enum Command {
         #[arg(default_value = "/var/lib/clawos")]
         dir: PathBuf,
     },
+    /// Print the AppArmor rules of the devices the daemon's config allows
+    /// tools (for /etc/apparmor.d/clawos.d/devices, which the worker's rules
+    /// include; the appliance's init writes it before loading the profiles).
+    /// No daemon is contacted.
+    ApparmorDevices {
+        /// The daemon's configuration file.
+        #[arg(long, default_value = "/etc/clawos/daemon.toml")]
+        config: PathBuf,
+    },
 }
 
 /// `clawosctl keys` subcommands.
@@ -204,8 +213,8 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
                 _ => KeptData::Refuse,
             },
         },
-        Command::Keys(_) | Command::GrowData { .. } => {
-            unreachable!("keys and grow-data make no request")
+        Command::Keys(_) | Command::GrowData { .. } | Command::ApparmorDevices { .. } => {
+            unreachable!("keys, grow-data and apparmor-devices make no request")
         }
         Command::List => Request::List,
         Command::Remove { name, keep_data } => Request::Remove {
@@ -318,6 +327,22 @@ pub fn main(cli: Cli) -> u8 {
                 0
             }
             Err(f) => report_failure(&cli, &f),
+        };
+    }
+    if let Command::ApparmorDevices { config } = &cli.command {
+        return match crate::config::Config::load(config) {
+            Ok(config) => {
+                print!(
+                    "{}",
+                    crate::apparmor::devices::rules(&config.devices, |p| std::fs::canonicalize(p)
+                        .ok())
+                );
+                0
+            }
+            Err(e) => report_failure(
+                &cli,
+                &Failure::new(Code::InvalidArgument, format!("{}: {e}", config.display())),
+            ),
         };
     }
     if let Command::GrowData { dir } = &cli.command {

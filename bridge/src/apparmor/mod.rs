@@ -15,8 +15,10 @@
 //! | [`require_confined`] | fail closed unless confined by a given profile in enforce mode |
 //! | [`check`] | `clawos-wasm-daemon --check-confinement`: what the kernel answers |
 //! | [`rehearsal`] | the worker's profile change and mounts, run in a thread |
+//! | [`devices`] | the worker's device rules, generated from the `[devices]` allow-list |
 
 pub mod check;
+pub mod devices;
 pub mod rehearsal;
 
 use crate::error::{Code, Failure};

@@ -569,6 +569,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("devices.allow.name"), "{err}");
+        // Device paths are bound into workers and named in AppArmor rules.
+        for bad in [
+            "/dev",
+            "/dev/",
+            "/dev/../etc/shadow",
+            "/dev/./null",
+            "/dev//null",
+            "/etc/passwd",
+            "dev/null",
+            "/dev/sd*",
+            "/dev/a b",
+            "/dev/x,",
+            "/dev/{a,b}",
+        ] {
+            let err = parse(&format!(
+                "[[devices.allow]]\nname = \"d\"\npath = \"{bad}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("devices.allow.path"), "{bad}: {err}");
+        }
+        for good in [
+            "/dev/vdb",
+            "/dev/disk/by-id/virtio-scratch",
+            "/dev/nvme0n1p1",
+        ] {
+            parse(&format!(
+                "[[devices.allow]]\nname = \"d\"\npath = \"{good}\"\n"
+            ))
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
         let err = parse("[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = [0]\n")
             .unwrap_err()
             .to_string();

@@ -222,11 +222,11 @@ pub(super) fn validate(
                 "must be 1-64 of a-z, 0-9, '-' and '_'",
             ));
         }
-        if !rule.path.is_absolute() {
+        if !is_device_path(&rule.path) {
             return Err(invalid(
                 "devices.allow.path",
-                rule.path.display(),
-                "must be an absolute path",
+                format!("{:?}", rule.path),
+                "must be a path under /dev/ of a-z, A-Z, 0-9, '.', '_', '-', ':', '+' and '@' (no '.' or '..' component): it is bound into workers and named in their AppArmor rules",
             ));
         }
         if dev.allow[..i].iter().any(|r| r.name == rule.name) {
@@ -283,4 +283,23 @@ pub(super) fn validate(
     range("cgroup.max_groups", cg.max_groups.into(), 0, 4096)?;
     range("cgroup.max_depth", cg.max_depth.into(), 1, 32)?;
     Ok(())
+}
+
+/// A device path the worker's mount tree and AppArmor rules can carry:
+/// `/dev/` and plain components, at most 255 bytes.
+pub fn is_device_path(path: &std::path::Path) -> bool {
+    let Some(text) = path.to_str() else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix("/dev/") else {
+        return false;
+    };
+    text.len() <= 255
+        && rest.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-:+@".contains(&b))
+        })
 }

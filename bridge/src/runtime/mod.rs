@@ -229,6 +229,11 @@ impl Runtime {
         Ok(())
     }
 
+    /// The device allow-list (a worker's mount tree holds these nodes).
+    pub fn devices(&self) -> &DevicePolicy {
+        &self.devices
+    }
+
     /// The engine (for benchmarks and artifact checks).
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -13,6 +13,7 @@ use super::channel::{self, FromWorker, Setup, Spawn, ToWorker};
 use super::launcher::Artifacts;
 use super::sys;
 use crate::apparmor::{self, LAUNCHER_PROFILE, WORKER_PROFILE};
+use crate::config::DeviceRule;
 use crate::error::{Code, Failure};
 use crate::runtime::outcome::RunOutcome;
 use crate::runtime::{Placement, Prepared, RunInput, Runtime};
@@ -28,9 +29,10 @@ use std::time::Duration;
 const STAGE: &str = "/tmp";
 /// The tool's ClawFS directory inside the worker.
 pub const CLAWFS_IN_WORKER: &str = "/clawfs";
-/// Device nodes a worker may reach (the device interface's allow-list
-/// names them; others do not exist in its tree, and the worker profile
-/// allows binding exactly these).
+/// The device nodes of the default allow-list (`[devices]`): the AppArmor
+/// rehearsal binds these. A worker's tree holds the nodes of the
+/// configured list, at their paths, and its profile (the generated
+/// `clawos.d/devices`) allows binding exactly those.
 pub const DEVICES: [&str; 3] = ["null", "zero", "urandom"];
 
 /// A layer that failed, by name.
@@ -101,7 +103,7 @@ pub fn main(
 /// ClawFS directory (the mount tree holds none), send the artifact, exit.
 /// The cgroup it was cloned into bounds its memory, CPU and threads.
 fn compile(channel: &OwnedFd, rt: &Runtime, filter: &Program, bytes: &[u8]) -> ! {
-    let compiled = mount_tree(None)
+    let compiled = mount_tree(None, &[])
         .map_err(|f| layer("mount namespace", f))
         .and_then(|()| {
             sys::keep_capabilities(rustix::thread::CapabilitySet::empty())
@@ -151,7 +153,8 @@ fn ahead(spawn: &Spawn) -> Result<(), Failure> {
 /// would otherwise start lazily) are born with none. The filter comes last
 /// and reaches them too (TSYNC); they share the new root (CLONE_FS).
 fn apply_layers(setup: &Setup, rt: &mut Runtime, filter: &Program) -> Result<(), Failure> {
-    mount_tree(Some(&setup.clawfs)).map_err(|f| layer("mount namespace", f))?;
+    mount_tree(Some(&setup.clawfs), &rt.devices().allow)
+        .map_err(|f| layer("mount namespace", f))?;
     sys::keep_capabilities(rustix::thread::CapabilitySet::empty())
         .map_err(|f| layer("capabilities", f))?;
     rt.start_clock().map_err(|f| layer("wasm cpu budget", f))?;
@@ -160,10 +163,12 @@ fn apply_layers(setup: &Setup, rt: &mut Runtime, filter: &Program) -> Result<(),
 }
 
 /// Replace the mount tree with a tmpfs holding the ClawFS directory at
-/// `/clawfs` (an empty directory for a compile, which has none),
-/// `/dev/{null,zero,urandom}` and a pid-only `/proc`: the steps
-/// `image/apparmor.d/clawos-worker` allows, in its order.
-pub fn mount_tree(clawfs: Option<&Path>) -> Result<(), Failure> {
+/// `/clawfs` (an empty directory for a compile, which has none), the
+/// allow-listed device nodes at their paths under `/dev` (a node missing
+/// on the host is left out: opening its name fails as it would outside),
+/// and a pid-only `/proc`: the steps `image/apparmor.d/clawos-worker`
+/// and the generated `clawos.d/devices` allow, in their order.
+pub fn mount_tree(clawfs: Option<&Path>, devices: &[DeviceRule]) -> Result<(), Failure> {
     use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
     // Held open: the tmpfs is mounted over STAGE, which may contain it.
     let tool_dir = clawfs
@@ -194,8 +199,30 @@ pub fn mount_tree(clawfs: Option<&Path>) -> Result<(), Failure> {
         let tool_src = format!("/proc/self/fd/{}", tool_dir.as_raw_fd());
         bind(&tool_src, &at("clawfs"))?;
     }
-    for d in DEVICES {
-        let target = at(&format!("dev/{d}"));
+    let mut bound: Vec<&Path> = Vec::new();
+    for rule in devices {
+        let path = rule.path.as_path();
+        if bound.contains(&path) || !path.exists() {
+            continue;
+        }
+        bound.push(path);
+        // Config validation keeps device paths under /dev/, plain components.
+        let Some(rel) = path.to_str().and_then(|p| p.strip_prefix('/')) else {
+            continue;
+        };
+        let target = at(rel);
+        let mut dir = Path::new(&target).parent();
+        let mut missing = Vec::new();
+        while let Some(d) = dir
+            && !d.exists()
+        {
+            missing.push(d);
+            dir = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            mkdirat(CWD, d, Mode::from_raw_mode(0o755))
+                .map_err(|e| os(format_args!("mkdir {}", d.display()), e))?;
+        }
         drop(
             openat(
                 CWD,
@@ -205,7 +232,7 @@ pub fn mount_tree(clawfs: Option<&Path>) -> Result<(), Failure> {
             )
             .map_err(|e| os(format_args!("create {target}"), e))?,
         );
-        bind(&format!("/dev/{d}"), &target)?;
+        bind(&rule.path.to_string_lossy(), &target)?;
     }
     rustix::mount::mount("proc", at("proc").as_str(), "proc", hardened, c"subset=pid")
         .map_err(|e| os(format_args!("mount proc on {}", at("proc")), e))?;

@@ -402,6 +402,15 @@ pub struct Output {
     pub text: String,
 }
 
+/// What a boot attaches besides the image: an extra initramfs, the
+/// network, further disks.
+#[derive(Default, Clone, Copy)]
+struct Attach<'a> {
+    initrd: Option<&'a Path>,
+    net: Option<&'a Net>,
+    disks: &'a [&'a Path],
+}
+
 /// A running appliance and its console.
 pub struct Guest {
     /// The boot's extra initramfs, kept while QEMU runs.
@@ -420,7 +429,7 @@ impl Guest {
     /// Start QEMU on `disk` and wait for the readiness marker. Prints the
     /// time from QEMU start to daemon-ready.
     pub fn boot(name: &str, how: Boot, disk: &Disk) -> Guest {
-        Guest::start(name, how, disk, None, None, READY, TROUBLE.to_vec())
+        Guest::start(name, how, disk, Attach::default(), READY, TROUBLE.to_vec())
     }
 
     /// Boot with the network `net` (and, on the fast path, the extra
@@ -437,8 +446,11 @@ impl Guest {
             name,
             how,
             disk,
-            cpio.as_deref(),
-            Some(net),
+            Attach {
+                initrd: cpio.as_deref(),
+                net: Some(net),
+                disks: &[],
+            },
             READY,
             TROUBLE.to_vec(),
         )
@@ -451,8 +463,28 @@ impl Guest {
             name,
             Boot::Fast,
             disk,
-            Some(&overlay.cpio()),
-            None,
+            Attach {
+                initrd: Some(&overlay.cpio()),
+                net: None,
+                disks: &[],
+            },
+            READY,
+            TROUBLE.to_vec(),
+        )
+    }
+
+    /// Fast-path boot with `extra` as further virtio disks (`/dev/vdb`,
+    /// ...), up to the readiness marker.
+    pub fn boot_with_disks(name: &str, disk: &Disk, extra: &[&Path]) -> Guest {
+        Guest::start(
+            name,
+            Boot::Fast,
+            disk,
+            Attach {
+                initrd: None,
+                net: None,
+                disks: extra,
+            },
             READY,
             TROUBLE.to_vec(),
         )
@@ -468,7 +500,18 @@ impl Guest {
             .copied()
             .filter(|t| !t.starts_with("clawos: "))
             .collect();
-        Guest::start(name, Boot::Fast, disk, Some(initrd), None, marker, trouble)
+        Guest::start(
+            name,
+            Boot::Fast,
+            disk,
+            Attach {
+                initrd: Some(initrd),
+                net: None,
+                disks: &[],
+            },
+            marker,
+            trouble,
+        )
     }
 
     /// [`Boot::Counted`] with the extra initramfs `overlay`, up to the
@@ -484,8 +527,11 @@ impl Guest {
             name,
             Boot::Counted,
             disk,
-            Some(&overlay.cpio()),
-            None,
+            Attach {
+                initrd: Some(&overlay.cpio()),
+                net: None,
+                disks: &[],
+            },
             READY,
             trouble,
         )
@@ -495,11 +541,15 @@ impl Guest {
         name: &str,
         how: Boot,
         disk: &Disk,
-        initrd: Option<&Path>,
-        net: Option<&Net>,
+        attach: Attach<'_>,
         marker: &str,
         trouble: Vec<&'static str>,
     ) -> Guest {
+        let Attach {
+            initrd,
+            net,
+            disks: extra_disks,
+        } = attach;
         let build = build_dir();
         let mut cmd = Command::new(repo().join("qemu/run.sh"));
         let scratch = tempfile::Builder::new()
@@ -531,6 +581,9 @@ impl Guest {
             for f in &net.guestfwd {
                 cmd.arg("--guestfwd").arg(f);
             }
+        }
+        for extra in extra_disks {
+            cmd.arg("--disk").arg(extra);
         }
         cmd.arg(disk.image());
         // The poll interval of the session: each expect below loops to its own deadline.

@@ -286,16 +286,20 @@ fn in_namespaces(attack: Attack, args: &CellArgs) -> Attempt {
             drop(go_write);
             let mut byte = [0u8; 1];
             let attempt = match rustix::io::read(&go_read, &mut byte) {
-                Ok(1) => worker::mount_tree(Some(&clawfs))
-                    .map_err(|f| broken(&format!("the worker's mount tree: {}", f.message)))
-                    .and_then(|()| {
-                        // The same attack, aimed at what the tree holds.
-                        let inside = CellArgs {
-                            target: Some(worker::CLAWFS_IN_WORKER.into()),
-                            ..args.clone()
-                        };
-                        native(attack, &inside)
-                    }),
+                // The shipped config's devices, as the appliance binds them.
+                Ok(1) => worker::mount_tree(
+                    Some(&clawfs),
+                    &clawos_bridge::config::DevicePolicy::default().allow,
+                )
+                .map_err(|f| broken(&format!("the worker's mount tree: {}", f.message)))
+                .and_then(|()| {
+                    // The same attack, aimed at what the tree holds.
+                    let inside = CellArgs {
+                        target: Some(worker::CLAWFS_IN_WORKER.into()),
+                        ..args.clone()
+                    };
+                    native(attack, &inside)
+                }),
                 _ => Err(broken("the cell could not map the child's ids")),
             };
             report(attempt)

@@ -238,6 +238,19 @@ impl Guest for Probe {
                 let i = device::get_info(&d).expect("info of an open device");
                 format!("{:?} {}:{}", i.kind, i.major, i.minor)
             }),
+            "device-read" => show(
+                device::open(a, false).and_then(|d| d.read(num(b))),
+                |data| String::from_utf8_lossy(&data).into_owned(),
+            ),
+            "device-write" => show(
+                device::open(a, true).and_then(|d| d.write(b.as_bytes())),
+                |n| n.to_string(),
+            ),
+            // A write through a handle opened read-only.
+            "device-write-ro" => show(
+                device::open(a, false).and_then(|d| d.write(b"refused")),
+                |n| n.to_string(),
+            ),
             "connect" => show(network::socket(a, b.parse().unwrap_or(0)), |_| {
                 String::new()
             }),

@@ -1,0 +1,99 @@
+//! Allow-listed devices reach the workers of tools, proven on a real virtio
+//! block device (a second QEMU disk): a name not on the list is EPERM; a
+//! listed one is bound into the worker's tree and opens read-only unless
+//! the list says `write = true`, in the bridge and in the worker's
+//! generated AppArmor rules; a tool's write on a writable grant reaches the
+//! disk.
+
+use clawos_e2e::{Disk, Guest};
+use serial_test::serial;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+const PATTERN: &str = "CLAWOS-DEVICE-PATTERN";
+
+/// Restart the daemon after `sed` changed its config (init writes the
+/// device rules again and reloads the worker's profiles first).
+fn restart_with(g: &mut Guest, sed: &str, check: &str, why: &str) {
+    g.sh_ok(&format!(
+        "sed -i '{sed}' /etc/clawos/daemon.toml && grep -qF '{check}' /etc/clawos/daemon.toml \
+         && echo '{why}' > /run/clawos/restart-why && kill -HUP 1"
+    ));
+    g.expect("clawos: ready", Duration::from_secs(120));
+}
+
+fn probe(g: &mut Guest, args: &str) -> String {
+    g.sh_ok(&format!("clawosctl run probe {args} 2>/dev/null"))
+}
+
+#[test]
+#[serial]
+fn an_allow_listed_block_device_is_reachable_read_only_unless_writable() {
+    let mut scratch = tempfile::NamedTempFile::new().unwrap();
+    scratch.as_file().set_len(8 << 20).unwrap();
+    scratch.write_all(PATTERN.as_bytes()).unwrap();
+    scratch.flush().unwrap();
+    let disk = Disk::fresh();
+    let mut g = Guest::boot_with_disks("devices", &disk, &[scratch.path()]);
+    let dev = g.sh_ok("cat /sys/class/block/vdb/dev");
+    let dev = dev.trim();
+    // Not on the list: refused, whatever the node.
+    assert_eq!(probe(&mut g, "device scratch"), "err 4\n");
+
+    // Listed read-only.
+    restart_with(
+        &mut g,
+        r#"/^    { name = "urandom", path = "\/dev\/urandom" },$/a\    { name = "scratch", path = "/dev/vdb" },"#,
+        r#"{ name = "scratch", path = "/dev/vdb" },"#,
+        "the test lists the scratch disk read-only",
+    );
+    assert_eq!(
+        g.sh_ok("grep -x '  /dev/vdb r,' /etc/apparmor.d/clawos.d/devices"),
+        "  /dev/vdb r,\n"
+    );
+    assert_eq!(
+        probe(&mut g, "device scratch"),
+        format!("ok DeviceKind::Block {dev}\n")
+    );
+    assert_eq!(
+        probe(&mut g, &format!("device-read scratch {}", PATTERN.len())),
+        format!("ok {PATTERN}\n")
+    );
+    // A write: refused for the name (EPERM, read-only by policy), and on a
+    // handle opened read-only.
+    assert_eq!(probe(&mut g, "device-write scratch x"), "err 4\n");
+    assert_eq!(probe(&mut g, "device-write-ro scratch"), "err 4\n");
+    // Other nodes are still not there: the worker's tree has the listed
+    // ones only (and the name is still what is checked first).
+    assert_eq!(probe(&mut g, "device vda"), "err 4\n");
+
+    // Listed writable under a second name.
+    restart_with(
+        &mut g,
+        r#"/^    { name = "scratch", path = "\/dev\/vdb" },$/a\    { name = "scratch-rw", path = "/dev/vdb", write = true },"#,
+        r#"{ name = "scratch-rw", path = "/dev/vdb", write = true },"#,
+        "the test lists the scratch disk writable",
+    );
+    assert_eq!(
+        g.sh_ok("grep -x '  /dev/vdb rw,' /etc/apparmor.d/clawos.d/devices"),
+        "  /dev/vdb rw,\n"
+    );
+    assert_eq!(
+        probe(&mut g, "device-write scratch-rw WRITTEN-BY-TOOL"),
+        "ok 15\n"
+    );
+    assert_eq!(
+        probe(&mut g, "device-read scratch 15"),
+        "ok WRITTEN-BY-TOOL\n"
+    );
+    // The read-only name stays read-only.
+    assert_eq!(probe(&mut g, "device-write scratch x"), "err 4\n");
+    g.poweroff();
+
+    // The write reached the disk.
+    let mut head = [0u8; 15];
+    let mut f = std::fs::File::open(scratch.path()).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"WRITTEN-BY-TOOL");
+}
