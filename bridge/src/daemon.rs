@@ -486,7 +486,14 @@ impl Daemon {
         let artifact = self.registry.artifact(&run.name);
         // The tool's ClawFS directory, made now if it is missing, and only
         // if the tool was not removed meanwhile (its data must not come back).
-        self.registry.data_dir_for_run(&tool)?;
+        // (Off the async threads: labelling a tree for its quota walks it.)
+        let registry = self.registry.clone();
+        let for_run = tool.clone();
+        tokio::task::spawn_blocking(move || registry.data_dir_for_run(&for_run))
+            .await
+            .map_err(|e| {
+                Failure::new(Code::Einternal, format!("the ClawFS directory task: {e}"))
+            })??;
         let budget = match run.timeout_ms {
             Some(t) => t.min(self.config.sandbox.cpu_budget_ms),
             None => self.config.sandbox.cpu_budget_ms,

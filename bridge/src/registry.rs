@@ -82,8 +82,8 @@ pub struct ToolRegistry {
     installing: Mutex<()>,
     /// Held while a tool's data directory is made for a run or taken away
     /// by a remove, so that a run never brings back a removed tool's data.
-    /// Holds the names whose tree got its storage quota in this daemon's
-    /// life (the config's limits are applied once per start).
+    /// Holds the names whose project got the config's limits in this
+    /// daemon's life (they are set once per start).
     data_lock: Mutex<HashSet<String>>,
     /// Per-tool storage quotas, where ClawFS enforces them.
     quotas: Option<Quotas>,
@@ -352,11 +352,14 @@ impl ToolRegistry {
             }
             _ => {}
         }
-        if let Some(quotas) = &self.quotas
-            && !quota_set.contains(name)
-        {
-            let project = quotas.assign(&dir)?;
-            tracing::info!(tool = %name, project, "storage quota set");
+        // Checked at every run (a directory made again by hand is labelled
+        // again); the limits are set once per start, so that the config's
+        // apply.
+        if let Some(quotas) = &self.quotas {
+            let (project, labelled) = quotas.assign(&dir, !quota_set.contains(name))?;
+            if labelled {
+                tracing::info!(tool = %name, project, "storage quota set: the tool's tree is a project of its own");
+            }
             quota_set.insert(name.clone());
         }
         Ok(dir)

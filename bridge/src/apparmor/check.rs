@@ -194,7 +194,7 @@ pub fn make_socket(family: AddressFamily, kind: SocketType) -> Result<(), rustix
 /// The whole check, in the calling process: its label, [`SENSITIVE`]
 /// refused, `clawfs_root` listed, the sockets of [`socket_probes`], then the
 /// worker rehearsal (in threads of their own; this thread keeps its label).
-pub fn run(clawfs_root: &Path) -> Report {
+pub fn run(clawfs_root: &Path, devices: &[crate::config::DeviceRule]) -> Report {
     let mut outcomes = vec![Outcome::label(
         "label",
         current_label().map_err(|f| f.message),
@@ -215,7 +215,7 @@ pub fn run(clawfs_root: &Path) -> Report {
     for (what, family, kind, expect) in socket_probes() {
         outcomes.push(Outcome::of(what, expect, make_socket(family, kind)));
     }
-    outcomes.extend(rehearsal::run(clawfs_root));
+    outcomes.extend(rehearsal::run(clawfs_root, devices));
     Report { outcomes }
 }
 
@@ -350,7 +350,7 @@ mod tests {
         // Here (the development host, or any process not started as the
         // confined binary) the label is not the daemon's: never a pass.
         let dir = tempfile::tempdir().unwrap();
-        let report = run(dir.path());
+        let report = run(dir.path(), &crate::config::DevicePolicy::default().allow);
         if current_label().is_ok_and(|l| l.starts_with(DAEMON_PROFILE)) {
             return;
         }

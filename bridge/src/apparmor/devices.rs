@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 const STAGE: &str = "/tmp";
 
 /// The rules for `policy`. `resolve` gives the node a path names (a
-/// symlink such as `/dev/disk/by-id/...` is bound, and checked by the
-/// kernel, as the node it leads to); paths it cannot resolve are named as
-/// they are.
+/// symlink is bound, and checked by the kernel, as the node it leads to);
+/// a path it cannot resolve, or that resolves to a path a rule cannot
+/// carry (outside /dev/, or with characters AppArmor reads as syntax), is
+/// named as it is.
 pub fn rules(policy: &DevicePolicy, resolve: impl Fn(&Path) -> Option<PathBuf>) -> String {
     // Path -> (names, writable), each path once.
     let mut by_path: BTreeMap<&Path, (Vec<&str>, bool)> = BTreeMap::new();
@@ -34,7 +35,9 @@ pub fn rules(policy: &DevicePolicy, resolve: impl Fn(&Path) -> Option<PathBuf>) 
     let mut dirs = Vec::new();
     for (path, (names, write)) in &by_path {
         let shown = path.display();
-        let source = resolve(path).unwrap_or_else(|| path.to_path_buf());
+        let source = resolve(path)
+            .filter(|p| crate::config::is_device_path(p))
+            .unwrap_or_else(|| path.to_path_buf());
         let _ = writeln!(out, "\n  # {} ({shown})", names.join(", "));
         let mut dir = path.parent();
         while let Some(d) = dir
@@ -105,8 +108,12 @@ mod tests {
             ..DevicePolicy::default()
         };
         let text = rules(&policy, |p| {
-            p.ends_with("virtio-scratch")
-                .then(|| PathBuf::from("/dev/vdb"))
+            if p.ends_with("virtio-scratch") {
+                Some(PathBuf::from("/dev/vdb"))
+            } else {
+                // A link to a path no rule may carry: named as listed.
+                Some(PathBuf::from("/dev/a b,{c}"))
+            }
         });
         assert_eq!(text.matches("  /tmp/dev/disk/ w,").count(), 1, "{text}");
         assert_eq!(
@@ -123,5 +130,6 @@ mod tests {
             "\n  mount options=(rw, bind) /dev/disk/by-id/virtio-other -> /tmp/dev/disk/by-id/virtio-other,\n"
         ));
         assert!(text.contains("\n  /dev/disk/by-id/virtio-other r,\n"));
+        assert!(!text.contains("a b"), "{text}");
     }
 }

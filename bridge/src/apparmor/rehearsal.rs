@@ -17,18 +17,20 @@ use super::check::{Expect, Outcome, errno_of, list_dir, make_socket, open_read, 
 use super::{DAEMON_PROFILE, WORKER_PROFILE, current_label, try_change_profile};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, MountPropagationFlags};
-use std::io::{Read, Write};
+
 use std::path::{Path, PathBuf};
 
-use crate::sandbox::worker::DEVICES;
+use crate::config::DeviceRule;
+use crate::sandbox::worker::device_nodes;
 
 /// Run both rehearsals, each in a thread of its own: first that
 /// `change_profile` is refused once no_new_privs is set (so a worker must
 /// change profile before it sets it), then a worker's whole setup.
-pub fn run(clawfs_root: &Path) -> Vec<Outcome> {
+pub fn run(clawfs_root: &Path, devices: &[DeviceRule]) -> Vec<Outcome> {
     let mut outcomes = in_thread(after_no_new_privs);
     let root = clawfs_root.to_owned();
-    outcomes.extend(in_thread(move || worker(&root)));
+    let devices = devices.to_vec();
+    outcomes.extend(in_thread(move || worker(&root, &devices)));
     outcomes
 }
 
@@ -83,13 +85,14 @@ impl Steps {
     }
 }
 
-fn worker(clawfs_root: &Path) -> Vec<Outcome> {
+fn worker(clawfs_root: &Path, devices: &[DeviceRule]) -> Vec<Outcome> {
     let mut s = Steps(Vec::new());
-    let _ = worker_steps(&mut s, clawfs_root);
+    let _ = worker_steps(&mut s, clawfs_root, devices);
     s.0
 }
 
-fn worker_steps(s: &mut Steps, clawfs_root: &Path) -> Result<(), ()> {
+fn worker_steps(s: &mut Steps, clawfs_root: &Path, devices: &[DeviceRule]) -> Result<(), ()> {
+    let nodes = device_nodes(devices);
     let denied = Expect::Errno(Errno::ACCESS);
     // The tool directory to bind: the first (by name) under the ClawFS root.
     let tool_dir = first_tool_dir(clawfs_root);
@@ -153,21 +156,25 @@ fn worker_steps(s: &mut Steps, clawfs_root: &Path) -> Result<(), ()> {
     for dir in ["/tmp/clawfs", "/tmp/dev", "/tmp/proc"] {
         s.step_io(&format!("mkdir {dir}"), std::fs::create_dir(dir))?;
     }
-    for dev in DEVICES {
-        let target = format!("/tmp/dev/{dev}");
+    for (dev, _) in &nodes {
+        let target = format!("/tmp{}", dev.display());
         s.step_io(
             &format!("create {target}"),
-            std::fs::File::create(&target).map(drop),
+            Path::new(&target)
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(&target).map(drop)),
         )?;
     }
     s.step(
         &format!("bind {} on /tmp/clawfs", tool_dir.display()),
         rustix::mount::mount_bind(&tool_dir, "/tmp/clawfs"),
     )?;
-    for dev in DEVICES {
+    for (dev, _) in &nodes {
+        let target = format!("/tmp{}", dev.display());
         s.step(
-            &format!("bind /dev/{dev} on /tmp/dev/{dev}"),
-            rustix::mount::mount_bind(format!("/dev/{dev}"), format!("/tmp/dev/{dev}")),
+            &format!("bind {} on {target}", dev.display()),
+            rustix::mount::mount_bind(*dev, target.as_str()),
         )?;
     }
     s.step(
@@ -184,17 +191,19 @@ fn worker_steps(s: &mut Steps, clawfs_root: &Path) -> Result<(), ()> {
 
     // 5. The tool's world.
     s.step_io("/clawfs (list)", list_dir(Path::new("/clawfs")))?;
-    s.step_io(
-        "/dev/null (write)",
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .and_then(|mut f| f.write_all(b"x")),
-    )?;
-    s.step_io(
-        "/dev/urandom (read)",
-        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut [0u8; 16])),
-    )?;
+    // Each device as its rules allow: opened read-write or read-only
+    // (nothing written: a listed disk keeps its bytes).
+    for (dev, write) in &nodes {
+        let how = if *write { "open rw" } else { "open r" };
+        s.step_io(
+            &format!("{} ({how})", dev.display()),
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(*write)
+                .open(dev)
+                .map(drop),
+        )?;
+    }
     s.step_io(
         "/proc/self/status (read)",
         std::fs::read_to_string("/proc/self/status").map(drop),
@@ -269,7 +278,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("hello")).unwrap();
-        let outcomes = worker(dir.path());
+        let outcomes = worker(dir.path(), &crate::config::DevicePolicy::default().allow);
         let lines: Vec<&str> = outcomes.iter().map(|o| o.line.as_str()).collect();
         assert!(
             lines

@@ -168,7 +168,8 @@ pub fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if args.check_confinement {
-        let report = clawos_bridge::apparmor::check::run(&config.clawfs_root());
+        let report =
+            clawos_bridge::apparmor::check::run(&config.clawfs_root(), &config.devices.allow);
         for line in report.lines() {
             println!("{line}");
         }

@@ -19,7 +19,7 @@ use crate::error::{Code, Failure};
 use serde::{Deserialize, Serialize};
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a tool's tree holds and may hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,13 +249,16 @@ impl Quotas {
         })
     }
 
-    /// Make `dir` (a tool's tree) a project of its own, with this set's
-    /// limits. A tree labelled before keeps its label and only gets the
-    /// limits; one that is not (made before quotas, or copied) is labelled
-    /// throughout first: its directories and regular files. (Symlinks
+    /// Make `dir` (a tool's tree) a project of its own and, if
+    /// `set_limits`, give the project this set's limits. A tree labelled
+    /// before keeps its label; one that is not (made before quotas, copied
+    /// in, or a labelling cut short) is labelled throughout first: its
+    /// directories and regular files, the tree's own directory last, so
+    /// that a walk cut short is walked again at the next run. (Symlinks
     /// cannot be opened to be labelled: those made before quotas stay
-    /// uncounted.) Returns the project id.
-    pub fn assign(&self, dir: &Path) -> Result<u32, Failure> {
+    /// uncounted.) Returns the project id and whether the tree was
+    /// labelled now.
+    pub fn assign(&self, dir: &Path, set_limits: bool) -> Result<(u32, bool), Failure> {
         let failed = |what: &str, e: std::io::Error| {
             Failure::new(
                 Code::SandboxSetupFailed,
@@ -271,22 +274,26 @@ impl Quotas {
             )
         })?;
         let x = get_xattr(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| failed("read", e))?;
-        if x.projid != project || x.xflags & FS_XFLAG_PROJINHERIT == 0 {
-            label_tree(fd, project).map_err(|e| failed("label", e))?;
+        let labelled_now = x.projid != project || x.xflags & FS_XFLAG_PROJINHERIT == 0;
+        if labelled_now {
+            label_tree(dir, project)
+                .map_err(|(path, e)| failed(&format!("label {}", path.display()), e))?;
         }
-        let mut q = dqblk(
-            self.bytes.div_ceil(QIF_DQBLKSIZE),
-            self.inodes,
-            libc::QIF_BLIMITS | QIF_ILIMITS,
-        );
-        quotactl(
-            std::os::fd::AsFd::as_fd(&self.root),
-            CMD_SET,
-            project,
-            (&raw mut q).cast(),
-        )
-        .map_err(|e| failed("set the limits", e))?;
-        Ok(project)
+        if set_limits || labelled_now {
+            let mut q = dqblk(
+                self.bytes.div_ceil(QIF_DQBLKSIZE),
+                self.inodes,
+                libc::QIF_BLIMITS | QIF_ILIMITS,
+            );
+            quotactl(
+                std::os::fd::AsFd::as_fd(&self.root),
+                CMD_SET,
+                project,
+                (&raw mut q).cast(),
+            )
+            .map_err(|e| failed("set the limits", e))?;
+        }
+        Ok((project, labelled_now))
     }
 
     /// The partition's state, with `tools_bytes` the tools' trees hold.
@@ -341,48 +348,48 @@ impl Quotas {
     }
 }
 
-/// Label the directory `top` and everything beneath it that can be opened
-/// (directories and regular files, never following a symlink) with
-/// `project`, directories with PROJINHERIT. Iterative: a tool's tree may be
-/// deeper than the stack would allow.
-fn label_tree(top: OwnedFd, project: u32) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let mut dirs = vec![top];
-    while let Some(dir) = dirs.pop() {
-        let fd = std::os::fd::AsFd::as_fd(&dir);
+/// Label the tree at `top` with `project`: every directory (with
+/// PROJINHERIT) and regular file beneath it that can be opened without
+/// following a symlink, then `top` itself, last. Walked by path, one
+/// descriptor open at a time (no run of the tool is live meanwhile: runs
+/// wait for the registry's data lock, which the caller holds). Stops at
+/// the first entry it cannot label, naming it: the tree then stays
+/// unlabelled, and the tool's runs fail, rather than leave part of it
+/// outside the quota.
+fn label_tree(top: &Path, project: u32) -> Result<(), (PathBuf, std::io::Error)> {
+    use rustix::fs::{Mode, OFlags};
+    let set = |path: &Path, dir: bool| -> std::io::Result<()> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let flags = if dir {
+            flags | OFlags::DIRECTORY
+        } else {
+            flags
+        };
+        let fd = rustix::fs::open(path, flags, Mode::empty())?;
+        let fd = std::os::fd::AsFd::as_fd(&fd);
         let mut x = get_xattr(fd)?;
         x.projid = project;
-        x.xflags |= FS_XFLAG_PROJINHERIT;
-        set_xattr(fd, &x)?;
-        for entry in rustix::fs::Dir::read_from(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name == c"." || name == c".." {
-                continue;
-            }
-            let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            let flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    dirs.push(rustix::fs::openat(
-                        &dir,
-                        name,
-                        flags | OFlags::RDONLY | OFlags::DIRECTORY,
-                        Mode::empty(),
-                    )?);
-                }
-                FileType::RegularFile => {
-                    let file =
-                        rustix::fs::openat(&dir, name, flags | OFlags::RDONLY, Mode::empty())?;
-                    let mut x = get_xattr(std::os::fd::AsFd::as_fd(&file))?;
-                    x.projid = project;
-                    set_xattr(std::os::fd::AsFd::as_fd(&file), &x)?;
-                }
-                _ => {}
+        if dir {
+            x.xflags |= FS_XFLAG_PROJINHERIT;
+        }
+        set_xattr(fd, &x)
+    };
+    let mut dirs = vec![top.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| (dir.clone(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| (dir.clone(), e))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| (path.clone(), e))?;
+            if kind.is_dir() {
+                set(&path, true).map_err(|e| (path.clone(), e))?;
+                dirs.push(path);
+            } else if kind.is_file() {
+                set(&path, false).map_err(|e| (path.clone(), e))?;
             }
         }
     }
-    Ok(())
+    set(top, true).map_err(|e| (top.to_path_buf(), e))
 }
 
 #[cfg(test)]

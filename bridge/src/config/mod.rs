@@ -9,7 +9,9 @@ mod remote;
 pub use limits::InstanceLimits;
 pub use remote::RemoteConfig;
 
-pub use policy::{CgroupPolicy, ClawfsPolicy, DevicePolicy, DeviceRule, EgressRule, NetworkPolicy};
+pub use policy::{
+    CgroupPolicy, ClawfsPolicy, DevicePolicy, DeviceRule, EgressRule, NetworkPolicy, is_device_path,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

@@ -225,6 +225,7 @@ mod tests {
         drop(b);
         // Only a (receiving) and c (idle) now, c the newer: c goes first.
         let d = t.admit(0).unwrap();
+        assert!(told(&c).await, "the idle connection makes room");
         assert!(!told(&a).await);
         drop(c);
         // With no idle connection left, the receiving one gives way.

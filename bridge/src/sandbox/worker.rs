@@ -29,11 +29,47 @@ use std::time::Duration;
 const STAGE: &str = "/tmp";
 /// The tool's ClawFS directory inside the worker.
 pub const CLAWFS_IN_WORKER: &str = "/clawfs";
-/// The device nodes of the default allow-list (`[devices]`): the AppArmor
-/// rehearsal binds these. A worker's tree holds the nodes of the
-/// configured list, at their paths, and its profile (the generated
-/// `clawos.d/devices`) allows binding exactly those.
-pub const DEVICES: [&str; 3] = ["null", "zero", "urandom"];
+/// The device nodes a worker's tree holds: each path of the `[devices]`
+/// list once, if it exists on this machine, and whether any rule for it
+/// allows writing. Its profile (the generated `clawos.d/devices`) allows
+/// binding and opening exactly these.
+pub fn device_nodes(devices: &[DeviceRule]) -> Vec<(&Path, bool)> {
+    let mut nodes: Vec<(&Path, bool)> = Vec::new();
+    for rule in devices {
+        match nodes.iter_mut().find(|(p, _)| *p == rule.path) {
+            Some((_, write)) => *write |= rule.write,
+            None if rule.path.exists() => nodes.push((&rule.path, rule.write)),
+            None => {}
+        }
+    }
+    nodes
+}
+
+/// Create the (empty) file `target` for a bind, and the directories above
+/// it up to the first that exists.
+fn bind_target(target: &Path) -> Result<(), Failure> {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    let mut missing = Vec::new();
+    let mut dir = target.parent();
+    while let Some(d) = dir
+        && !d.exists()
+    {
+        missing.push(d);
+        dir = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        mkdirat(CWD, d, Mode::from_raw_mode(0o755))
+            .map_err(|e| os(format_args!("mkdir {}", d.display()), e))?;
+    }
+    openat(
+        CWD,
+        target,
+        OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )
+    .map(drop)
+    .map_err(|e| os(format_args!("create {}", target.display()), e))
+}
 
 /// A layer that failed, by name.
 fn layer(name: &str, f: Failure) -> Failure {
@@ -199,40 +235,11 @@ pub fn mount_tree(clawfs: Option<&Path>, devices: &[DeviceRule]) -> Result<(), F
         let tool_src = format!("/proc/self/fd/{}", tool_dir.as_raw_fd());
         bind(&tool_src, &at("clawfs"))?;
     }
-    let mut bound: Vec<&Path> = Vec::new();
-    for rule in devices {
-        let path = rule.path.as_path();
-        if bound.contains(&path) || !path.exists() {
-            continue;
-        }
-        bound.push(path);
+    for (path, _) in device_nodes(devices) {
         // Config validation keeps device paths under /dev/, plain components.
-        let Some(rel) = path.to_str().and_then(|p| p.strip_prefix('/')) else {
-            continue;
-        };
-        let target = at(rel);
-        let mut dir = Path::new(&target).parent();
-        let mut missing = Vec::new();
-        while let Some(d) = dir
-            && !d.exists()
-        {
-            missing.push(d);
-            dir = d.parent();
-        }
-        for d in missing.into_iter().rev() {
-            mkdirat(CWD, d, Mode::from_raw_mode(0o755))
-                .map_err(|e| os(format_args!("mkdir {}", d.display()), e))?;
-        }
-        drop(
-            openat(
-                CWD,
-                target.as_str(),
-                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o666),
-            )
-            .map_err(|e| os(format_args!("create {target}"), e))?,
-        );
-        bind(&rule.path.to_string_lossy(), &target)?;
+        let target = format!("{STAGE}{}", path.display());
+        bind_target(Path::new(&target))?;
+        bind(&path.to_string_lossy(), &target)?;
     }
     rustix::mount::mount("proc", at("proc").as_str(), "proc", hardened, c"subset=pid")
         .map_err(|e| os(format_args!("mount proc on {}", at("proc")), e))?;

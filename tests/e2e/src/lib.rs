@@ -749,6 +749,18 @@ impl Guest {
         out.text
     }
 
+    /// Edit the daemon's config with the `sed` script `sed`, check that
+    /// it now holds `check` (a fixed string), and restart the daemon (init
+    /// restarts it on SIGHUP, saying `why`, and writes the worker's device
+    /// rules again first); returns once it is ready.
+    pub fn restart_daemon_with(&mut self, sed: &str, check: &str, why: &str) {
+        self.sh_ok(&format!(
+            "sed -i '{sed}' /etc/clawos/daemon.toml && grep -qF '{check}' /etc/clawos/daemon.toml \
+             && echo '{why}' > /run/clawos/restart-why && kill -HUP 1"
+        ));
+        self.expect("clawos: ready", Duration::from_secs(120));
+    }
+
     /// Clean shutdown through init (daemon stopped, data partition
     /// unmounted), then wait for QEMU to exit.
     pub fn poweroff(mut self) {

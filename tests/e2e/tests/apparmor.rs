@@ -216,10 +216,11 @@ fn tools_run_without_denials_and_the_kernel_refuses_what_the_profiles_refuse() {
              worker: chroot .: ok\n\
              worker: chdir /: ok\n\
              worker: /clawfs (list): ok\n\
-             worker: /dev/null (write): ok\n\
-             worker: /dev/urandom (read): ok\n\
+             worker: /dev/null (open rw): ok\n\
+             worker: /dev/zero (open r): ok\n\
+             worker: /dev/urandom (open r): ok\n\
              worker: /proc/self/status (read): ok\n\
-             confinement: ok (40 checks)\n"
+             confinement: ok (41 checks)\n"
         )
     );
     // Exactly the refusals above reached the kernel log, each once (the
