@@ -32,7 +32,7 @@ MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
 	--test layers --test tools --test kernel_layout --test network --test storage \
 	--test devices
 
-.PHONY: help setup build tools ebpf run demo stop test unit-test seccomp-audit lint bench fuzz clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
+.PHONY: help setup build tools ebpf run demo stop test unit-test seccomp-audit lint bench bench-smoke fuzz clean kernel image qemu-test qemu-test-matrix print-matrix-kernel-src
 
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
@@ -44,7 +44,8 @@ help:
 	@echo "make kernel     only the appliance kernel (KERNEL_SRC=tarball or tree; default $(KERNEL_SRC))"
 	@echo "make demo       start clawos-wasm-daemon on this host (socket build/run/bridge.sock) and run a sample tool"
 	@echo "make stop       stop the daemon started by make demo"
-	@echo "make bench      benchmarks: the bridge against bare wasmtime, then in the booted guest against wasmtime run and crun"
+	@echo "make bench      benchmarks: the in-process engine and host-call costs, then in the booted guest the sandboxed path against wasmtime run and crun, alone and under load"
+	@echo "make bench-smoke  every benchmark built, the host ones run briefly (part of make test)"
 	@echo "make fuzz       the fuzz targets (fuzz/, cargo-fuzz on a pinned nightly), FUZZ_TIME seconds each (default 60); docs/fuzzing.md"
 	@echo "make build      release binaries: clawos-wasm-daemon, clawosctl"
 	@echo "make tools      the sample tools, as wasm32-wasip2 components"
@@ -96,6 +97,13 @@ lint: setup
 unit-test: lint
 	$(CARGO) test --release --locked --workspace --exclude clawos-e2e
 	scripts/seccomp-audit.sh
+	$(MAKE) --no-print-directory bench-smoke
+
+# Every benchmark is built, and the host ones run a short pass, so that
+# `make bench` cannot rot unseen (its figures come from make bench only).
+bench-smoke: setup
+	BENCH_ITERATIONS=20 BENCH_ROUNDS=1 $(CARGO) bench --locked -p clawos-bridge --bench runtime --bench hostio
+	$(CARGO) bench --locked -p clawos-e2e --bench guest --no-run
 
 # The daemon suites again, against the test-only audit build of the daemon
 # (seccomp logs instead of killing): the kernel must log no call.

@@ -22,7 +22,7 @@ since=$(cut -d' ' -f1 /proc/uptime)
 "$CARGO" build --release --locked -p clawos-bridge --bin clawos-audit-daemon
 CLAWOS_TEST_DAEMON=$audit "$CARGO" test --release --locked -p clawos-bridge \
     --test ipc --test clients --test install --test sandbox --test hostile_tools \
-    --test hostio --test remote
+    --test hostio --test remote --test pool
 logged=$(dmesg | awk -v since="$since" -v exe="exe=\"$audit\"" '
     { t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t) }
     t + 0 >= since + 0 && /type=1326/ && index($0, exe)')

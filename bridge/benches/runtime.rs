@@ -1,12 +1,21 @@
 //! `cargo bench --bench runtime` (or `make bench`): the bridge's costs next
 //! to bare wasmtime on the same engine configuration, in the same run.
 //!
+//! Parts 1 and 2 are the engine's and the host interface's cost alone,
+//! measured in this process: no worker, no cgroup, no seccomp, no monitors.
+//! They are not what a user's run costs; part 3 and the guest benchmark
+//! (`tests/e2e/benches/guest.rs`) are.
+//!
 //! 1. instantiate + call `run` of a precompiled tool (pooling allocator):
 //!    the bridge's `Runtime::run` (store, limits, WASI context, log capture,
 //!    outcome) against a bare `Store<()>` and the same typed call;
 //! 2. one WIT host call round trip (`system.get-pid`), from the difference
 //!    between runs making N calls and none, against a bare `func_wrap`;
-//! 3. end to end over the socket: `clawosctl run hello` as a process, and
+//! 3. the sandboxed path on this development host: the daemon with
+//!    `--dev-allow-missing-layers` (each run in its own worker, in new
+//!    namespaces, under seccomp; a development host has no cgroup v2,
+//!    AppArmor, BPF LSM or project quotas, so those layers are off here and
+//!    on in the guest benchmark): `clawosctl run hello` as a process, and
 //!    the same request from an in-process client.
 //!
 //! Prints median and p99 per case and the ratio to the bare figure.
@@ -78,10 +87,16 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::default();
+    let mut config = Config::default();
+    if std::env::var_os("BENCH_ONLY").is_some() {
+        // Under a profiler: one pooling-allocator slot, so that its address
+        // space reservation fits (valgrind refuses the default 8 slots').
+        config.ipc.max_concurrent_runs = 1;
+    }
     let runtime = Runtime::new(&config).expect("runtime");
     println!(
-        "clawos bridge benchmarks ({iterations} iterations; wasmtime 50, pooling allocator, portable x86-64-v2 code)\n"
+        "clawos bridge benchmarks ({iterations} iterations; wasmtime 50, pooling allocator, portable x86-64-v2 code)\n\
+         parts 1-2: in-process engine and host-call cost (no worker, cgroup, seccomp or monitors)\n"
     );
 
     // 1. instantiate + call of a precompiled tool.
@@ -111,12 +126,22 @@ fn main() {
             out.message
         );
     }));
-    row("instantiate+call, bare wasmtime", bare_stats, None);
     row(
-        "instantiate+call, bridge Runtime::run",
+        "in-process instantiate+call, bare wasmtime",
+        bare_stats,
+        None,
+    );
+    row(
+        "in-process instantiate+call, Runtime::run",
         ours_stats,
         Some(bare_stats.0),
     );
+
+    // `BENCH_ONLY=instantiate`: part 1 alone, for a profiler
+    // (`valgrind --tool=callgrind`, docs/benchmarks.md).
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
+        return;
+    }
 
     // 2. host call round trip.
     let calls: u32 = 200_000;
@@ -163,11 +188,11 @@ fn main() {
     });
     println!(
         "{:<52} {bare_ns:>8.1} ns",
-        "host call round trip, bare func_wrap"
+        "in-process host call, bare func_wrap"
     );
     println!(
         "{:<52} {ours_ns:>8.1} ns  {:.2}x bare",
-        "host call round trip, bridge system.get-pid",
+        "in-process host call, system.get-pid",
         ours_ns / bare_ns
     );
 
@@ -178,6 +203,10 @@ fn main() {
         .arg(&socket)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        // A development host lacks cgroup v2, AppArmor, BPF LSM and project
+        // quotas; each run still gets its own worker, namespaces and
+        // seccomp filters.
+        .arg("--dev-allow-missing-layers")
         .stderr(Stdio::piped())
         .spawn()
         .expect("daemon");
@@ -227,12 +256,11 @@ fn main() {
             .unwrap();
         assert_eq!(out.stdout, b"hello, world\n");
     }));
-    row(
-        "socket round trip, run hello (in-process client)",
-        in_process,
-        None,
+    println!(
+        "\npart 3: the sandboxed path on this host (a worker per run; no cgroup v2, AppArmor, BPF LSM or quotas here)"
     );
-    row("end to end, `clawosctl run hello` (process)", spawned, None);
+    row("sandboxed run hello, socket round trip", in_process, None);
+    row("sandboxed `clawosctl run hello` (a process)", spawned, None);
     let pid = rustix::process::Pid::from_raw(daemon.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     daemon.wait().unwrap();

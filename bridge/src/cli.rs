@@ -510,6 +510,12 @@ fn human(resp: &Response) {
                 s.requests_total, s.protocol_errors
             );
             let _ = writeln!(out, "connections open:  {}", s.connections);
+            let w = &s.workers;
+            let _ = writeln!(
+                out,
+                "workers ready:     {} of {} (runs that found one {}, that waited for one {}; {} found dead and replaced)",
+                w.ready, w.size, w.hits, w.misses, w.died
+            );
             let _ = writeln!(
                 out,
                 "per instance:      memory {} MiB, cpu budget {} ms",

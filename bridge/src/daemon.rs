@@ -174,12 +174,29 @@ impl Daemon {
             "shutting down: no new connections; waiting for runs in flight"
         );
         let grace = Duration::from_millis(self.config.ipc.shutdown_grace_ms);
-        match tokio::time::timeout(grace, self.runs.acquire_many(all)).await {
-            Ok(_) => tracing::info!("shutdown complete"),
+        let deadline = tokio::time::Instant::now() + grace;
+        match tokio::time::timeout_at(deadline, self.runs.acquire_many(all)).await {
+            Ok(_) => {}
             Err(_) => tracing::warn!(
                 in_flight = all as usize - self.runs.available_permits(),
                 "shutdown grace of {} ms passed with runs in flight; they are killed with the process",
                 grace.as_millis()
+            ),
+        }
+        // The ready workers and the reaps of finished runs' workers: no
+        // instance cgroup is left behind.
+        let sandbox = self.sandbox.clone();
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(3));
+        let (drained, reaping) = tokio::task::spawn_blocking(move || sandbox.shutdown(left))
+            .await
+            .unwrap_or((0, 0));
+        match reaping {
+            0 => tracing::info!(ready_workers_ended = drained, "shutdown complete"),
+            n => tracing::warn!(
+                ready_workers_ended = drained,
+                "shutdown: {n} finished runs' workers were still being reaped"
             ),
         }
         Ok(())
@@ -200,6 +217,7 @@ impl Daemon {
             requests_total: self.counters.requests_total.load(Ordering::Relaxed),
             protocol_errors: self.counters.protocol_errors.load(Ordering::Relaxed),
             connections: self.counters.connections.load(Ordering::Relaxed),
+            workers: self.sandbox.pool_status(),
             memory_limit_bytes: self.config.sandbox.memory_limit_bytes,
             cpu_budget_ms: self.config.sandbox.cpu_budget_ms,
             monitor: self.monitor.as_ref().map(Monitor::status),

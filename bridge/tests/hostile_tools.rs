@@ -149,7 +149,10 @@ fn a_tools_log_lines_cannot_forge_records_or_drive_a_terminal() {
         out.logs[0].message,
         "first\nclawos-wasm-daemon ready on /run/forged.sock"
     );
-    let third = d.wait_for("misbehave#1: third", Duration::from_secs(10));
+    // Records name the instance: its id comes from the worker the run got
+    // (the pool's workers are numbered as they are made).
+    let prefix = format!("[WASM] misbehave#{}: ", out.instance_id);
+    let third = d.wait_for(&format!("{prefix}third"), Duration::from_secs(10));
     let log = d.log();
     // Each line the tool logged is one record, starting with its prefix,
     // whatever escapes spell its controls (tracing's own, or the log
@@ -158,10 +161,7 @@ fn a_tools_log_lines_cannot_forge_records_or_drive_a_terminal() {
         .lines()
         .filter(|l| l.contains("forged") || l.contains("third"))
     {
-        assert!(
-            l.contains("[WASM] misbehave#1: "),
-            "a record the tool forged: {l:?}"
-        );
+        assert!(l.contains(&prefix), "a record the tool forged: {l:?}");
     }
     assert!(
         !log.lines()

@@ -226,6 +226,10 @@ pub struct SandboxLimits {
     pub max_log_bytes: u64,
     /// Entries in an instance's environment (QUOTA_EXCEEDED).
     pub max_env_entries: u32,
+    /// Workers kept ready ahead of their runs, each in its instance cgroup
+    /// with every layer applied; unset: `ipc.max_concurrent_runs`, fewer
+    /// where the machine's memory is small ([`SandboxLimits::pool_size`]).
+    pub ready_workers: Option<u32>,
 }
 
 /// Engine settings.
@@ -307,11 +311,30 @@ impl Default for SandboxLimits {
             log_burst: 200,
             max_log_bytes: MIB,
             max_env_entries: 128,
+            ready_workers: None,
         }
     }
 }
 
+/// What one idle ready worker may cost the machine, for sizing the
+/// default pool: a bound above what the kernel charges one in the
+/// appliance (`make bench` prints it; docs/sandbox.md#the-pool-of-ready-workers).
+pub const IDLE_WORKER_BYTES: u64 = 4 * MIB;
+
 impl SandboxLimits {
+    /// How many workers the daemon keeps ready: `ready_workers` if set,
+    /// else one per concurrent run, as many as fit in 1/16 of `mem_total`
+    /// bytes at [`IDLE_WORKER_BYTES`] each (one at least).
+    pub fn pool_size(&self, max_concurrent_runs: u32, mem_total: u64) -> usize {
+        match self.ready_workers {
+            Some(n) => n as usize,
+            None => {
+                let fit = (mem_total / 16 / IDLE_WORKER_BYTES).max(1);
+                u64::from(max_concurrent_runs).min(fit) as usize
+            }
+        }
+    }
+
     /// The largest outcome a run can have: output, stdout and stderr at
     /// `max_output_bytes` each, the kept logs, and a MiB for the rest (the
     /// message, counters and framing). The daemon reads no larger message
@@ -436,6 +459,14 @@ impl Config {
         )?;
         range("sandbox.log_burst", sb.log_burst.into(), 1, 1_000_000)?;
         range("sandbox.max_log_bytes", sb.max_log_bytes, 0, 1024 * MIB)?;
+        if let Some(n) = sb.ready_workers {
+            range(
+                "sandbox.ready_workers",
+                n.into(),
+                0,
+                ipc.max_concurrent_runs.into(),
+            )?;
+        }
         range(
             "sandbox.max_env_entries",
             sb.max_env_entries.into(),
@@ -530,6 +561,28 @@ mod tests {
     fn repository_default_file_equals_built_in_defaults() {
         let text = include_str!("../../../config/daemon.toml");
         assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_pool_is_one_worker_per_concurrent_run_within_memory() {
+        let c = Config::default();
+        let gib = 1024 * MIB;
+        // 1 GiB (the e2e guest): 8 fit in 64 MiB at 4 MiB each.
+        assert_eq!(c.sandbox.pool_size(8, gib), 8);
+        assert_eq!(c.sandbox.pool_size(64, gib), 16);
+        assert_eq!(c.sandbox.pool_size(8, 256 * MIB), 4);
+        assert_eq!(c.sandbox.pool_size(8, 0), 1);
+        let c = parse("[sandbox]\nready_workers = 0\n").unwrap();
+        assert_eq!(c.sandbox.pool_size(8, gib), 0);
+        let c = parse("[ipc]\nmax_concurrent_runs = 32\n[sandbox]\nready_workers = 32\n").unwrap();
+        assert_eq!(c.sandbox.pool_size(32, 256 * MIB), 32);
+        let err = parse("[sandbox]\nready_workers = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sandbox.ready_workers = 9") && err.contains("between 0 and 8"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct DaemonStatus {
     pub protocol_errors: u64,
     /// Connections open now.
     pub connections: u32,
+    /// The pool of workers made ahead of their runs.
+    pub workers: crate::sandbox::PoolStatus,
     /// Per-instance memory limit, bytes.
     pub memory_limit_bytes: u64,
     /// Per-invocation CPU budget, ms.

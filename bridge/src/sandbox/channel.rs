@@ -43,7 +43,7 @@ pub struct Layers {
 }
 
 /// Daemon to launcher: make a worker for instance `instance`, ahead of the
-/// run it will serve (the daemon keeps one spare). Carries the worker's end
+/// run it will serve (the daemon keeps a pool of them ready). Carries the worker's end
 /// of its channel and, with the cgroup layer, the instance leaf's
 /// directory. The tool comes later, over the channel ([`Setup`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]

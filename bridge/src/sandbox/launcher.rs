@@ -5,7 +5,7 @@
 //! `CLONE_PARENT` so the daemon is the worker's parent and reaps it
 //! through the pidfd the launcher hands back. No exec: the worker is a
 //! copy of the launcher with its tools already loaded. Workers are made
-//! ahead of their run (the daemon keeps one spare), so a worker learns its
+//! ahead of their run (the daemon keeps a pool ready), so a worker learns its
 //! tool afterwards and loads it itself only if the launcher had not.
 
 use super::channel::{self, Spawn, Spawned};

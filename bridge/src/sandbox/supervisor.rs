@@ -1,12 +1,13 @@
-//! The daemon's side of the sandbox: fork the launcher, keep one spare
-//! worker ready in its own prepared cgroup, and for each run give the spare
-//! its tool (or make a worker if none is ready), serve the worker's
-//! requests, answer, then reap it and remove its cgroup while the next
-//! spare is made.
+//! The daemon's side of the sandbox: fork the launcher, keep a pool of
+//! workers ready, each in its own prepared cgroup ([`super::pool`]), and
+//! for each run give a ready worker its tool (or make a worker if none is
+//! ready), serve the worker's requests, answer, then reap it and remove its
+//! cgroup while the pool is refilled.
 
 use super::broker::{Serve, SharedMemory};
 use super::channel::{self, FromWorker, Layers, Setup, Spawn, Spawned, ToWorker};
 use super::launcher;
+use super::pool::{Pool, PoolStatus};
 use super::sys;
 use crate::cgroup::{self, Delegation, MAIN_LEAF};
 use crate::config::{CgroupPolicy, CompileLimits, Config};
@@ -19,8 +20,8 @@ use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Wall time a worker gets beyond its CPU budget once set up before it is
@@ -96,10 +97,11 @@ pub struct Sandbox {
     egress: Egress,
     clawfs_root: PathBuf,
     pub(super) next_instance: AtomicU64,
-    /// A worker made ahead of the next run.
-    spare: Mutex<Option<Spare>>,
-    /// A thread is making the next spare.
-    replenishing: AtomicBool,
+    /// Workers made ahead of their runs.
+    pub(super) pool: Pool,
+    /// Workers that answered and are being reaped (their cgroups removed)
+    /// in the background: shutdown waits for them.
+    reaping: Arc<(Mutex<usize>, Condvar)>,
     /// The largest message a worker may send: its outcome with output,
     /// stdout, stderr and logs at their limits.
     max_message: u32,
@@ -112,8 +114,8 @@ pub struct Sandbox {
 /// A worker made ahead of its run: cloned into new namespaces and into its
 /// instance cgroup, waiting for its tool on its channel. It never serves
 /// more than one run.
-struct Spare {
-    id: u64,
+pub(super) struct Spare {
+    pub(super) id: u64,
     delegation: Option<Delegation>,
     worker: Worker,
     channel: UnixStream,
@@ -163,8 +165,12 @@ impl Sandbox {
                     egress: Egress::new(config.network.clone()),
                     clawfs_root: config.clawfs_root(),
                     next_instance: AtomicU64::new(1),
-                    spare: Mutex::new(None),
-                    replenishing: AtomicBool::new(false),
+                    pool: Pool::new(
+                        config
+                            .sandbox
+                            .pool_size(config.ipc.max_concurrent_runs, mem_total()),
+                    ),
+                    reaping: Arc::new((Mutex::new(0), Condvar::new())),
                     max_message: u32::try_from(config.sandbox.max_outcome_bytes())
                         .unwrap_or(u32::MAX),
                     compile: config.compile.clone(),
@@ -185,39 +191,36 @@ impl Sandbox {
         self.launcher
     }
 
-    /// Make the first spare worker (in the background).
+    /// Start filling the pool of ready workers (in the background).
     pub fn prepare(self: &Arc<Self>) {
-        self.replenish(None);
+        Pool::start(self);
     }
 
-    /// Make the next spare in the background, the launcher loading
-    /// `preload` first, unless one is being made.
-    fn replenish(self: &Arc<Self>, preload: Option<&Path>) {
-        if self.replenishing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = Arc::clone(self);
-        let preload = preload.map(Path::to_owned);
-        std::thread::spawn(move || {
-            match this.make_spare(preload.as_deref()) {
-                Ok(spare) => {
-                    let old = this
-                        .spare
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .replace(spare);
-                    if let Some(old) = old {
-                        old.discard();
-                    }
-                }
-                Err(f) => tracing::warn!("cannot prepare a spare worker: {}", f.message),
-            }
-            this.replenishing.store(false, Ordering::Release);
-        });
+    /// The pool of ready workers, now.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.pool.status()
+    }
+
+    /// At shutdown, once no run is in flight: end every ready worker and
+    /// wait (up to `grace`) for the workers of finished runs to be reaped,
+    /// so that no instance cgroup is left behind. Returns how many ready
+    /// workers were ended and how many reaps were still running at the
+    /// end of `grace`.
+    pub fn shutdown(&self, grace: Duration) -> (usize, usize) {
+        let drained = self.pool.drain();
+        let (count, done) = &*self.reaping;
+        let left = done
+            .wait_timeout_while(
+                count.lock().unwrap_or_else(|p| p.into_inner()),
+                grace,
+                |n| *n > 0,
+            )
+            .map_or(0, |(n, _)| *n);
+        (drained, left)
     }
 
     /// A new worker in a new instance cgroup, waiting for its tool.
-    fn make_spare(&self, preload: Option<&Path>) -> Result<Spare, Failure> {
+    pub(super) fn make_spare(&self, preload: Option<&Path>) -> Result<Spare, Failure> {
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let delegation = match self.layers.cgroup {
             true => Some(Delegation::create(&self.cgroup, id).map_err(|f| {
@@ -264,8 +267,8 @@ impl Sandbox {
     }
 
     /// Run `tool` (installed with artifact `artifact`) in a worker of its
-    /// own: the spare if one is ready, else a new one. Returns once the
-    /// outcome is known; a worker that delivered one is reaped and its
+    /// own: a ready one if the pool has one, else a new one. Returns once
+    /// the outcome is known; a worker that delivered one is reaped and its
     /// cgroup removed afterwards, in the background.
     pub fn run(
         self: &Arc<Self>,
@@ -275,13 +278,7 @@ impl Sandbox {
         budget_ms: u64,
     ) -> RunOutcome {
         let started = Instant::now();
-        let mut ready = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(spare) = ready.take_if(|s| !s.worker.alive()) {
-            // Killed while it waited (a daemon that starts removes the
-            // instance cgroups it finds).
-            tracing::warn!(instance = spare.id, "the spare worker died while it waited");
-            spare.discard();
-        }
+        let ready = self.pool.take();
         let had_spare = ready.is_some();
         let spare = match ready {
             Some(spare) => Ok(spare),
@@ -301,9 +298,8 @@ impl Sandbox {
                 ..RunOutcome::default()
             },
         };
-        // The next spare is made once this run is over, so that the two do
-        // not compete for the CPU.
-        self.replenish(Some(artifact));
+        // The pool's next worker has this run's tool loaded.
+        self.pool.run_ended(artifact);
         if out.code != Code::Success {
             tracing::info!(tool, instance = out.instance_id, code = %out.code, "run failed: {}", out.message);
         }
@@ -342,10 +338,15 @@ impl Sandbox {
                 ..RunOutcome::default()
             };
         }
+        let handed = Instant::now();
         let budget = Duration::from_millis(budget_ms);
         // Connects this thread makes for the worker are the instance's.
         let serving = instances().serve(id);
-        let ready = || instances().running(id, tool);
+        let was_ready = std::cell::Cell::new(handed);
+        let ready = || {
+            was_ready.set(Instant::now());
+            instances().running(id, tool)
+        };
         let talk = self.converse(
             &channel,
             Serve::new(
@@ -367,17 +368,23 @@ impl Sandbox {
             Ok(Some(out)) => {
                 let pid = worker.pid;
                 let tool_name = tool.to_owned();
+                let reaping = Reaping::begin(&self.reaping);
+                let ready = was_ready.get();
                 std::thread::spawn(move || {
                     let _ = worker.reap(true);
                     instances().ended(id);
                     let reaped = Instant::now();
                     drop(delegation);
+                    drop(reaping);
                     tracing::info!(
                         tool = tool_name,
                         instance = id,
                         worker = pid,
                         spare = had_spare,
                         run_us = us(started, answered),
+                        worker_us = us(started, handed),
+                        setup_us = us(handed, ready),
+                        call_us = us(ready, answered),
                         reap_us = us(answered, reaped),
                         cleanup_us = us(reaped, Instant::now()),
                         "run ended"
@@ -574,13 +581,46 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Failure> {
 }
 
 impl Spare {
-    /// Let a spare go unused: its channel closes, it exits, it is reaped,
-    /// its cgroup removed.
-    fn discard(self) {
+    /// Has it not exited yet?
+    pub(super) fn alive(&self) -> bool {
+        self.worker.alive()
+    }
+
+    /// Let a ready worker go unused: its channel closes, it is killed and
+    /// reaped, its cgroup removed.
+    pub(super) fn discard(self) {
         drop(self.channel);
         let _ = self.worker.reap(false);
+        instances().ended(self.id);
         drop(self.delegation);
     }
+}
+
+/// One worker being reaped in the background; counted in
+/// `Sandbox::reaping` from `begin` until dropped.
+struct Reaping(Arc<(Mutex<usize>, Condvar)>);
+
+impl Reaping {
+    fn begin(count: &Arc<(Mutex<usize>, Condvar)>) -> Reaping {
+        *count.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Reaping(Arc::clone(count))
+    }
+}
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        let (count, done) = &*self.0;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        done.notify_all();
+    }
+}
+
+/// The machine's memory, bytes (`sysinfo`: no file to read, so nothing
+/// for the daemon's AppArmor profile to allow).
+fn mem_total() -> u64 {
+    let info = rustix::system::sysinfo();
+    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit))
 }
 
 /// A live worker: the daemon is its parent (`CLONE_PARENT`).

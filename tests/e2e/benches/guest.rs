@@ -3,9 +3,16 @@
 //! `scripts/wasmtime-cli.sh`, path in `CLAWOS_WASMTIME_CLI`) and Debian's
 //! crun on an extra initramfs, and prints what the benchmark measured there:
 //! a sandboxed invocation (cold and warm) against `wasmtime run` of the
-//! same `.cwasm` and `crun run` of `/bin/true`, in the same guest and run.
+//! same `.cwasm` and `crun run` of `/bin/true`, in the same guest and run;
+//! then the load part, N clients at once, with a PostgreSQL server started
+//! on this host's loopback and reached by the guest through QEMU's
+//! `guestfwd` (user networking, `restrict=on`).
+//!
+//! `CLAWOS_BENCH_ARGS` adds arguments to `clawos-guest-bench` (CI's smoke
+//! pass: few samples, short windows).
 
-use clawos_e2e::{Disk, Guest, Overlay, release_binary};
+use clawos_e2e::{Boot, Disk, Guest, Net, Overlay, free_port, release_binary};
+use clawos_tool_artifacts::postgres::Postgres;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -30,16 +37,21 @@ fn main() {
         (wasmtime, "usr/bin/wasmtime"),
         (crun, "usr/bin/crun"),
     ]);
+    // The guest's address for the PostgreSQL server, forwarded here.
+    const PG_ADDR: &str = "10.0.2.100";
+    let pg = Postgres::start(free_port());
+    let net = Net {
+        api_port: free_port(),
+        guestfwd: vec![format!("{PG_ADDR}:5432={}", pg.port)],
+    };
     let disk = Disk::fresh();
-    let mut g = Guest::boot_with("bench", &disk, &overlay);
-    let out = g.sh_within("clawos-guest-bench 2>&1", Duration::from_secs(1800));
-    print!("{}", out.text);
-    // Where a sandboxed run's time goes, from the daemon's own records.
-    print!(
-        "{}",
-        g.sh("grep 'run ended' /run/clawos/daemon.log | tail -8")
-            .text
+    let mut g = Guest::boot_net("bench", Boot::Fast, &disk, Some(&overlay), &net);
+    let extra = std::env::var("CLAWOS_BENCH_ARGS").unwrap_or_default();
+    let out = g.sh_within(
+        &format!("clawos-guest-bench --pg {PG_ADDR}:5432 {extra} 2>&1"),
+        Duration::from_secs(3600),
     );
+    print!("{}", out.text);
     if out.code != 0 {
         g.fail(&format!("clawos-guest-bench exited with {}", out.code));
     }

@@ -46,7 +46,7 @@ fn spinner_ended(g: &mut Guest) {
     // The instance cgroup went with the instance.
     assert_eq!(
         g.sh_ok(clawos_e2e::INSTANCE_CGROUPS_LEFT),
-        "1 clawos-launcher//&clawos-worker (enforce)\n"
+        "8 8 clawos-launcher//&clawos-worker (enforce)\n"
     );
 }
 
@@ -147,22 +147,50 @@ fn every_bridge_thread_is_filtered_and_the_worker_is_namespaced() {
     assert_eq!(g.sh_ok("ls -1 /proc/$W/root/"), "clawfs\ndev\nproc\n");
     assert_eq!(g.sh_ok("ls -1 /proc/$W/root/dev/"), "null\nurandom\nzero\n");
     spinner_ended(&mut g);
-    // The next run's worker is made once a run is over: one spare in its
-    // own instance cgroup, the daemon's child, in the worker profile and
-    // filtered, waiting for its tool (its mount tree and own filter come
-    // with it).
-    let spare = g.sh_ok(
-        "S=$(cat /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs); \
-         echo \"$(echo $S | wc -w) $(awk '/^PPid/ {print $2}' /proc/$S/status) $(cat /proc/$S/attr/current)\"; \
-         awk '/^(Seccomp|NoNewPrivs):/ {printf \"%s%s \", $1, $2}' /proc/$S/status; echo; echo $D",
-    );
-    let lines: Vec<&str> = spare.lines().collect();
+    // The next runs' workers are made ahead: the pool's ready workers,
+    // each alone in its own instance cgroup, the daemon's children, in the
+    // worker profile and filtered, waiting for their tool (the mount tree
+    // and their own filter come with it).
+    let ready = g.sh_ok(&format!(
+        "{}; for c in /sys/fs/cgroup/clawos/instance-*; do S=$(cat $c/main/cgroup.procs); \
+         echo \"$(echo $S | wc -w) $(awk '/^PPid/ {{print $2}}' /proc/$S/status) $(cat /proc/$S/attr/current) \
+         $(awk '/^(Seccomp|NoNewPrivs):/ {{printf \"%s%s \", $1, $2}}' /proc/$S/status)\"; done | sort | uniq -c; echo $D",
+        clawos_e2e::INSTANCE_CGROUPS_LEFT
+    ));
+    let lines: Vec<&str> = ready.lines().map(str::trim).collect();
     assert_eq!(
-        lines.first().copied(),
-        Some(format!("1 {} clawos-launcher//&clawos-worker (enforce)", lines[2]).as_str()),
-        "spare: {spare}"
+        lines.get(1).copied(),
+        Some(
+            format!(
+                "8 1 {} clawos-launcher//&clawos-worker (enforce) NoNewPrivs:1 Seccomp:2",
+                lines[2]
+            )
+            .as_str()
+        ),
+        "ready workers: {ready}"
     );
-    assert_eq!(lines[1], "NoNewPrivs:1 Seccomp:2 ", "spare: {spare}");
+    // At shutdown the daemon ends its ready workers and removes their
+    // cgroups: none is left once it has exited. init restarts it (SIGHUP:
+    // SIGTERM, then the worker's AppArmor rules reloaded, then a new
+    // daemon), so the tree is read as soon as the old daemon is gone.
+    let left = g.sh_ok(
+        "D=$(clawosctl status | sed -n 's/.*, pid \\([0-9]*\\),.*/\\1/p'); \
+         echo 'test: shutdown with a full pool' >/run/clawos/restart-why; kill -HUP 1; \
+         while [ -d /proc/$D ]; do sleep 0.01; done; ls -d /sys/fs/cgroup/clawos/instance-* 2>/dev/null | wc -l; \
+         for i in $(seq 200); do grep -q 'shutdown complete' /run/clawos/daemon.log && break; sleep 0.05; done; \
+         grep -c 'shutdown complete ready_workers_ended=8' /run/clawos/daemon.log",
+    );
+    // (init's own line may land among the command's.)
+    let left: Vec<&str> = left
+        .lines()
+        .filter(|l| !l.starts_with("clawos: "))
+        .collect();
+    assert_eq!(
+        left,
+        ["0", "1"],
+        "instance cgroups left after shutdown, and the daemon's record"
+    );
+    g.expect("clawos: ready", std::time::Duration::from_secs(120));
     g.poweroff();
 }
 

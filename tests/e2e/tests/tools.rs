@@ -38,7 +38,7 @@ fn sample_tools_run_in_the_guest_with_exact_results() {
     clawos_e2e::run_sample_tools(&mut g);
     assert_eq!(
         g.sh(clawos_e2e::INSTANCE_CGROUPS_LEFT),
-        out(0, "1 clawos-launcher//&clawos-worker (enforce)\n"),
+        out(0, "8 8 clawos-launcher//&clawos-worker (enforce)\n"),
         "the instance's cgroup is removed when it ends"
     );
     cgroup_processes_move_between_the_instance_s_groups(&mut g);

@@ -5,6 +5,7 @@
 //! reach the guest only on an extra initramfs the tests attach; the image
 //! never contains them.
 
+pub mod load;
 pub mod matrix;
 
 /// The symbolic name of `errno` (the ones the attacks meet), else its number.

@@ -7,8 +7,9 @@
 //! INTERFACE_UNAVAILABLE), then optionally `pg=HOST:PORT`, a PostgreSQL
 //! server (trust auth, user and database `postgres`) to query through the
 //! egress proxy. `pg-bench HOST:PORT N` instead runs N `SELECT 1` round
-//! trips on one connection and prints the mean in µs; `fs-bench BYTES`
-//! writes and reads BYTES in 64 KiB blocks and prints both rates.
+//! trips on one connection and prints the mean in µs; `fs-bench BYTES
+//! [FILE]` writes and reads BYTES in 64 KiB blocks (in FILE, `bench.dat`
+//! unless named), removes the file and prints both rates.
 
 mod pg;
 
@@ -296,14 +297,10 @@ fn cgroup_checks(r: &mut Report, available: bool) -> Result<(), ErrorCode> {
     Ok(())
 }
 
-fn fs_bench(bytes: u64) -> Result<String, ErrorCode> {
+fn fs_bench(bytes: u64, name: &str) -> Result<String, ErrorCode> {
     use filesystem::{OpenFlags as F, Whence};
     let block = vec![0x5au8; 64 * 1024];
-    let f = filesystem::open(
-        "bench.dat",
-        F::READ | F::WRITE | F::CREATE | F::TRUNCATE,
-        0o600,
-    )?;
+    let f = filesystem::open(name, F::READ | F::WRITE | F::CREATE | F::TRUNCATE, 0o600)?;
     let t0 = now_ns();
     let mut done = 0;
     while done < bytes {
@@ -321,7 +318,7 @@ fn fs_bench(bytes: u64) -> Result<String, ErrorCode> {
     }
     let t2 = now_ns();
     drop(f);
-    filesystem::unlink("bench.dat")?;
+    filesystem::unlink(name)?;
     Ok(format!(
         "write_ns {} read_ns {} bytes {done} {read}\n",
         t1 - t0,
@@ -347,7 +344,11 @@ impl Guest for HostIo {
                 return Ok(format!("round_trips {n} total_ns {ns}\n").into_bytes());
             }
             "fs-bench" => {
-                return fs_bench(arg(1).parse().unwrap_or(64 << 20)).map(String::into_bytes);
+                let name = match arg(2) {
+                    "" => "bench.dat",
+                    name => name,
+                };
+                return fs_bench(arg(1).parse().unwrap_or(64 << 20), name).map(String::into_bytes);
             }
             _ => {}
         }
