@@ -87,9 +87,18 @@ pub struct Runtime {
     egress: Egress,
     devices: Arc<DevicePolicy>,
     cgroup: Arc<CgroupPolicy>,
-    // A message wakes the epoch thread (the first one starts its ticks);
+    // The first message wakes the epoch thread and starts its ticks;
     // dropping the sender stops it. `None` until started.
-    ticker: Option<mpsc::Sender<()>>,
+    ticker: Option<Ticker>,
+}
+
+/// The epoch thread's handle: its channel, and whether it was woken.
+#[derive(Clone)]
+struct Ticker {
+    wake: mpsc::Sender<()>,
+    /// Set once the thread was told to tick: later stores need not wake it
+    /// (a message per run cost a futex wake and a context switch each).
+    woken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The wasmtime configuration for `config`: pooling allocator sized for
@@ -225,7 +234,10 @@ impl Runtime {
                     format!("cannot start the epoch thread: {e}"),
                 )
             })?;
-        self.ticker = Some(tx);
+        self.ticker = Some(Ticker {
+            wake: tx,
+            woken: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        });
         Ok(())
     }
 
@@ -351,10 +363,12 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, instance);
         store.limiter(|s| &mut s.account);
-        if let Some(clock) = &self.ticker {
+        if let Some(clock) = &self.ticker
+            && !clock.woken.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             // The epoch thread ticks from the first store on (see
             // start_clock); it ends only with the runtime.
-            let _ = clock.send(());
+            let _ = clock.wake.send(());
         }
         // Ticks only say when to look at the clock. Ticks are global and the
         // ticker can run late (a worker throttled by cpu.max), so a tick
