@@ -142,6 +142,15 @@ fn main() {
         ..Config::default()
     };
     config.clawfs.max_write_bytes = FILE_BYTES * 2;
+    // The server is on this host's loopback, which the default allow-list
+    // refuses: a rule naming it lets it through (docs/policy.md).
+    config
+        .network
+        .allow
+        .push(clawos_bridge::config::EgressRule {
+            cidr: "127.0.0.1/32".parse().expect("a CIDR"),
+            ports: vec![postgres::PORT],
+        });
     config.sandbox.cpu_budget_ms = 120_000;
     let runtime = Runtime::new(&config).expect("runtime");
     let cwasm = runtime
