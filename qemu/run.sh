@@ -28,6 +28,8 @@
 #   --guestfwd ADDR:PORT=HOSTPORT
 #                   with --api-port: the guest's TCP connections to ADDR:PORT (an
 #                   address in 10.0.2.0/24, not .2 or .3) go to 127.0.0.1:HOSTPORT
+#                   (QEMU's chardev: one connection at a time); as each:ADDR:PORT=HOSTPORT,
+#                   each connection gets its own relay (socat), for many at once
 #                   here (repeatable). Without --api-port the guest has no NIC
 #   --disk FILE     a second (third, ...) virtio disk, raw, read-write: /dev/vdb, ... in the
 #                   guest (repeatable; the tests' device grants use one)
@@ -151,8 +153,15 @@ if [ -n "$api_port" ]; then
     case $api_port in *[!0-9]* | '') die "--api-port takes a port number, not '$api_port'" ;; esac
     spec="user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$api_port-:7443"
     for f in "${guestfwd[@]}"; do
-        [[ $f =~ ^10\.0\.2\.([0-9]+):([0-9]+)=([0-9]+)$ ]] || die "--guestfwd $f: expected 10.0.2.N:PORT=HOSTPORT"
-        spec+=",guestfwd=tcp:${f%%=*}-tcp:127.0.0.1:${f#*=}"
+        each=""
+        case $f in each:*) each=1 f=${f#each:} ;; esac
+        [[ $f =~ ^10\.0\.2\.([0-9]+):([0-9]+)=([0-9]+)$ ]] || die "--guestfwd $f: expected [each:]10.0.2.N:PORT=HOSTPORT"
+        if [ -n "$each" ]; then
+            command -v socat >/dev/null || die "--guestfwd each:$f needs socat (scripts/setup.sh installs it)"
+            spec+=",guestfwd=tcp:${f%%=*}-cmd:socat STDIO TCP:127.0.0.1:${f#*=}"
+        else
+            spec+=",guestfwd=tcp:${f%%=*}-tcp:127.0.0.1:${f#*=}"
+        fi
     done
     nic=(-nic "$spec")
 elif [ ${#guestfwd[@]} -gt 0 ]; then

@@ -22,6 +22,7 @@ packages=(
     postgresql                               # the network tests' real server (started by the tests)
     dnsmasq-base                             # the network e2e test's real DNS server (started by the test on 127.0.0.1)
     crun                                     # the guest benchmark's container runtime (make bench)
+    socat                                    # the guest benchmark's PostgreSQL forward, one relay per connection
     llvm-22-dev libzstd-dev zlib1g-dev       # bpf-linker (the eBPF monitors), against rustc's own LLVM 22
     bpftool                                  # the e2e tests list the daemon's programs with it
 )

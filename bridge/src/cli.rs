@@ -513,8 +513,8 @@ fn human(resp: &Response) {
             let w = &s.workers;
             let _ = writeln!(
                 out,
-                "workers ready:     {} of {} (runs that found one {}, that waited for one {}; {} found dead and replaced)",
-                w.ready, w.size, w.hits, w.misses, w.died
+                "workers ready:     {} of {} ({} being replaced by workers with a newer tool; runs that found one {}, that waited for one {}; {} found dead and replaced)",
+                w.ready, w.size, w.behind, w.hits, w.misses, w.died
             );
             let _ = writeln!(
                 out,

@@ -48,14 +48,15 @@ fn workers(daemon: u32) -> BTreeSet<u32> {
     out
 }
 
-/// Wait until the pool holds `n` live ready workers and the daemon has
-/// exactly `n` worker children (nothing of a finished run left): them.
+/// Wait until the pool holds `n` live ready workers, none of them behind
+/// the launcher's loads, and the daemon has exactly `n` worker children
+/// (nothing of a finished run left): them.
 fn full(d: &TestDaemon, n: u32) -> BTreeSet<u32> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let p = pool(d);
         let w = workers(d.pid());
-        if p.ready == n && w.len() == n as usize {
+        if p.ready == n && p.behind == 0 && w.len() == n as usize {
             return w;
         }
         assert!(
@@ -83,19 +84,29 @@ fn echo_ok(d: &TestDaemon, what: &str) -> u64 {
 fn the_pool_fills_refills_and_is_ended_at_shutdown() {
     let mut d = TestDaemon::with_config("[sandbox]\nready_workers = 3\n");
     d.install_ok("echo");
-    let first = full(&d, 3);
+    full(&d, 3);
     assert_eq!(pool(&d).size, 3);
-    // Back to back: each run takes a ready worker (the newest), which is
-    // reaped afterwards; the pool makes others.
-    for i in 0..6 {
+    // No ready worker has echo loaded yet (the launcher loads a tool when a
+    // run first needs it): the first run makes its own worker, and the
+    // pool is then renewed with workers that have echo.
+    echo_ok(&d, "first");
+    let p = pool(&d);
+    assert_eq!((p.hits, p.misses), (0, 1), "{p:?}");
+    let first = full(&d, 3);
+    // Runs that arrive at a full pool each take a ready worker.
+    for i in 0..3 {
         echo_ok(&d, &format!("run {i}"));
+        full(&d, 3);
     }
     let p = pool(&d);
-    assert_eq!(p.hits + p.misses, 6, "{p:?}");
-    assert!(
-        p.hits >= 3,
-        "the first three runs found a ready worker: {p:?}"
-    );
+    assert_eq!((p.hits, p.misses), (3, 1), "{p:?}");
+    // Back to back: each run takes a ready worker while there is one; the
+    // pool makes others, and is full again after.
+    for i in 0..6 {
+        echo_ok(&d, &format!("back to back {i}"));
+    }
+    let p = pool(&d);
+    assert_eq!(p.hits + p.misses, 10, "{p:?}");
     let after = full(&d, 3);
     assert_ne!(after, first, "served workers were replaced");
     // Shutdown ends every ready worker, and says so.

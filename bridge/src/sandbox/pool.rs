@@ -1,22 +1,30 @@
 //! The pool of ready workers. Each is cloned ahead of its run into its own
 //! instance cgroup with every layer that does not depend on the tool
-//! applied, and waits for its tool on its channel. A run takes the newest
-//! live one (it has the most tools loaded: a worker is a copy of the
-//! launcher as it was when cloned); when none is ready, the run has the
-//! launcher make its own, as a run did before there was a pool.
+//! applied, and waits for its tool on its channel. A worker is a copy of
+//! the launcher as it was when cloned, with the tools the launcher had
+//! loaded then: a run takes the newest live worker that has its tool (this
+//! version of its artifact) loaded. When none has, the run has the launcher
+//! load the tool and make its own worker, as a run did before there was a
+//! pool: a worker that loads its tool itself does so under its instance's
+//! 5% of a CPU, which under TCG took most of a second.
 //!
 //! One thread refills the pool, one worker at a time, and only while fewer
 //! runs are in flight than the machine has CPUs, so that a refill takes a
-//! CPU no run is using. It also replaces a ready worker that died (it is
-//! never handed a run: `take` checks each). At shutdown the pool is drained:
-//! every ready worker is killed and reaped and its cgroup removed.
+//! CPU no run is using. It keeps the pool's workers current: once the
+//! launcher has loaded a tool, older workers lack it, and each is replaced
+//! (oldest first) by one that has it. It also replaces a ready worker that
+//! died (it is never handed a run: `take` checks each). At shutdown the pool
+//! is drained: every ready worker is killed and reaped and its cgroup
+//! removed.
 
 use super::supervisor::{Sandbox, Spare};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::time::SystemTime;
 
 /// How often the refiller looks for ready workers that died.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -28,6 +36,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct PoolStatus {
     /// Workers ready now.
     pub ready: u32,
+    /// Of those, workers made before the launcher loaded a tool they lack:
+    /// they are being replaced.
+    pub behind: u32,
     /// Workers the pool keeps ready.
     pub size: u32,
     /// Runs that found a ready worker.
@@ -55,6 +66,12 @@ struct State {
     /// The artifact the launcher loads before the next clone (the last
     /// run's), so the next worker has it loaded.
     preload: Option<PathBuf>,
+    /// What the launcher was asked to load, by artifact: the version (its
+    /// modification time) and the load's number. A worker cloned at load
+    /// number `n` has every artifact whose number is `n` or less.
+    loaded: HashMap<PathBuf, (Option<SystemTime>, u64)>,
+    /// Loads so far.
+    generation: u64,
     running: usize,
     stopping: bool,
     hits: u64,
@@ -88,19 +105,46 @@ impl Pool {
         *refiller = Some(std::thread::spawn(move || refill(&this)));
     }
 
-    /// A run begins: the newest live ready worker, if any. Dead ones found
-    /// on the way are discarded.
-    pub(super) fn take(&self) -> Option<Spare> {
+    /// The launcher is about to clone a worker, having loaded `preload`
+    /// first: the load number the worker will have.
+    pub(super) fn cloning(&self, preload: Option<&Path>) -> u64 {
+        let version = preload.map(modified);
+        let mut st = self.lock();
+        if let (Some(path), Some(version)) = (preload, version)
+            && st.loaded.get(path).map(|(v, _)| *v) != Some(version)
+        {
+            st.generation += 1;
+            let n = st.generation;
+            st.loaded.insert(path.to_owned(), (version, n));
+        }
+        st.generation
+    }
+
+    /// A run of `artifact` begins: the newest live ready worker that has
+    /// this version of it loaded, if any. Dead ones found on the way are
+    /// discarded; workers without it stay for other tools.
+    pub(super) fn take(&self, artifact: &Path) -> Option<Spare> {
+        let version = modified(artifact);
         let mut dead = Vec::new();
         let mut st = self.lock();
         st.running += 1;
+        let want = st
+            .loaded
+            .get(artifact)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, n)| *n);
         let mut found = None;
-        while let Some(spare) = st.ready.pop() {
-            if spare.alive() {
-                found = Some(spare);
+        let mut i = st.ready.len();
+        while i > 0 {
+            i -= 1;
+            if !st.ready[i].alive() {
+                dead.push(st.ready.remove(i));
+                continue;
+            }
+            if want.is_some_and(|n| st.ready[i].loaded >= n) {
+                found = Some(st.ready.remove(i));
                 break;
             }
-            dead.push(spare);
         }
         st.died += dead.len() as u64;
         match found {
@@ -131,6 +175,7 @@ impl Pool {
         let st = self.lock();
         PoolStatus {
             ready: st.ready.len() as u32,
+            behind: st.ready.iter().filter(|s| s.loaded < st.generation).count() as u32,
             size: self.size as u32,
             hits: st.hits,
             misses: st.misses,
@@ -186,7 +231,11 @@ fn refill(sandbox: &Sandbox) {
                 st = pool.lock();
                 continue;
             }
-            if st.ready.len() < pool.size && st.running < pool.cpus {
+            // Workers made before the launcher's latest load lack a tool:
+            // they count as missing, and make way for current ones.
+            let current = st.generation;
+            let fresh = st.ready.iter().filter(|s| s.loaded >= current).count();
+            if fresh < pool.size && st.running < pool.cpus {
                 break st.preload.clone();
             }
             st = pool
@@ -205,6 +254,16 @@ fn refill(sandbox: &Sandbox) {
                     return;
                 }
                 st.ready.push(spare);
+                if st.ready.len() > pool.size {
+                    // The oldest of those that lack a tool.
+                    let current = st.generation;
+                    let stale = st.ready.iter().position(|s| s.loaded < current);
+                    let old = stale.map(|i| st.ready.remove(i));
+                    drop(st);
+                    if let Some(old) = old {
+                        old.discard();
+                    }
+                }
             }
             Err(f) => {
                 tracing::warn!("cannot prepare a ready worker: {}", f.message);
@@ -215,4 +274,10 @@ fn refill(sandbox: &Sandbox) {
             }
         }
     }
+}
+
+/// The version of an artifact: its modification time (as the launcher's
+/// cache keys it).
+fn modified(artifact: &Path) -> Option<SystemTime> {
+    std::fs::metadata(artifact).and_then(|m| m.modified()).ok()
 }

@@ -116,6 +116,8 @@ pub struct Sandbox {
 /// more than one run.
 pub(super) struct Spare {
     pub(super) id: u64,
+    /// The launcher's load number when it was cloned ([`Pool::cloning`]).
+    pub(super) loaded: u64,
     delegation: Option<Delegation>,
     worker: Worker,
     channel: UnixStream,
@@ -237,6 +239,7 @@ impl Sandbox {
         let (worker, channel) = self.clone_worker(id, delegation.as_ref(), preload)?;
         Ok(Spare {
             id,
+            loaded: worker.loaded,
             delegation,
             worker,
             channel,
@@ -278,7 +281,7 @@ impl Sandbox {
         budget_ms: u64,
     ) -> RunOutcome {
         let started = Instant::now();
-        let ready = self.pool.take();
+        let ready = self.pool.take(artifact);
         let had_spare = ready.is_some();
         let spare = match ready {
             Some(spare) => Ok(spare),
@@ -319,6 +322,7 @@ impl Sandbox {
     ) -> RunOutcome {
         let Spare {
             id,
+            loaded,
             mut delegation,
             worker,
             channel,
@@ -327,6 +331,7 @@ impl Sandbox {
             // Nothing of the tool ran: the run fails with the reason itself.
             Spare {
                 id,
+                loaded,
                 delegation,
                 worker,
                 channel,
@@ -431,6 +436,9 @@ impl Sandbox {
         leaf: Option<&OwnedFd>,
     ) -> Result<Worker, Failure> {
         let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the launcher's lock: its loads and clones happen in this
+        // order.
+        let loaded = self.pool.cloning(spawn.preload.as_deref());
         let mut fds = vec![channel.as_fd()];
         fds.extend(leaf.map(|l| l.as_fd()));
         let gone = |f: Failure| {
@@ -444,6 +452,7 @@ impl Sandbox {
             Some((Spawned::Worker(pid), mut fds)) if fds.len() == 1 => Ok(Worker {
                 pid,
                 pidfd: fds.pop().expect("one descriptor"),
+                loaded,
             }),
             Some((Spawned::Refused(code, message), _)) => Err(Failure::new(code, message)),
             Some((other, _)) => Err(Failure::new(
@@ -620,13 +629,15 @@ impl Drop for Reaping {
 /// for the daemon's AppArmor profile to allow).
 fn mem_total() -> u64 {
     let info = rustix::system::sysinfo();
-    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit))
+    info.totalram.saturating_mul(u64::from(info.mem_unit))
 }
 
 /// A live worker: the daemon is its parent (`CLONE_PARENT`).
 pub(super) struct Worker {
     pub(super) pid: i32,
     pidfd: OwnedFd,
+    /// The launcher's load number when it was cloned.
+    loaded: u64,
 }
 
 impl Worker {

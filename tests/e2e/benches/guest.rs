@@ -42,7 +42,8 @@ fn main() {
     let pg = Postgres::start(free_port());
     let net = Net {
         api_port: free_port(),
-        guestfwd: vec![format!("{PG_ADDR}:5432={}", pg.port)],
+        // A relay per connection: the load part's clients connect at once.
+        guestfwd: vec![format!("each:{PG_ADDR}:5432={}", pg.port)],
     };
     let disk = Disk::fresh();
     let mut g = Guest::boot_net("bench", Boot::Fast, &disk, Some(&overlay), &net);
@@ -53,6 +54,7 @@ fn main() {
     );
     print!("{}", out.text);
     if out.code != 0 {
+        print!("{}", g.sh("tail -40 /run/clawos/daemon.log").text);
         g.fail(&format!("clawos-guest-bench exited with {}", out.code));
     }
     g.poweroff();

@@ -25,16 +25,17 @@ const TROUBLE: [&str; 5] = [
     "clawos: FAILED",
     "clawos: daemon exited",
 ];
-/// Shell (one line): once the daemon has had up to 10 s to reap finished
+/// Shell (one line): once the daemon has had up to 20 s to reap finished
 /// workers, remove their cgroups (it does so after answering) and refill
-/// its pool of ready workers, the number of instance cgroups left, the
-/// pool's size (`clawosctl status`), and the AppArmor labels of the
-/// processes in them, each once. After runs that is `8 8
-/// clawos-launcher//&clawos-worker (enforce)`: only the ready workers,
-/// one process in each cgroup.
+/// its pool of ready workers (and renew those made before it loaded a tool
+/// they lack), the number of instance cgroups left, the pool's size
+/// (`clawosctl status`), and the AppArmor labels of the processes in them,
+/// each once. After runs that is `8 8 clawos-launcher//&clawos-worker
+/// (enforce)`: only the ready workers, one process in each cgroup.
 pub const INSTANCE_CGROUPS_LEFT: &str = "P=$(clawosctl status | sed -n 's/^workers ready: *[0-9]* of \\([0-9]*\\).*/\\1/p'); \
-    for i in $(seq 200); do \
+    for i in $(seq 400); do \
     C=$(ls -d /sys/fs/cgroup/clawos/instance-* 2>/dev/null); \
+    clawosctl status | grep -q \"^workers ready: *$P of $P (0 being replaced\" && \
     [ $(echo $C | wc -w) = \"$P\" ] && [ $(cat /dev/null $(for c in $C; do echo $c/main/cgroup.procs; done) | wc -l) = \"$P\" ] && break; sleep 0.05; done; \
     echo $(echo $C | wc -w) $P $(for c in $C; do for p in $(cat $c/main/cgroup.procs); do \
     cat /proc/$p/attr/current; done; done | sort -u)";

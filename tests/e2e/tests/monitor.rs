@@ -180,6 +180,8 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     // execve there: the exec rule kills the instance (cgroup.kill), the
     // probe with it; the pool replaces the worker, and the next run gets a
     // live one.
+    // (Once the pool is settled: a worker being replaced could go first.)
+    g.sh_ok(clawos_e2e::INSTANCE_CGROUPS_LEFT);
     let spare = g.sh_ok("ls -d /sys/fs/cgroup/clawos/instance-* | head -1");
     let spare = spare.trim();
     assert!(

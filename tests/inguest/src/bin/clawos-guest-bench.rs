@@ -417,6 +417,21 @@ fn load_part(
         ),
     ];
     if let Some(pg) = &cli.pg {
+        // One query first: a server the guest cannot reach is named here,
+        // not found as a window of errors.
+        let mut c = Client::connect(&config.socket).unwrap_or_else(|f| die(&f.message));
+        let probe = Request::Run(RunRequest {
+            name: "hostio".to_owned(),
+            args: vec!["pg-bench".to_owned(), pg.clone(), "1".to_owned()],
+            input: Vec::new(),
+            env: Vec::new(),
+            timeout_ms: Some(5000),
+        });
+        match c.request(&probe) {
+            Ok(r) if r.code == Code::Success => {}
+            Ok(r) => die(&format!("PostgreSQL at {pg}: {} {}", r.code, r.message)),
+            Err(f) => die(&format!("PostgreSQL at {pg}: {}", f.message)),
+        }
         cases.push((
             "sandboxed hostio: PostgreSQL SELECT 1".to_owned(),
             Some("hostio"),
