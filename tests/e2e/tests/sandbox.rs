@@ -277,6 +277,15 @@ fn a_memory_hog_is_oom_killed_as_a_group_and_never_swaps() {
          && mkswap /var/lib/clawos/swapfile >/dev/null && swapon /var/lib/clawos/swapfile",
     );
     assert_eq!(g.sh_ok("tail -n +2 /proc/swaps | wc -l"), "1\n");
+    // Both daemons number their instances from 1 under the same cgroup
+    // root: the appliance's keeps no ready workers meanwhile, so that no
+    // instance of its own (a worker it makes or renews) takes a number the
+    // second one uses. (Two daemons on one machine is this test's doing.)
+    g.restart_daemon_with(
+        "s/^# ready_workers = 8/ready_workers = 0/",
+        "ready_workers = 0",
+        "test: no ready workers beside a second daemon",
+    );
     // A second daemon whose WASM cap is 1 GiB, so that the cgroup's
     // memory.max is what stops the hog, and whose instances may use a
     // whole CPU for a minute (touching 256 MiB page by page at 5% of a TCG
