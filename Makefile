@@ -37,7 +37,7 @@ MATRIX_TESTS := --test platform --test monitor --test sandbox --test apparmor \
 help:
 	@echo "make image      the appliance disk image build/clawos.img (UEFI, GPT: ESP + ClawFS data partition)"
 	@echo "make run        boot build/clawos.img in QEMU under OVMF on this terminal (Ctrl-A X quits)"
-	@echo "make test       everything CI checks: format, clippy -D warnings, unit and daemon tests, qemu-test, qemu-test-matrix"
+	@echo "make test       everything CI checks: format, clippy -D warnings, unit and daemon tests, seccomp-audit, bench-smoke, qemu-test, qemu-test-matrix"
 	@echo "make seccomp-audit  the daemon suites under filters that log instead of kill; the kernel must log nothing"
 	@echo "make qemu-test  build what is missing and boot the appliance in QEMU: the e2e suite (tests/e2e)"
 	@echo "make qemu-test-matrix  the kernel-dependent e2e tests on the second kernel (MATRIX_KERNEL_SRC=$(MATRIX_KERNEL_SRC))"
@@ -133,7 +133,9 @@ test: unit-test
 	$(MAKE) --no-print-directory qemu-test-matrix
 
 # The guest part boots the image with clawos-guest-bench, the wasmtime CLI
-# of the bridge's version (built once into the cache) and crun.
+# of the bridge's version (built once into the cache) and crun, with a
+# PostgreSQL server on this host's loopback forwarded into the guest
+# (docs/benchmarks.md).
 bench: image
 	$(CARGO) bench --locked -p clawos-bridge --bench runtime
 	$(CARGO) bench --locked -p clawos-bridge --bench hostio

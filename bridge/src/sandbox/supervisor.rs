@@ -376,6 +376,13 @@ impl Sandbox {
                 let reaping = Reaping::begin(&self.reaping);
                 let ready = was_ready.get();
                 std::thread::spawn(move || {
+                    // The outcome is delivered: nothing of the worker is
+                    // needed, and it is killed before its cgroup's CPU
+                    // limit is lifted for its exit.
+                    worker.kill();
+                    if let Some(d) = &delegation {
+                        let _ = d.unthrottle_killed();
+                    }
                     let _ = worker.reap(true);
                     instances().ended(id);
                     let reaped = Instant::now();
@@ -652,6 +659,11 @@ impl Worker {
             tv_nsec: 0,
         };
         matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(0))
+    }
+
+    /// Send it SIGKILL (harmless if it already exited).
+    fn kill(&self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
     }
 
     /// Wait for the worker to exit; `finished` workers get a short grace,
