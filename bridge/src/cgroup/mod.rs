@@ -171,8 +171,12 @@ impl Delegation {
     /// 5% quota spent by the run, a dead worker took hundreds of ms to go
     /// under TCG. Only for a worker that can run no more code of its own.
     pub fn unthrottle_killed(&self) -> Result<(), Failure> {
-        std::fs::write(self.dir.join("cpu.max"), "max")
-            .map_err(|e| io(format_args!("write max to {}/cpu.max", self.dir.display()), e))
+        std::fs::write(self.dir.join("cpu.max"), "max").map_err(|e| {
+            io(
+                format_args!("write max to {}/cpu.max", self.dir.display()),
+                e,
+            )
+        })
     }
 
     /// Check a group name and return its components.
