@@ -53,6 +53,34 @@ fn resolve_flags() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
 }
 
+/// How often [`openat2`] asks again after EAGAIN.
+const EAGAIN_RETRIES: u32 = 64;
+
+/// `openat2`, asked again when the kernel answers EAGAIN: with
+/// RESOLVE_BENEATH it does so when a rename or a mount anywhere on the
+/// machine raced its resolution of `..` (openat2(2)), which a worker
+/// setting up its mount tree at the same moment causes. Seen once the
+/// daemon made ready workers while runs went on: a tool's `chown a/..`
+/// was answered EAGAIN instead of POLICY_DENIED.
+fn openat2<Fd: AsFd>(
+    dir: Fd,
+    path: &str,
+    flags: OFlags,
+    mode: Mode,
+    resolve: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir.as_fd(), path, flags, mode, resolve) {
+            Err(Errno::AGAIN) if tries < EAGAIN_RETRIES => {
+                tries += 1;
+                std::thread::yield_now();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A failure of path resolution: EXDEV means the path led outside the root.
 fn resolve_error(path: &str, err: Errno) -> Failure {
     match err {
@@ -174,7 +202,7 @@ impl Root {
         let create = flags.contains(OFlags::CREATE);
         let exclusive = flags.contains(OFlags::EXCL);
         for _ in 0..2 {
-            let found = rustix::fs::openat2(
+            let found = openat2(
                 &self.fd,
                 rel,
                 OFlags::PATH | OFlags::CLOEXEC,
@@ -191,7 +219,7 @@ impl Root {
                 Ok(entry) => return self.reopen(&entry, path, flags),
                 Err(Errno::NOENT) if create => {
                     // A new file: nothing to check, and O_EXCL makes sure it is new.
-                    match rustix::fs::openat2(
+                    match openat2(
                         &self.fd,
                         rel,
                         flags | OFlags::EXCL | OFlags::CLOEXEC,
@@ -255,7 +283,7 @@ impl Root {
     /// The parent of `path`'s last component, resolved beneath the root.
     pub fn leaf(&self, path: &str) -> Result<Leaf, Failure> {
         let (parent, name) = split(path)?;
-        let dir = rustix::fs::openat2(
+        let dir = openat2(
             &self.fd,
             parent,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -381,7 +409,7 @@ impl Root {
 
     /// `stat` of the entry `path` resolves to.
     pub fn stat(&self, path: &str) -> Result<Stat, Failure> {
-        let fd = rustix::fs::openat2(
+        let fd = openat2(
             &self.fd,
             check_path(path)?,
             OFlags::PATH | OFlags::CLOEXEC,
@@ -497,7 +525,7 @@ impl Root {
         } else {
             OFlags::NOFOLLOW
         };
-        let probe = rustix::fs::openat2(
+        let probe = openat2(
             dir,
             check_path(path)?,
             OFlags::PATH | nofollow | OFlags::CLOEXEC,
@@ -523,7 +551,7 @@ impl Root {
         link_path: &str,
     ) -> Result<(), Failure> {
         let (parent, _) = split(link_path)?;
-        let parent = rustix::fs::openat2(
+        let parent = openat2(
             dir,
             parent,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
