@@ -47,7 +47,10 @@ impl Sandbox {
         let answer = channel::recv_within::<FromWorker>(channel.as_fd(), max, Some(deadline));
         drop(channel);
         let finished = matches!(answer, Ok(Some((FromWorker::Compiled(_), _))));
-        let status = worker.reap(finished);
+        let status = match finished {
+            true => worker.reap_finished(delegation.as_ref()),
+            false => worker.end(delegation.as_ref()),
+        };
         let result = match answer {
             Ok(Some((FromWorker::Compiled(artifact), _))) => Ok(artifact),
             Ok(Some((FromWorker::SetupFailed(code, message), _))) => {
