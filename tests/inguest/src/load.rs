@@ -18,9 +18,25 @@ use std::time::{Duration, Instant};
 
 /// Where the instance cgroups are.
 pub const BRIDGE_CGROUP: &str = "/sys/fs/cgroup/clawos";
-/// How long a client waits after EAGAIN (the daemon's answer past
-/// `max_concurrent_runs`) before it asks again.
+/// How long a client waits after its first EAGAIN (the daemon's answer
+/// past `max_concurrent_runs`) before it asks again; each further EAGAIN
+/// for the same run doubles the pause, up to [`EAGAIN_PAUSE_MAX`], less a
+/// jitter of up to half so that the clients do not ask in step. Asking
+/// again every 5 ms, 8 waiting clients cost the daemon a third of its
+/// throughput under TCG (docs/ipc.md).
 const EAGAIN_PAUSE: Duration = Duration::from_millis(5);
+const EAGAIN_PAUSE_MAX: Duration = Duration::from_millis(80);
+
+/// The pause before the `attempt`th retry (1 = after the first EAGAIN) of
+/// client `c`.
+fn eagain_pause(c: usize, attempt: u32) -> Duration {
+    let full = EAGAIN_PAUSE
+        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
+        .min(EAGAIN_PAUSE_MAX);
+    // A cheap spread, different per client and attempt: up to half off.
+    let spread = (c as u64 * 7919 + u64::from(attempt) * 104_729) % 1000;
+    full.saturating_sub(full / 2 * spread as u32 / 1000)
+}
 
 /// What each client does, back to back.
 #[derive(Clone)]
@@ -159,18 +175,29 @@ fn client(work: &Work, c: usize, deadline: Instant) -> (Vec<Duration>, BTreeMap<
                     return (lat, errs);
                 }
             };
+            // A run's latency is the client's: from its first request to
+            // its answer, the pauses after EAGAIN included.
+            let mut first: Option<Instant> = None;
+            let mut attempt = 0u32;
             while Instant::now() < deadline {
-                let t = Instant::now();
+                let t = *first.get_or_insert_with(Instant::now);
                 match conn.request(&request) {
-                    Ok(r) if r.code == Code::Success => lat.push(t.elapsed()),
+                    Ok(r) if r.code == Code::Success => {
+                        lat.push(t.elapsed());
+                        (first, attempt) = (None, 0);
+                    }
+                    Ok(r) if r.code == Code::Eagain => {
+                        *errs.entry(r.code.name().to_owned()).or_default() += 1;
+                        attempt += 1;
+                        std::thread::sleep(eagain_pause(c, attempt));
+                    }
                     Ok(r) => {
                         *errs.entry(r.code.name().to_owned()).or_default() += 1;
-                        if r.code == Code::Eagain {
-                            std::thread::sleep(EAGAIN_PAUSE);
-                        }
+                        (first, attempt) = (None, 0);
                     }
                     Err(f) => {
                         *errs.entry(format!("transport {}", f.code)).or_default() += 1;
+                        (first, attempt) = (None, 0);
                         match Client::connect(socket) {
                             Ok(again) => conn = again,
                             Err(_) => break,

@@ -450,7 +450,7 @@ fn load_part(
     ));
     println!();
     println!(
-        "load: {} s per window; max_concurrent_runs {} (past it the daemon answers EAGAIN, and the client asks again 5 ms later); guest load average before: {}",
+        "load: {} s per window; max_concurrent_runs {} (past it the daemon answers EAGAIN, and the client asks again after 5 ms, doubling to 80 ms, jittered; latency counts from its first request); guest load average before: {}",
         time.as_secs(),
         config.ipc.max_concurrent_runs,
         std::fs::read_to_string("/proc/loadavg")
