@@ -13,6 +13,8 @@ use serial_test::serial;
 /// sets W (worker pid: in an instance cgroup, in its own root; the spare
 /// waiting beside it has no root of its own yet), D (daemon), L (launcher:
 /// the daemon's child in no instance cgroup) and I (instance cgroup).
+/// Ready workers come and go meanwhile (the pool renews those without the
+/// spinner loaded): a cgroup the glob named may be gone when it is read.
 const START_SPINNER: &str = "clawosctl run spinner >/tmp/spin.out 2>&1 & \
     W=; for i in $(seq 200); do for p in $(cat /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs 2>/dev/null); do \
     [ -d /proc/$p/root/clawfs ] && W=$p; done; \
@@ -22,7 +24,7 @@ const START_SPINNER: &str = "clawosctl run spinner >/tmp/spin.out 2>&1 & \
     L=$(for s in /proc/[0-9]*/status; do p=${s#/proc/}; p=${p%/status}; \
         echo \"$X\" | grep -qx \"$p\" && continue; \
         [ \"$(awk '/^PPid/ {print $2}' $s 2>/dev/null)\" = \"$D\" ] && echo $p; done); \
-    I=$(dirname $(dirname $(grep -l \"^$W$\" /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs))); \
+    I=$(dirname $(dirname $(grep -l \"^$W$\" /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs 2>/dev/null))); \
     echo \"W=$W D=$D L=$L I=$I\"";
 
 fn started(g: &mut Guest) -> String {
