@@ -22,7 +22,7 @@ pub const BRIDGE_CGROUP: &str = "/sys/fs/cgroup/clawos";
 /// past `max_concurrent_runs`) before it asks again; each further EAGAIN
 /// for the same run doubles the pause, up to [`EAGAIN_PAUSE_MAX`], less a
 /// jitter of up to half so that the clients do not ask in step. Asking
-/// again every 5 ms, 8 waiting clients cost the daemon a third of its
+/// again every 5 ms, 8 waiting clients cost the daemon about a quarter of its
 /// throughput under TCG (docs/ipc.md).
 const EAGAIN_PAUSE: Duration = Duration::from_millis(5);
 const EAGAIN_PAUSE_MAX: Duration = Duration::from_millis(80);
