@@ -91,7 +91,48 @@ pub enum Command {
         /// Let the daemon read FILE itself instead of sending its bytes (root only).
         #[arg(long)]
         by_path: bool,
+        /// Grant the tool KIND=VALUE (repeatable): name=HOST or name=*.DOMAIN,
+        /// net=NETWORK:PORT[,PORT], device=NAME[:rw], storage=SIZE,
+        /// inodes=N, cpu-budget-ms=N, memory=SIZE, env=NAME=VALUE. A new
+        /// tool has no network, device or secret otherwise; the daemon's
+        /// config holds the ceilings (docs/policy.md).
+        #[arg(long = "grant", value_name = "KIND=VALUE")]
+        grants: Vec<String>,
+        /// Grant what the component asks for (shown by install and show),
+        /// within the ceilings.
+        #[arg(long)]
+        grant_requested: bool,
     },
+    /// Grant a tool more (runs from now on get it): KIND=VALUE as for
+    /// install --grant.
+    Grant {
+        /// The tool.
+        name: String,
+        /// What to grant.
+        #[arg(required = true, value_name = "KIND=VALUE")]
+        grants: Vec<String>,
+    },
+    /// Take grants back (runs from now on lose them): name=HOST,
+    /// net=NETWORK:PORT[,PORT], net (every name and network), device=NAME,
+    /// devices, env=NAME, env, and storage, inodes, cpu-budget-ms, memory
+    /// (back to the default).
+    Revoke {
+        /// The tool.
+        name: String,
+        /// What to take back.
+        #[arg(required = true, value_name = "GRANT")]
+        revokes: Vec<String>,
+    },
+    /// Show a tool: what it is granted, the names of its secrets (never
+    /// their values) and what its component asks for.
+    Show {
+        /// The tool.
+        name: String,
+    },
+    /// Store or delete a tool's secrets: values its runs alone get, as an
+    /// environment variable (and system.get-env), never logged or shown.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// List installed tools.
     List,
     /// Run a tool and print its output.
@@ -150,6 +191,31 @@ pub enum Command {
     },
 }
 
+/// `clawosctl secret` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store secret KEY of tool NAME: the value is read from standard input
+    /// (one final newline dropped) or --from-file, never from the command line.
+    Set {
+        /// The tool.
+        name: String,
+        /// The secret's name: the environment variable the tool reads.
+        #[arg(value_name = "KEY")]
+        variable: String,
+        /// Read the value from this file (exactly its bytes).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// Delete secret KEY of tool NAME.
+    Unset {
+        /// The tool.
+        name: String,
+        /// The secret's name.
+        #[arg(value_name = "KEY")]
+        variable: String,
+    },
+}
+
 /// `clawosctl keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -196,6 +262,8 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
             by_path,
             adopt_data,
             discard_data,
+            grants,
+            grant_requested,
         } => Request::Install {
             name: name.clone(),
             source: if *by_path {
@@ -212,7 +280,52 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
                 (_, true) => KeptData::Discard,
                 _ => KeptData::Refuse,
             },
+            grants: grants.clone(),
+            grant_requested: *grant_requested,
         },
+        Command::Grant { name, grants } => Request::Grant {
+            name: name.clone(),
+            add: grants.clone(),
+            remove: vec![],
+        },
+        Command::Revoke { name, revokes } => Request::Grant {
+            name: name.clone(),
+            add: vec![],
+            remove: revokes.clone(),
+        },
+        Command::Show { name } => Request::Show { name: name.clone() },
+        Command::Secret(SecretCommand::Unset { name, variable }) => Request::Secret {
+            name: name.clone(),
+            key: variable.clone(),
+            value: None,
+        },
+        Command::Secret(SecretCommand::Set {
+            name,
+            variable,
+            from_file,
+        }) => {
+            let bytes = match from_file {
+                Some(p) => read(p)?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| Failure::io("cannot read standard input", &e))?;
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                    }
+                    buf
+                }
+            };
+            let value = String::from_utf8(bytes).map_err(|_| {
+                Failure::new(Code::InvalidArgument, "a secret's value must be UTF-8 text")
+            })?;
+            Request::Secret {
+                name: name.clone(),
+                key: variable.clone(),
+                value: Some(value),
+            }
+        }
         Command::Keys(_) | Command::GrowData { .. } | Command::ApparmorDevices { .. } => {
             unreachable!("keys, grow-data and apparmor-devices make no request")
         }
@@ -459,6 +572,35 @@ fn human(resp: &Response) {
                 "{}  sha256:{}  {} bytes (precompiled {} bytes)",
                 t.name, t.sha256, t.component_bytes, t.artifact_bytes
             );
+            if let Some(g) = &t.grants {
+                let _ = writeln!(
+                    out,
+                    "  granted:   {}",
+                    escape::controls(&crate::registry::describe(g))
+                );
+                let env: Vec<String> = g.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if !env.is_empty() {
+                    let _ = writeln!(out, "  env:       {}", escape::controls(&env.join(" ")));
+                }
+                let secrets: Vec<&str> = g.secrets.iter().map(String::as_str).collect();
+                let _ = writeln!(
+                    out,
+                    "  secrets:   {}",
+                    if secrets.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("{} (values are never shown)", secrets.join(", "))
+                    }
+                );
+            }
+            if let Some(r) = &t.requested {
+                let mut asks = crate::registry::describe(r);
+                if !r.secrets.is_empty() {
+                    let names: Vec<&str> = r.secrets.iter().map(String::as_str).collect();
+                    asks.push_str(&format!(" secrets: {}", names.join(", ")));
+                }
+                let _ = writeln!(out, "  requests:  {}", escape::controls(&asks));
+            }
         }
         Body::Tools(tools) => {
             if tools.is_empty() {
@@ -587,4 +729,46 @@ fn human(resp: &Response) {
 /// Bytes as MiB with one decimal.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_s_arguments_parse() {
+        // Arguments of a subcommand share ids with the global options
+        // (`--key`): a clash panics at parse time, not at build time.
+        for args in [
+            &["clawosctl", "secret", "set", "t", "TOKEN"][..],
+            &["clawosctl", "secret", "unset", "t", "TOKEN"],
+            &["clawosctl", "grant", "t", "net=10.0.0.0/8:5432"],
+            &["clawosctl", "revoke", "t", "net"],
+            &["clawosctl", "show", "t"],
+            &[
+                "clawosctl",
+                "install",
+                "t",
+                "f.wasm",
+                "--grant",
+                "device=null",
+                "--grant-requested",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            // (A set reads standard input, an install its file.)
+            if !matches!(
+                cli.command,
+                Command::Secret(SecretCommand::Set { .. }) | Command::Install { .. }
+            ) {
+                request(&cli).unwrap_or_else(|e| panic!("{args:?}: {}", e.message));
+            }
+        }
+    }
 }

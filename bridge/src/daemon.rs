@@ -7,15 +7,15 @@
 use crate::config::Config;
 use crate::error::{Code, Failure};
 use crate::escape;
+use crate::grants::{Ceilings, Grant, Grants, Revoke};
 use crate::ipc::frame;
-use crate::ipc::proto::{
-    Body, ComponentSource, DaemonStatus, KeptData, Request, Response, RunRequest,
-};
+use crate::ipc::proto::{Body, ComponentSource, DaemonStatus, Request, Response, RunRequest};
 use crate::monitor::Monitor;
-use crate::registry::ToolRegistry;
+use crate::registry::{InstallChoices, ToolRegistry};
 use crate::remote;
 use crate::runtime::{RunInput, Runtime};
 use crate::sandbox::Sandbox;
+use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -97,6 +97,8 @@ impl Daemon {
             &config.clawfs_root(),
             &runtime,
             quota,
+            Ceilings::of(&config),
+            &Grants::legacy(&config),
         )?);
         sandbox.prepare();
         Ok(Daemon {
@@ -438,7 +440,36 @@ impl Daemon {
                 source,
                 replace,
                 kept_data,
-            } => self.install(name, source, replace, kept_data, peer).await,
+                grants,
+                grant_requested,
+            } => {
+                let given = parse_all(&grants, Grant::parse).map(|grants| InstallChoices {
+                    replace,
+                    kept_data,
+                    grants,
+                    requested: grant_requested,
+                });
+                match given {
+                    Ok(given) => self.install(name, source, given, peer).await,
+                    Err(f) => Err(f),
+                }
+            }
+            Request::Show { name } => self
+                .registry
+                .show(&name)
+                .map(|i| Response::ok(Body::Tool(i))),
+            Request::Grant { name, add, remove } => {
+                let registry = self.registry.clone();
+                let who = who(peer);
+                parse_all(&add, Grant::parse)
+                    .and_then(|add| Ok((add, parse_all(&remove, Revoke::parse)?)))
+                    .and_then(|(add, remove)| registry.change_grants(&name, &add, &remove, &who))
+                    .map(|i| Response::ok(Body::Tool(i)))
+            }
+            Request::Secret { name, key, value } => self
+                .registry
+                .set_secret(&name, &key, value.as_deref(), &who(peer))
+                .map(|i| Response::ok(Body::Tool(i))),
             Request::Run(run) => self.run(run).await,
         };
         let response = result.unwrap_or_else(|f| Response::failure(&f));
@@ -452,8 +483,7 @@ impl Daemon {
         &self,
         name: String,
         source: ComponentSource,
-        replace: bool,
-        kept_data: KeptData,
+        given: InstallChoices,
         peer: &Peer,
     ) -> Result<Response, Failure> {
         if matches!(source, ComponentSource::Path(_)) && !matches!(peer, Peer::Local { uid: 0 }) {
@@ -468,6 +498,7 @@ impl Daemon {
             self.sandbox.clone(),
         );
         let max = self.config.ipc.max_component_bytes;
+        let who = who(peer);
         let info = tokio::task::spawn_blocking(move || {
             let bytes = match source {
                 ComponentSource::Bytes(b) => b,
@@ -480,8 +511,8 @@ impl Daemon {
                 &|b| sandbox.compile(b),
                 &name,
                 &bytes,
-                replace,
-                kept_data,
+                &given,
+                &who,
             )
         })
         .await
@@ -512,19 +543,30 @@ impl Daemon {
             .map_err(|e| {
                 Failure::new(Code::Einternal, format!("the ClawFS directory task: {e}"))
             })??;
+        // The tool's grants as they are now (a revoke takes effect here),
+        // and its secrets: the environment is the grants', then the
+        // client's, then the secrets (which nothing else can replace).
+        let (grants, secrets) = self.registry.for_run(&run.name)?;
         let budget = match run.timeout_ms {
-            Some(t) => t.min(self.config.sandbox.cpu_budget_ms),
-            None => self.config.sandbox.cpu_budget_ms,
+            Some(t) => t.min(grants.cpu_budget_ms),
+            None => grants.cpu_budget_ms,
         };
+        let env: BTreeMap<String, String> = grants
+            .env
+            .clone()
+            .into_iter()
+            .chain(run.env)
+            .chain(secrets.0)
+            .collect();
         let input = RunInput {
             args: run.args,
             input: run.input,
-            env: run.env,
+            env: env.into_iter().collect(),
             timeout_ms: run.timeout_ms,
         };
         let name = run.name;
         let outcome = tokio::task::spawn_blocking(move || {
-            let outcome = sandbox.run(&name, &artifact, input, budget);
+            let outcome = sandbox.run(&name, &artifact, input, budget, &grants);
             drop((slot, tool));
             outcome
         })
@@ -540,6 +582,23 @@ impl Daemon {
             body: Body::Run(Box::new(outcome)),
         })
     }
+}
+
+/// Who made a request, for the log: the local uid, or the remote client's
+/// certificate identity and address.
+fn who(peer: &Peer) -> String {
+    match peer {
+        Peer::Local { uid } => format!("uid {uid}"),
+        Peer::Remote(r) => format!("remote {} ({})", r.identity, r.addr),
+    }
+}
+
+/// Each of `texts` parsed by `parse`; the first that does not parse is the answer.
+fn parse_all<T>(
+    texts: &[String],
+    parse: fn(&str) -> Result<T, Failure>,
+) -> Result<Vec<T>, Failure> {
+    texts.iter().map(|t| parse(t)).collect()
 }
 
 async fn write_response<S: tokio::io::AsyncWrite + Unpin>(

@@ -7,18 +7,38 @@
 //! ([`Resolver`]: the hosts file, then DNS over TCP to the servers of
 //! `network.resolv_conf`), never the C library's.
 
-use crate::config::NetworkPolicy;
+use crate::config::{EgressRule, NetworkPolicy};
 use crate::error::{Code, Failure};
 use crate::resolver::Resolver;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The policy, compiled from the configuration.
+/// The policy, compiled from the configuration, and for a tool's run its
+/// grants: a name or destination must then be both within the config's
+/// allow-lists (the ceilings) and granted to the tool.
 #[derive(Debug, Clone)]
 pub struct Egress {
     policy: NetworkPolicy,
     resolver: Resolver,
+    grant: Option<Arc<Granted>>,
+}
+
+/// A tool's network grants.
+#[derive(Debug)]
+struct Granted {
+    names: Vec<String>,
+    net: Vec<EgressRule>,
+}
+
+/// Does `name` (lower-case, no final dot) match one of `patterns` (exact,
+/// or "*.domain" for names below it)?
+fn name_matches(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|rule| match rule.strip_prefix("*.") {
+        Some(domain) => name.len() > domain.len() + 1 && name.ends_with(&format!(".{domain}")),
+        None => *rule == name,
+    })
 }
 
 impl Egress {
@@ -33,12 +53,39 @@ impl Egress {
                 lookup_timeout(&policy),
             )
         });
-        Egress { policy, resolver }
+        Egress {
+            policy,
+            resolver,
+            grant: None,
+        }
     }
 
     /// The proxy for `policy`, looking names up with `resolver`.
     pub fn with_resolver(policy: NetworkPolicy, resolver: Resolver) -> Egress {
-        Egress { policy, resolver }
+        Egress {
+            policy,
+            resolver,
+            grant: None,
+        }
+    }
+
+    /// This proxy for one tool's run: only the names and destinations
+    /// granted to it, within this proxy's policy.
+    pub fn granted(&self, names: Vec<String>, net: Vec<EgressRule>) -> Egress {
+        Egress {
+            policy: self.policy.clone(),
+            resolver: self.resolver.clone(),
+            grant: Some(Arc::new(Granted { names, net })),
+        }
+    }
+
+    /// Why a name or destination the config allows was refused: the tool's grants.
+    fn not_granted(&self) -> &'static str {
+        if self.grant.is_some() {
+            " or not granted to this tool"
+        } else {
+            ""
+        }
     }
 
     /// The resolver `policy` describes: its hosts file and the DNS servers
@@ -66,34 +113,35 @@ impl Egress {
     }
 
     /// May `name` be looked up? Exact entries, or "*.domain" for names below it.
+    /// For a tool's run, also granted to it.
     pub fn name_allowed(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.policy
-            .allow_names
-            .iter()
-            .any(|rule| match rule.strip_prefix("*.") {
-                Some(domain) => {
-                    name.len() > domain.len() + 1 && name.ends_with(&format!(".{domain}"))
-                }
-                None => *rule == name,
-            })
+        name_matches(&self.policy.allow_names, &name)
+            && self
+                .grant
+                .as_ref()
+                .is_none_or(|g| name_matches(&g.names, &name))
     }
 
     /// May a connection go to `ip`:`port`? IPv4-mapped IPv6 addresses are
     /// checked as the IPv4 address they are, and an address of a
     /// [`SPECIAL`] range only by a rule that names it ([`rule_reaches`]).
+    /// For a tool's run, also granted to it.
     pub fn destination_allowed(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
-        self.policy
-            .allow
-            .iter()
-            .any(|r| rule_reaches(&r.cidr, ip) && r.ports.contains(&port))
+        let reaches = |rules: &[EgressRule]| {
+            rules
+                .iter()
+                .any(|r| rule_reaches(&r.cidr, ip) && r.ports.contains(&port))
+        };
+        reaches(&self.policy.allow) && self.grant.as_ref().is_none_or(|g| reaches(&g.net))
     }
 
-    /// Is `ip` inside any rule's network, on any port?
+    /// Is `ip` inside any rule's network, on any port (and granted)?
     fn address_allowed(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.policy.allow.iter().any(|r| rule_reaches(&r.cidr, ip))
+        let reaches = |rules: &[EgressRule]| rules.iter().any(|r| rule_reaches(&r.cidr, ip));
+        reaches(&self.policy.allow) && self.grant.as_ref().is_none_or(|g| reaches(&g.net))
     }
 
     /// The addresses of `host`: an address literal as itself, a name through
@@ -113,7 +161,8 @@ impl Egress {
             .collect();
         if allowed.is_empty() {
             return Err(denied(format!(
-                "{host:?} resolves only to addresses outside the egress allow-list ({all:?}){}",
+                "{host:?} resolves only to addresses outside the egress allow-list{} ({all:?}){}",
+                self.not_granted(),
                 special_note(&all)
             )));
         }
@@ -132,7 +181,8 @@ impl Egress {
         }
         if !self.name_allowed(host) {
             return Err(denied(format!(
-                "name {host:?} is not in network.allow_names; it was not looked up"
+                "name {host:?} is not in network.allow_names{}; it was not looked up",
+                self.not_granted()
             )));
         }
         self.resolver.lookup_before(host, deadline)
@@ -151,7 +201,8 @@ impl Egress {
             .collect();
         if candidates.is_empty() {
             return Err(denied(format!(
-                "connection to {host:?} port {port} is outside the egress allow-list{}",
+                "connection to {host:?} port {port} is outside the egress allow-list{}{}",
+                self.not_granted(),
                 special_note(&all)
             )));
         }
@@ -234,6 +285,22 @@ fn rule_reaches(rule: &IpNet, ip: IpAddr) -> bool {
             None => true,
             Some((range, _)) => range.contains(rule),
         }
+}
+
+/// Does the rule `ceiling` reach every address the rule `net` reaches?
+/// `net` inside its network, and for a `net` inside a [`SPECIAL`] range,
+/// the ceiling inside that range too (as [`Egress::destination_allowed`]
+/// judges each address).
+pub fn rule_covers(ceiling: &IpNet, net: &IpNet) -> bool {
+    if !ceiling.contains(net) {
+        return false;
+    }
+    SPECIAL.iter().all(|(range, _)| {
+        let range: IpNet = range.parse().expect("a valid literal network");
+        // Addresses of a special range are reached only by a rule inside
+        // it: a grant inside one needs a ceiling inside it too.
+        !range.contains(net) || range.contains(ceiling)
+    })
 }
 
 /// `host` as the address it is, if it is one: IPv6 (bracketed or not, a

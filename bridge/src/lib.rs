@@ -28,6 +28,7 @@ pub mod datapart;
 pub mod egress;
 pub mod error;
 pub mod escape;
+pub mod grants;
 pub mod host;
 pub mod ipc;
 pub mod monitor;

@@ -13,10 +13,12 @@
 
 use crate::clawfs::quota::{Quotas, StorageUse};
 use crate::error::{Code, Failure};
+use crate::grants::store::{GrantStore, Secrets};
+use crate::grants::{Ceilings, Effective, Grant, Grants, Revoke};
 use crate::ipc::proto::KeptData;
 use crate::runtime::{Prepared, Runtime};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -60,6 +62,14 @@ pub struct ToolInfo {
     /// where ClawFS has quotas; never stored).
     #[serde(default)]
     pub storage: Option<StorageUse>,
+    /// What the component asks for (its `clawos-grants` section), if
+    /// anything.
+    #[serde(default)]
+    pub requested: Option<Grants>,
+    /// What it is granted, secret names included (in answers; never
+    /// stored here: `grants::store`).
+    #[serde(default)]
+    pub grants: Option<Grants>,
 }
 
 /// An installed tool, linked and ready to instantiate.
@@ -82,11 +92,32 @@ pub struct ToolRegistry {
     installing: Mutex<()>,
     /// Held while a tool's data directory is made for a run or taken away
     /// by a remove, so that a run never brings back a removed tool's data.
-    /// Holds the names whose project got the config's limits in this
-    /// daemon's life (they are set once per start).
-    data_lock: Mutex<HashSet<String>>,
+    /// Holds the names whose project got its limits (the tool's grant,
+    /// within the config's) in this daemon's life, and which: they are set
+    /// once per start and again when the grant changes.
+    data_lock: Mutex<HashMap<String, (u64, u64)>>,
     /// Per-tool storage quotas, where ClawFS enforces them.
     quotas: Option<Quotas>,
+    /// Every tool's grants and secrets, on disk.
+    store: GrantStore,
+    /// Every tool's grants, by name.
+    grants: RwLock<BTreeMap<String, Grants>>,
+    /// What no grant may exceed.
+    ceilings: Ceilings,
+}
+
+/// What an install may do besides adding a tool, and what it grants
+/// besides what a replaced tool had.
+#[derive(Debug, Clone, Default)]
+pub struct InstallChoices {
+    /// Replace a tool of that name.
+    pub replace: bool,
+    /// What to do with ClawFS data a removed tool left under the name.
+    pub kept_data: KeptData,
+    /// Grants given with the install.
+    pub grants: Vec<Grant>,
+    /// Grant what the component asks for, too.
+    pub requested: bool,
 }
 
 /// Refuse names that are not `[a-z0-9][a-z0-9_-]{0,63}`; a name is a
@@ -131,11 +162,16 @@ impl ToolRegistry {
     /// Open (creating it 0700) the registry under `state_dir` and load every
     /// tool; tools' data is in the ClawFS root `data`, each tool's tree
     /// bounded by `quota` (bytes, inodes) when given.
+    ///
+    /// A tool installed before grants existed is given `legacy` (the
+    /// config's policy as it was: [`Grants::legacy`]), written down once.
     pub fn open(
         state_dir: &Path,
         data: &Path,
         runtime: &Runtime,
         quota: Option<(u64, u64)>,
+        ceilings: Ceilings,
+        legacy: &Grants,
     ) -> Result<ToolRegistry, Failure> {
         let dir = state_dir.join("tools");
         std::fs::DirBuilder::new()
@@ -167,10 +203,14 @@ impl ToolRegistry {
             data: data.to_owned(),
             tools: RwLock::new(BTreeMap::new()),
             installing: Mutex::new(()),
-            data_lock: Mutex::new(HashSet::new()),
+            data_lock: Mutex::new(HashMap::new()),
             quotas,
+            store: GrantStore::open(state_dir)?,
+            grants: RwLock::new(BTreeMap::new()),
+            ceilings,
         };
         registry.load_all(runtime)?;
+        registry.load_grants(legacy)?;
         registry.finish_deletes();
         Ok(registry)
     }
@@ -214,10 +254,12 @@ impl ToolRegistry {
         compile: &Compile<'_>,
         name: &str,
         bytes: &[u8],
-        replace: bool,
-        kept_data: KeptData,
+        given: &InstallChoices,
+        who: &str,
     ) -> Result<ToolInfo, Failure> {
+        let (replace, kept_data) = (given.replace, given.kept_data);
         validate_name(name)?;
+        let requested = crate::grants::request::requested(bytes)?;
         let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
         let installed = self
             .tools
@@ -230,6 +272,21 @@ impl ToolRegistry {
                 format!("tool {name:?} is already installed (use replace)"),
             ));
         }
+        // An upgrade keeps what the tool was granted; a new tool starts
+        // with nothing. Checked against the ceilings before the compile.
+        let mut grants = match installed {
+            true => self.grants_of(name)?,
+            false => Grants::default(),
+        };
+        if given.requested {
+            for g in requested.items() {
+                grants.apply(g);
+            }
+        }
+        for g in &given.grants {
+            grants.apply(g.clone());
+        }
+        self.ceilings.check(&grants)?;
         let sha256 = sha256_hex(bytes);
         // An installed tool's data is its own, and stays with the name when
         // it is replaced. Otherwise data under the name was left by a
@@ -254,6 +311,8 @@ impl ToolRegistry {
                 artifact_bytes: artifact.len() as u64,
                 installed_at: now_secs(),
                 storage: None,
+                requested: (requested != Grants::default()).then(|| requested.clone()),
+                grants: None,
             };
             write(&staging.join(COMPONENT), bytes)?;
             write(&staging.join(ARTIFACT), &artifact)?;
@@ -274,6 +333,9 @@ impl ToolRegistry {
         if let Some(choice) = kept {
             self.settle_kept_data(name, choice)?;
         }
+        // The grants first: a tool in place always has its grants file
+        // (one without is taken for a tool from before grants).
+        self.store.save(name, &grants)?;
         let target = self.dir.join(name);
         let old = self.dir.join(format!(".old-{name}"));
         if target.exists() {
@@ -285,13 +347,170 @@ impl ToolRegistry {
             target.display()
         )))?;
         let _ = std::fs::remove_dir_all(&old);
-        let info = tool.info.clone();
+        let mut info = tool.info.clone();
         self.tools
             .write()
             .map_err(|_| poisoned())?
             .insert(name.to_owned(), Arc::new(tool));
-        tracing::info!(tool = %name, sha256 = %info.sha256, bytes = info.component_bytes, "tool installed");
+        self.grants
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.to_owned(), grants.clone());
+        tracing::info!(tool = %name, sha256 = %info.sha256, bytes = info.component_bytes, by = %who, "tool installed");
+        log_grants(name, who, "installed with grants", &grants);
+        if info.requested.is_some() && !given.requested {
+            tracing::info!(tool = %name, requested = %describe(&requested), "the component asks for grants it was not given (install --grant-requested, or clawosctl grant)");
+        }
+        info.grants = Some(self.shown_grants(name, grants)?);
         Ok(info)
+    }
+
+    /// Give tools without a grants file (installed before grants) `legacy`.
+    fn load_grants(&self, legacy: &Grants) -> Result<(), Failure> {
+        let names: Vec<String> = self
+            .tools
+            .read()
+            .map_err(|_| poisoned())?
+            .keys()
+            .cloned()
+            .collect();
+        let mut all = self.grants.write().map_err(|_| poisoned())?;
+        for name in names {
+            let grants = match self.store.load(&name)? {
+                Some(g) => g,
+                None => {
+                    self.store.save(&name, legacy)?;
+                    tracing::warn!(tool = %name, grants = %describe(legacy), "tool installed before per-tool grants: given the config's network and device policy as its grants (clawosctl show, revoke)");
+                    legacy.clone()
+                }
+            };
+            all.insert(name, grants);
+        }
+        Ok(())
+    }
+
+    /// The grants of installed tool `name`.
+    fn grants_of(&self, name: &str) -> Result<Grants, Failure> {
+        Ok(self
+            .grants
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `grants` with the names of `name`'s stored secrets, for answers.
+    fn shown_grants(&self, name: &str, mut grants: Grants) -> Result<Grants, Failure> {
+        grants.secrets = self.store.secrets(name)?.0.into_keys().collect();
+        Ok(grants)
+    }
+
+    /// Installed tool `name` with its grants and secret names (`show`).
+    pub fn show(&self, name: &str) -> Result<ToolInfo, Failure> {
+        let tool = self.get(name)?;
+        let mut info = tool.info.clone();
+        info.storage = self.storage(name);
+        info.grants = Some(self.shown_grants(name, self.grants_of(name)?)?);
+        Ok(info)
+    }
+
+    /// Grant `add` and take `remove` from tool `name`, as `who`; the new
+    /// grants must be within the ceilings. Runs from now on get them.
+    pub fn change_grants(
+        &self,
+        name: &str,
+        add: &[Grant],
+        remove: &[Revoke],
+        who: &str,
+    ) -> Result<ToolInfo, Failure> {
+        validate_name(name)?;
+        let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
+        self.get(name)?;
+        let mut grants = self.grants_of(name)?;
+        for g in add {
+            grants.apply(g.clone());
+        }
+        let mut missing = Vec::new();
+        for r in remove {
+            if !grants.revoke(r) {
+                missing.push(r.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Failure::new(
+                Code::InvalidArgument,
+                format!(
+                    "tool {name:?} does not hold {}; nothing was changed",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        self.ceilings.check(&grants)?;
+        self.store.save(name, &grants)?;
+        self.grants
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.to_owned(), grants.clone());
+        for g in add {
+            tracing::info!(tool = %name, by = %who, grant = %g, "grant given");
+        }
+        for r in remove {
+            tracing::info!(tool = %name, by = %who, revoke = %r, "grant revoked");
+        }
+        self.show(name)
+    }
+
+    /// Store secret `key` of tool `name` (`None`: delete it), as `who`.
+    /// The value is never logged.
+    pub fn set_secret(
+        &self,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+        who: &str,
+    ) -> Result<ToolInfo, Failure> {
+        validate_name(name)?;
+        let _one_at_a_time = self.installing.lock().map_err(|_| poisoned())?;
+        self.get(name)?;
+        if !crate::grants::env_name_ok(key) {
+            return Err(Failure::new(
+                Code::InvalidArgument,
+                format!(
+                    "secret name {:?}: letters, digits and '_', not starting with a digit",
+                    key.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        if let Some(v) = value
+            && (v.len() > self.ceilings.env_bytes || v.contains('\0'))
+        {
+            return Err(Failure::new(
+                Code::InvalidArgument,
+                format!(
+                    "secret {key}: a value is at most {} bytes (ipc.max_arg_bytes), without NUL",
+                    self.ceilings.env_bytes
+                ),
+            ));
+        }
+        if !self.store.set_secret(name, key, value)? {
+            return Err(Failure::new(
+                Code::InvalidArgument,
+                format!("tool {name:?} has no secret {key}"),
+            ));
+        }
+        match value {
+            Some(_) => tracing::info!(tool = %name, by = %who, secret = %key, "secret stored"),
+            None => tracing::info!(tool = %name, by = %who, secret = %key, "secret deleted"),
+        }
+        self.show(name)
+    }
+
+    /// What a run of `name` is given now: its grants within the ceilings,
+    /// and its secrets.
+    pub fn for_run(&self, name: &str) -> Result<(Effective, Secrets), Failure> {
+        let grants = self.grants_of(name)?;
+        Ok((self.ceilings.effective(&grants), self.store.secrets(name)?))
     }
 
     /// Where the precompiled artifact of tool `name` is (the sandbox's
@@ -353,14 +572,17 @@ impl ToolRegistry {
             _ => {}
         }
         // Checked at every run (a directory made again by hand is labelled
-        // again); the limits are set once per start, so that the config's
-        // apply.
+        // again); the limits (the tool's grant within the config's) are set
+        // once per start, so that the config's apply, and again when the
+        // grant changes.
         if let Some(quotas) = &self.quotas {
-            let (project, labelled) = quotas.assign(&dir, !quota_set.contains(name))?;
+            let limits = self.ceilings.effective(&self.grants_of(name)?).storage;
+            let set = quota_set.get(name) != Some(&limits);
+            let (project, labelled) = quotas.assign(&dir, limits, set)?;
             if labelled {
                 tracing::info!(tool = %name, project, "storage quota set: the tool's tree is a project of its own");
             }
-            quota_set.insert(name.clone());
+            quota_set.insert(name.clone(), limits);
         }
         Ok(dir)
     }
@@ -448,6 +670,9 @@ impl ToolRegistry {
         let path = self.dir.join(name);
         std::fs::remove_dir_all(&path)
             .map_err(io(format_args!("cannot remove {}", path.display())))?;
+        // A tool installed under this name later starts with nothing.
+        self.grants.write().map_err(|_| poisoned())?.remove(name);
+        self.store.remove(name)?;
         match (keep_data, doomed) {
             (true, _) if data.is_dir() => {
                 tracing::info!(tool = %name, data = %data.display(), "tool removed; its data is kept")
@@ -609,6 +834,20 @@ fn now_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+/// Grants as one line for the log (environment values and secrets left out).
+pub fn describe(grants: &Grants) -> String {
+    let items: Vec<String> = grants.items().iter().map(ToString::to_string).collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(" ")
+    }
+}
+
+fn log_grants(name: &str, who: &str, what: &str, grants: &Grants) {
+    tracing::info!(tool = %name, by = %who, grants = %describe(grants), "{what}");
 }
 
 fn poisoned() -> Failure {

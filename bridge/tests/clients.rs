@@ -432,6 +432,8 @@ fn install_path(d: &TestDaemon, path: &str) -> Response {
         source: ComponentSource::Path(path.into()),
         replace: true,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     })
 }
 
@@ -538,6 +540,8 @@ fn an_install_compiles_outside_the_daemon() {
         source: ComponentSource::Bytes(costly_component(20_000)),
         replace: false,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     });
     // It compiles (the development host has no cgroup v2, so the compiler
     // has no memory limit here; the appliance test kills one at its limit),

@@ -35,7 +35,7 @@ impl Suite {
 
     fn with_config(config: &str) -> Suite {
         let d = TestDaemon::with_config(config);
-        d.install_ok("probe");
+        d.install_with_everything("probe");
         // The tool's root exists once it has run.
         let (r, _) = d.run("probe", &["stat", ""]);
         assert_eq!(r.code, Code::Success, "{}", r.message);
@@ -121,7 +121,7 @@ impl Suite {
 fn hostio_uses_every_function_against_a_real_postgres() {
     let pg = Postgres::start(postgres::PORT);
     let d = TestDaemon::with_config(LOOPBACK_PG);
-    d.install_ok("hostio");
+    d.install_with_everything("hostio");
     let v2 = clawos_bridge::cgroup::cgroup2_mounted();
     let cgroup = if v2 {
         "cgroup=available"
@@ -389,7 +389,7 @@ fn closed_connections_and_quotas_answer_their_codes() {
     s.refused(&["connect", "127.0.0.1", "5432"], Code::QuotaExceeded);
     drop(s);
     let d = TestDaemon::with_config(LOOPBACK_PG);
-    d.install_ok("probe");
+    d.install_with_everything("probe");
     let (r, out) = d.run("probe", &["closed-conn", "127.0.0.1", &pg.port.to_string()]);
     assert_eq!(r.code, Code::Success, "{}", r.message);
     assert_eq!(String::from_utf8_lossy(&out.output), "err 206\n");

@@ -17,6 +17,8 @@ fn install_bytes(
         source: ComponentSource::Bytes(bytes),
         replace: false,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     })
 }
 
@@ -63,6 +65,8 @@ fn names_exists_not_found_replace_and_remove() {
         source: ComponentSource::Bytes(vec![]),
         replace: false,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     });
     assert_eq!(r.code, Code::InvalidArgument, "{}", r.message);
     d.install_ok("hello");
@@ -73,6 +77,8 @@ fn names_exists_not_found_replace_and_remove() {
         source: ComponentSource::Bytes(clawos_tool_artifacts::bytes("echo")),
         replace: true,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     });
     assert_eq!(r.code, Code::Success, "{}", r.message);
     let (r, out) = d.run("hello", &["now", "echo"]);
@@ -134,6 +140,8 @@ fn install_by_path_is_root_only_and_works_for_root() {
         source: ComponentSource::Path(path.to_string_lossy().into_owned()),
         replace: false,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     });
     // The tests run as root (the appliance's daemon does too).
     assert_eq!(
@@ -147,6 +155,8 @@ fn install_by_path_is_root_only_and_works_for_root() {
         source: ComponentSource::Path("/nonexistent.wasm".into()),
         replace: false,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     });
     assert_eq!(r.code, Code::Enoent, "{}", r.message);
 }
@@ -299,6 +309,8 @@ fn install_with(
         source: ComponentSource::Bytes(clawos_tool_artifacts::bytes(tool)),
         replace,
         kept_data,
+        grants: vec![],
+        grant_requested: false,
     })
 }
 
@@ -367,6 +379,8 @@ fn a_tools_data_leaves_with_it_and_never_passes_silently_to_another_component() 
             source: ComponentSource::Bytes(other.clone()),
             replace: false,
             kept_data,
+            grants: vec![],
+            grant_requested: false,
         })
     };
     assert_eq!(install_other(KeptData::Refuse).code, Code::ToolExists);

@@ -324,6 +324,8 @@ fn remote_frames_and_sessions_have_the_socket_limits() {
             source: ComponentSource::Bytes(clawos_tool_artifacts::bytes("hello")),
             replace: false,
             kept_data: Default::default(),
+            grants: vec![],
+            grant_requested: false,
         })
         .unwrap();
     assert!(matches!(r.body, Body::Tool(_)), "{}", r.message);

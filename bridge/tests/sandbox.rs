@@ -370,6 +370,8 @@ fn concurrent_runs_of_a_tool_share_its_regions_and_no_one_else_does() {
         )),
         replace: false,
         kept_data: Default::default(),
+        grants: vec![],
+        grant_requested: false,
     });
     assert_eq!(r.code, Code::Success, "{}", r.message);
     let (r, out) = d.run("probe2", &["shared-meet", "board", "4096"]);

@@ -37,6 +37,8 @@ fn requests() -> Vec<(&'static str, Request)> {
                 source: ComponentSource::Bytes(empty_component()),
                 replace: false,
                 kept_data: Default::default(),
+                grants: vec![],
+                grant_requested: false,
             },
         ),
         (
@@ -46,6 +48,8 @@ fn requests() -> Vec<(&'static str, Request)> {
                 source: ComponentSource::Path("/var/lib/clawos/incoming/echo.wasm".into()),
                 replace: true,
                 kept_data: Default::default(),
+                grants: vec![],
+                grant_requested: false,
             },
         ),
         (

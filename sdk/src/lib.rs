@@ -67,3 +67,38 @@ pub fn code(e: types::ErrorCode) -> u16 {
         E::UnsupportedVersion => 209,
     }
 }
+
+/// Declare what this tool needs beyond its own ClawFS tree: a TOML table
+/// of grants (docs/tool-guide.md), carried in the component as its
+/// `clawos-grants` custom section. `clawosctl install` shows the request
+/// and grants nothing by itself; the operator grants it (`install
+/// --grant-requested`) or part of it (`--grant`).
+///
+/// ```ignore
+/// clawos_tool::request_grants!(r#"
+/// names = ["db.example.org"]
+/// secrets = ["PGPASSWORD"]
+/// [[net]]
+/// cidr = "10.0.0.0/8"
+/// ports = [5432]
+/// "#);
+/// ```
+#[macro_export]
+macro_rules! request_grants {
+    ($toml:expr) => {
+        const _: () = {
+            const TEXT: &[u8] = $toml.as_bytes();
+            #[used]
+            #[unsafe(link_section = "clawos-grants")]
+            static CLAWOS_GRANTS: [u8; TEXT.len()] = {
+                let mut bytes = [0u8; TEXT.len()];
+                let mut i = 0;
+                while i < TEXT.len() {
+                    bytes[i] = TEXT[i];
+                    i += 1;
+                }
+                bytes
+            };
+        };
+    };
+}

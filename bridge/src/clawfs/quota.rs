@@ -258,7 +258,12 @@ impl Quotas {
     /// cannot be opened to be labelled: those made before quotas stay
     /// uncounted.) Returns the project id and whether the tree was
     /// labelled now.
-    pub fn assign(&self, dir: &Path, set_limits: bool) -> Result<(u32, bool), Failure> {
+    pub fn assign(
+        &self,
+        dir: &Path,
+        limits: (u64, u64),
+        set_limits: bool,
+    ) -> Result<(u32, bool), Failure> {
         let failed = |what: &str, e: std::io::Error| {
             Failure::new(
                 Code::SandboxSetupFailed,
@@ -281,8 +286,8 @@ impl Quotas {
         }
         if set_limits || labelled_now {
             let mut q = dqblk(
-                self.bytes.div_ceil(QIF_DQBLKSIZE),
-                self.inodes,
+                limits.0.div_ceil(QIF_DQBLKSIZE),
+                limits.1,
                 libc::QIF_BLIMITS | QIF_ILIMITS,
             );
             quotactl(

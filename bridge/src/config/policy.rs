@@ -4,7 +4,7 @@
 
 use super::{ConfigError, InstanceLimits, MIB, invalid, range};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// ClawFS: where each tool's files live, and the filesystem quotas.
@@ -37,7 +37,7 @@ pub struct ClawfsPolicy {
 }
 
 /// One device a tool may open by name.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRule {
     /// The name tools use: lower-case letters, digits, `-` and `_`.
@@ -50,7 +50,7 @@ pub struct DeviceRule {
 }
 
 /// The device allow-list.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevicePolicy {
     /// Devices by name; everything else is EPERM.
@@ -60,7 +60,7 @@ pub struct DevicePolicy {
 }
 
 /// One egress rule: destination network and ports.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EgressRule {
     /// Destination network, e.g. "10.0.0.0/8" or "::/0".

@@ -20,12 +20,19 @@ pub struct InstanceInfo {
     pub budget_ms: u64,
 }
 
-/// The instance's own environment: never the daemon's.
-#[derive(Debug, Default)]
+/// The instance's own environment: never the daemon's. Its `Debug`
+/// shows names only (secrets are values here).
+#[derive(Default)]
 pub struct Env {
     vars: BTreeMap<String, String>,
     max_entries: usize,
     max_bytes: usize,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.vars.keys()).finish()
+    }
 }
 
 impl Env {

@@ -7,7 +7,7 @@ use crate::error::{Code, Failure};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CLAW";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Bytes in a header.
 pub const HEADER_LEN: usize = 12;
 

@@ -30,6 +30,34 @@ pub enum Request {
         /// What to do with ClawFS data kept under that name by a removed
         /// tool of another component.
         kept_data: KeptData,
+        /// Grants, as `KIND=VALUE` (`crate::grants::Grant::parse`).
+        grants: Vec<String>,
+        /// Grant what the component asks for, too (within the ceilings).
+        grant_requested: bool,
+    },
+    /// Grant and revoke, in one change: all of it or nothing.
+    Grant {
+        /// The tool's name.
+        name: String,
+        /// Grants, as `KIND=VALUE`.
+        add: Vec<String>,
+        /// Revokes (`crate::grants::Revoke::parse`).
+        remove: Vec<String>,
+    },
+    /// A tool with its grants and the names of its secrets.
+    Show {
+        /// The tool's name.
+        name: String,
+    },
+    /// Store (or with no value, delete) a secret of a tool. Its value
+    /// goes to that tool's runs only, as an environment variable.
+    Secret {
+        /// The tool's name.
+        name: String,
+        /// The secret's name: the variable runs see.
+        key: String,
+        /// The value; `None` deletes it.
+        value: Option<String>,
     },
     /// List installed tools.
     List,
@@ -178,6 +206,29 @@ fn too_big(field: &str, len: usize, max: u64) -> Failure {
     )
 }
 
+/// Most grants or revokes in one request.
+pub const MAX_GRANTS: usize = 256;
+
+fn check_grants(field: &str, list: &[String]) -> Result<(), Failure> {
+    if list.len() > MAX_GRANTS {
+        return Err(Failure::new(
+            Code::Eproto,
+            format!(
+                "field {field} has {} entries; the limit is {MAX_GRANTS}",
+                list.len()
+            ),
+        ));
+    }
+    for (i, g) in list.iter().enumerate() {
+        check_len(
+            &format!("{field}[{i}]"),
+            g.len(),
+            crate::grants::MAX_GRANT_TEXT as u64,
+        )?;
+    }
+    Ok(())
+}
+
 fn check_len(field: &str, len: usize, max: u64) -> Result<(), Failure> {
     if len as u64 > max {
         Err(too_big(field, len, max))
@@ -203,8 +254,14 @@ impl Request {
     pub fn validate(&self, limits: &IpcLimits) -> Result<(), Failure> {
         let arg_max = u64::from(limits.max_arg_bytes);
         match self {
-            Request::Install { name, source, .. } => {
+            Request::Install {
+                name,
+                source,
+                grants,
+                ..
+            } => {
                 check_len("install.name", name.len(), MAX_NAME as u64)?;
+                check_grants("install.grants", grants)?;
                 match source {
                     ComponentSource::Bytes(b) => {
                         check_len("install.component", b.len(), limits.max_component_bytes)
@@ -213,6 +270,20 @@ impl Request {
                 }
             }
             Request::Remove { name, .. } => check_len("remove.name", name.len(), MAX_NAME as u64),
+            Request::Show { name } => check_len("show.name", name.len(), MAX_NAME as u64),
+            Request::Grant { name, add, remove } => {
+                check_len("grant.name", name.len(), MAX_NAME as u64)?;
+                check_grants("grant.add", add)?;
+                check_grants("grant.remove", remove)
+            }
+            Request::Secret { name, key, value } => {
+                check_len("secret.name", name.len(), MAX_NAME as u64)?;
+                check_len("secret.key", key.len(), 128)?;
+                if let Some(v) = value {
+                    check_len("secret.value", v.len(), arg_max)?;
+                }
+                Ok(())
+            }
             Request::List | Request::Status => Ok(()),
             Request::Run(run) => {
                 check_len("run.name", run.name.len(), MAX_NAME as u64)?;
@@ -275,6 +346,9 @@ impl Request {
             Request::Run(_) => "run",
             Request::Remove { .. } => "remove",
             Request::Status => "status",
+            Request::Grant { .. } => "grant",
+            Request::Show { .. } => "show",
+            Request::Secret { .. } => "secret",
         }
     }
 }
@@ -354,6 +428,8 @@ mod tests {
             source: ComponentSource::Bytes(vec![0; 33]),
             replace: false,
             kept_data: Default::default(),
+            grants: vec![],
+            grant_requested: false,
         };
         assert!(refused(install).contains("install.component is 33 bytes"));
         let install = Request::Install {
@@ -361,6 +437,8 @@ mod tests {
             source: ComponentSource::Path("p".repeat(4097)),
             replace: false,
             kept_data: Default::default(),
+            grants: vec![],
+            grant_requested: false,
         };
         assert!(refused(install).contains("install.path"));
         assert!(
@@ -369,6 +447,44 @@ mod tests {
                 keep_data: false,
             })
             .contains("remove.name")
+        );
+        let grant = |add: Vec<String>, remove: Vec<String>| Request::Grant {
+            name: "t".into(),
+            add,
+            remove,
+        };
+        assert!(
+            refused(grant(vec!["env=A=b".into(); MAX_GRANTS + 1], vec![]))
+                .contains("grant.add has 257 entries")
+        );
+        assert!(
+            refused(grant(
+                vec![],
+                vec!["x".repeat(crate::grants::MAX_GRANT_TEXT + 1)]
+            ))
+            .contains("grant.remove[0]")
+        );
+        assert!(
+            refused(Request::Show {
+                name: "n".repeat(65)
+            })
+            .contains("show.name")
+        );
+        assert!(
+            refused(Request::Secret {
+                name: "t".into(),
+                key: "K".into(),
+                value: Some("123456789".into()),
+            })
+            .contains("secret.value")
+        );
+        assert!(
+            refused(Request::Secret {
+                name: "t".into(),
+                key: "K".repeat(129),
+                value: None,
+            })
+            .contains("secret.key")
         );
     }
 

@@ -4,7 +4,9 @@
 //! The programs see every file open, read and write, socket, connect,
 //! execve and new task of the bridge's processes (the cgroup subtree
 //! `cgroup.root`: daemon, launcher, workers), refuse execve and connects to
-//! ports outside the egress allow-list in the kernel, and send events over
+//! ports outside the egress allow-list in the kernel, and, for the daemon's
+//! own connects, destinations outside the grant of the instance the
+//! connecting thread serves ([`grants`]), and send events over
 //! a ring buffer: one per operation, except repeats of a file operation,
 //! which the kernel counts and sends as summaries (a thread's counts go out
 //! at the latest as it ends: the `sched_process_exit` tracepoint program).
@@ -15,6 +17,7 @@
 //! counted by the kernel and reported (`clawos::event` warnings and
 //! `clawosctl status`).
 
+pub mod grants;
 pub mod instances;
 pub mod layout;
 mod reader;
@@ -297,9 +300,13 @@ impl Monitor {
         let count = n as u32;
         let level_u32 = level as u32;
         let threads = recent_threads()?;
+        // One grant slot per run in flight.
+        let runs = config.ipc.max_concurrent_runs.max(1);
         let mut ebpf = EbpfLoader::new()
             .btf(&btf)
             .map_max_entries(t::MAP_RECENT, threads)
+            .map_max_entries(t::MAP_SERVING, threads)
+            .map_max_entries(t::MAP_GRANTS, runs)
             .override_global(t::GLOBAL_ROOT_CGROUP, &root_id, true)
             .override_global(t::GLOBAL_ROOT_LEVEL, &level_u32, true)
             .override_global(t::GLOBAL_DAEMON_PID, &pid, true)
@@ -347,6 +354,9 @@ impl Monitor {
             Some(Map::Array(data)) => LostCounter::map(data.fd())?,
             _ => return Err(failed("the object has no LOST array")),
         };
+        // Written through shared mappings from here on: the daemon's
+        // seccomp filter refuses bpf() once installed.
+        grants::map(&ebpf, threads, runs)?;
         let stats = Stats::default();
         let detector = Detector::new(rules, Egress::new(config.network.clone()));
         stats

@@ -44,8 +44,9 @@ pub struct Prepared {
     pre: ToolPre<Instance>,
 }
 
-/// What a client asks of one run.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// What a client asks of one run. Its `Debug` leaves out the
+/// environment's values (secrets ride there).
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunInput {
     /// Arguments passed to `run`.
     pub args: Vec<String>,
@@ -56,6 +57,17 @@ pub struct RunInput {
     /// The client's own deadline; the run ends with ETIMEOUT when it is
     /// shorter than the CPU budget and passes.
     pub timeout_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RunInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunInput")
+            .field("args", &self.args)
+            .field("input_bytes", &self.input.len())
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// Where one instance runs: its id, its ClawFS directory as this process
@@ -239,6 +251,14 @@ impl Runtime {
             woken: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         Ok(())
+    }
+
+    /// Hold this process's runs to one tool's grants: its devices, memory
+    /// and CPU budget (a worker, before its tool's first bytes run).
+    pub fn grant(&mut self, grants: &crate::grants::Effective) {
+        self.devices = Arc::new(grants.devices.clone());
+        self.limits.memory_limit_bytes = grants.memory_bytes;
+        self.limits.cpu_budget_ms = grants.cpu_budget_ms;
     }
 
     /// The device allow-list (a worker's mount tree holds these nodes).

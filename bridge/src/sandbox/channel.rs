@@ -66,6 +66,9 @@ pub struct Setup {
     pub artifact: PathBuf,
     /// Its ClawFS directory, as the launcher sees it.
     pub clawfs: PathBuf,
+    /// What the run is granted: its devices (the only nodes its tree
+    /// holds), memory and CPU budget.
+    pub grants: crate::grants::Effective,
 }
 
 /// Launcher to daemon: the worker exists (its pidfd rides along), or why not.

@@ -13,6 +13,7 @@ use crate::cgroup::{self, Delegation, MAIN_LEAF};
 use crate::config::{CgroupPolicy, CompileLimits, Config};
 use crate::egress::Egress;
 use crate::error::{Code, Failure};
+use crate::grants::Effective;
 use crate::monitor::instances::instances;
 use crate::runtime::outcome::RunOutcome;
 use crate::runtime::{RunInput, Runtime};
@@ -279,6 +280,7 @@ impl Sandbox {
         artifact: &Path,
         input: RunInput,
         budget_ms: u64,
+        grants: &Effective,
     ) -> RunOutcome {
         let started = Instant::now();
         let ready = self.pool.take(artifact);
@@ -290,8 +292,9 @@ impl Sandbox {
         let out = match spare {
             Ok(spare) => {
                 let id = spare.id;
-                let mut out =
-                    self.instance(spare, tool, artifact, input, budget_ms, started, had_spare);
+                let mut out = self.instance(
+                    spare, tool, artifact, input, budget_ms, grants, started, had_spare,
+                );
                 out.instance_id = id;
                 out
             }
@@ -317,6 +320,7 @@ impl Sandbox {
         artifact: &Path,
         input: RunInput,
         budget_ms: u64,
+        grants: &Effective,
         started: Instant,
         had_spare: bool,
     ) -> RunOutcome {
@@ -327,7 +331,15 @@ impl Sandbox {
             worker,
             channel,
         } = spare;
-        if let Err(f) = self.hand_over(&channel, tool, artifact) {
+        // The kernel's connect check learns this run's destinations before
+        // anything of the tool runs (and refuses every connect of this
+        // thread once they are taken back).
+        let kernel = crate::monitor::grants::serve(id, &grants.net);
+        if let Err(f) = kernel
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|_| self.hand_over(&channel, tool, artifact, grants))
+        {
             // Nothing of the tool ran: the run fails with the reason itself.
             Spare {
                 id,
@@ -352,20 +364,18 @@ impl Sandbox {
             was_ready.set(Instant::now());
             instances().running(id, tool)
         };
+        let egress = self
+            .egress
+            .granted(grants.names.clone(), grants.net.clone());
         let talk = self.converse(
             &channel,
-            Serve::new(
-                &self.egress,
-                delegation.as_mut(),
-                worker.pid,
-                &self.shared,
-                tool,
-            ),
+            Serve::new(&egress, delegation.as_mut(), worker.pid, &self.shared, tool),
             input,
             budget,
             &ready,
         );
         drop(serving);
+        drop(kernel);
         drop(channel);
         let answered = Instant::now();
         let us = |from: Instant, to: Instant| to.duration_since(from).as_micros() as u64;
@@ -420,7 +430,13 @@ impl Sandbox {
 
     /// Give a spare its tool: the worker learns what to load and which
     /// ClawFS directory to bind.
-    fn hand_over(&self, channel: &UnixStream, tool: &str, artifact: &Path) -> Result<(), Failure> {
+    fn hand_over(
+        &self,
+        channel: &UnixStream,
+        tool: &str,
+        artifact: &Path,
+        grants: &Effective,
+    ) -> Result<(), Failure> {
         // The registry made the tool's ClawFS directory when the run began
         // (`ToolRegistry::data_dir_for_run`); it is gone only if the tool
         // was removed since, and it is never made again here.
@@ -435,6 +451,7 @@ impl Sandbox {
             tool: tool.to_owned(),
             artifact: artifact.to_owned(),
             clawfs,
+            grants: grants.clone(),
         };
         channel::send(channel.as_fd(), &ToWorker::Setup(setup), &[])
     }

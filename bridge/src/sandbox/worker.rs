@@ -189,6 +189,8 @@ fn ahead(spawn: &Spawn) -> Result<(), Failure> {
 /// would otherwise start lazily) are born with none. The filter comes last
 /// and reaches them too (TSYNC); they share the new root (CLONE_FS).
 fn apply_layers(setup: &Setup, rt: &mut Runtime, filter: &Program) -> Result<(), Failure> {
+    // The run's grants first: its tree holds only the devices granted.
+    rt.grant(&setup.grants);
     mount_tree(Some(&setup.clawfs), &rt.devices().allow)
         .map_err(|f| layer("mount namespace", f))?;
     sys::keep_capabilities(rustix::thread::CapabilitySet::empty())

@@ -143,7 +143,40 @@ impl TestDaemon {
             source: ComponentSource::Bytes(clawos_tool_artifacts::bytes(name)),
             replace: false,
             kept_data: Default::default(),
+            grants: vec![],
+            grant_requested: false,
         })
+    }
+
+    /// Install `name` granted `grants` (`KIND=VALUE`).
+    pub fn install_granted(&self, name: &str, grants: &[String]) -> Response {
+        self.request(&Request::Install {
+            name: name.into(),
+            source: ComponentSource::Bytes(clawos_tool_artifacts::bytes(name)),
+            replace: false,
+            kept_data: Default::default(),
+            grants: grants.to_vec(),
+            grant_requested: false,
+        })
+    }
+
+    /// Install `name` with every network destination and device this
+    /// daemon's config allows: what every tool had before per-tool grants
+    /// (suites of the interfaces themselves).
+    pub fn install_with_everything(&self, name: &str) {
+        let r = self.install_granted(name, &self.everything());
+        assert_eq!(r.code, Code::Success, "install {name}: {}", r.message);
+    }
+
+    /// The config's whole network and device policy, as grants.
+    pub fn everything(&self) -> Vec<String> {
+        let config = clawos_bridge::config::Config::load(&self.dir.path().join("daemon.toml"))
+            .expect("the test's config loads");
+        clawos_bridge::grants::Grants::legacy(&config)
+            .items()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     pub fn install_ok(&self, name: &str) {

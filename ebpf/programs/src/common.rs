@@ -9,7 +9,9 @@ use aya_ebpf::helpers::{
 };
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, RingBuf};
-use clawos_ebpf_types::{DNS_PORT, Event, FIELD_COUNT, MAX_PORTS, MAX_RESOLVERS, RING_BYTES};
+use clawos_ebpf_types::{
+    DNS_PORT, Event, FIELD_COUNT, Grant, MAX_GRANT_DESTS, MAX_PORTS, MAX_RESOLVERS, RING_BYTES,
+};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 /// Events, to the daemon.
@@ -20,6 +22,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// the count without a bpf() call (its seccomp filter refuses them all).
 #[map(name = "LOST")]
 pub static LOST: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Which instance each thread serves, by thread id: its slot in `GRANTS`
+/// plus one, 0 for none (sized by the loader). Memory-mapped: the daemon
+/// writes it without a bpf() call.
+#[map(name = "SERVING")]
+static SERVING: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The grants of the runs in flight, one slot each (sized by the loader).
+/// Memory-mapped like `SERVING`.
+#[map(name = "GRANTS")]
+static GRANTS: Array<Grant> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 // Set by the loader before the programs are verified (.rodata).
 #[unsafe(no_mangle)]
@@ -105,7 +118,7 @@ pub fn port_allowed(port: u16) -> bool {
 /// servers on the DNS port, connected to by the daemon's own process?
 #[inline(always)]
 pub fn daemon_lookup(addr: &[u8; 16], port: u16) -> bool {
-    if port != DNS_PORT || (bpf_get_current_pid_tgid() >> 32) as u32 != daemon_pid() {
+    if port != DNS_PORT || !in_daemon() {
         return false;
     }
     let n = global(&RESOLVER_COUNT) as usize;
@@ -118,6 +131,95 @@ pub fn daemon_lookup(addr: &[u8; 16], port: u16) -> bool {
             return true;
         }
         i += 1;
+    }
+    false
+}
+
+/// Is the current task a thread of the daemon's own process?
+#[inline(always)]
+pub fn in_daemon() -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == daemon_pid()
+}
+
+/// The 8 bytes of `addr` from byte `at`, as a big-endian number (the
+/// address's bit order).
+#[inline(always)]
+fn half(addr: &[u8; 16], at: usize) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        v = (v << 8) | u64::from(addr[at + i]);
+        i += 1;
+    }
+    v
+}
+
+/// The bits of the first (`hi`) and last (`lo`) 64 of a prefix of
+/// `prefix` bits (at most 128).
+#[inline(always)]
+fn masks(prefix: u32) -> (u64, u64) {
+    let hi = if prefix >= 64 {
+        u64::MAX
+    } else if prefix == 0 {
+        0
+    } else {
+        u64::MAX << (64 - prefix)
+    };
+    let lo = if prefix >= 128 {
+        u64::MAX
+    } else if prefix <= 64 {
+        0
+    } else {
+        u64::MAX << (128 - prefix)
+    };
+    (hi, lo)
+}
+
+/// Is `addr`:`port` (IPv4 as `::ffff:a.b.c.d`) one of the destinations of
+/// the grant the current thread serves (`SERVING`, `GRANTS`)? No: the
+/// thread serves no instance, its id lies beyond `SERVING`, or no entry
+/// has the destination's family, a network holding it and its port.
+#[inline(always)]
+pub fn granted(addr: &[u8; 16], port: u16) -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(serving) = SERVING.get_ptr(tid) else {
+        return false;
+    };
+    // SAFETY: the map's value for this thread; the daemon writes it from
+    // this same thread only, never while the thread is in connect().
+    let slot = unsafe { core::ptr::read_volatile(serving) };
+    if slot == 0 {
+        return false;
+    }
+    let Some(grant) = GRANTS.get_ptr(slot - 1) else {
+        return false;
+    };
+    let (hi, lo) = (half(addr, 0), half(addr, 8));
+    // ::ffff:a.b.c.d
+    let family: u8 = if hi == 0 && lo >> 32 == 0xffff { 4 } else { 6 };
+    // SAFETY: a slot of the map, filled by the daemon before the thread's
+    // SERVING entry named it and cleared only after the entry was; volatile
+    // reads, bounded by MAX_GRANT_DESTS whatever the count says.
+    unsafe {
+        let n = core::ptr::read_volatile(&(*grant).count) as usize;
+        let mut i = 0;
+        while i < MAX_GRANT_DESTS {
+            if i >= n {
+                return false;
+            }
+            let d = &(*grant).dests[i];
+            if core::ptr::read_volatile(&d.port) == port
+                && core::ptr::read_volatile(&d.family) == family
+            {
+                let net = core::ptr::read_volatile(&d.addr);
+                let prefix = core::ptr::read_volatile(&d.prefix) as u32;
+                let (mhi, mlo) = masks(prefix);
+                if (hi ^ half(&net, 0)) & mhi == 0 && (lo ^ half(&net, 8)) & mlo == 0 {
+                    return true;
+                }
+            }
+            i += 1;
+        }
     }
     false
 }

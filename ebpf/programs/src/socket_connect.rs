@@ -1,10 +1,19 @@
 //! `socket_connect`: every connect by a bridge process, and the kernel's
-//! egress check: an IPv4 or IPv6 connect to a port outside the egress
-//! allow-list is refused with EPERM, whatever the daemon's own proxy
-//! decided. The one exception is the daemon's own name lookups: its
-//! process may connect to its configured DNS servers on port 53.
+//! egress check, whatever the daemon's own proxy decided:
+//!
+//! - an IPv4 or IPv6 connect by any bridge process to a port outside the
+//!   egress allow-list is refused with EPERM;
+//! - one by a thread of the daemon's own process is refused with EPERM
+//!   unless the thread serves an instance (`SERVING`) whose grant
+//!   (`GRANTS`) holds the destination and port: the daemon connects only
+//!   for the instances it serves (its egress proxy).
+//!
+//! The one exception to both is the daemon's own name lookups: its process
+//! may connect to its configured DNS servers on port 53.
 
-use crate::common::{bridge_group, daemon_lookup, emit, port_allowed, read, read_at, verdict};
+use crate::common::{
+    bridge_group, daemon_lookup, emit, granted, in_daemon, port_allowed, read, read_at, verdict,
+};
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use aya_ebpf::macros::lsm;
 use aya_ebpf::programs::LsmContext;
@@ -51,7 +60,9 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         // SAFETY: as above.
         let _ = unsafe { bpf_probe_read_kernel_buf(address.add(SIN6_ADDR), &mut dest) };
     }
-    let ours = if inet && !port_allowed(port) && !daemon_lookup(&dest, port) {
+    let ours = if !inet || daemon_lookup(&dest, port) {
+        0
+    } else if !port_allowed(port) || (in_daemon() && !granted(&dest, port)) {
         -EPERM
     } else {
         0

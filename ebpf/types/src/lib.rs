@@ -34,6 +34,58 @@ pub const REPORT_EVERY_NS: u64 = 1_000_000_000;
 /// Ports the kernel's egress check can hold (the allow-list's ports).
 pub const MAX_PORTS: usize = 32;
 
+/// Destinations, each a (network, port) pair, one instance's grant can
+/// hold in the kernel (`Grant::dests`): a tool's rules that expand to more
+/// are refused before it runs.
+pub const MAX_GRANT_DESTS: usize = 32;
+
+/// One destination of a grant: a network and one port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantDest {
+    /// The network's address, network byte order; IPv4 as
+    /// `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Prefix length over those 128 bits: an IPv4 `/n` is `96 + n`.
+    pub prefix: u8,
+    /// 4 or 6. A v4-mapped destination matches only family-4 entries, any
+    /// other only family-6 ones.
+    pub family: u8,
+    /// Destination port, host byte order.
+    pub port: u16,
+}
+
+impl GrantDest {
+    /// An unused entry.
+    pub const NONE: GrantDest = GrantDest {
+        addr: [0; 16],
+        prefix: 0,
+        family: 0,
+        port: 0,
+    };
+}
+
+/// The destinations one instance may connect to, as the kernel checks
+/// them: a slot of `GRANTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Grant {
+    /// The instance (for the reader of a dump; the kernel does not read it).
+    pub instance: u64,
+    /// Entries of `dests` in use.
+    pub count: u32,
+    /// Explicit padding: `dests` starts at byte 16.
+    pub _pad: u32,
+    /// The destinations; `count` of them in use.
+    pub dests: [GrantDest; MAX_GRANT_DESTS],
+}
+
+// The kernel spaces the values of a memory-mapped array by their size
+// rounded up to 8: a `Grant` is a multiple of 8, so slot N lies at byte
+// N * size_of::<Grant>() of the mapping.
+const _: () = assert!(core::mem::size_of::<Grant>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<GrantDest>() == 20);
+
 /// One operation of a bridge process, as the kernel saw it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +180,23 @@ pub const MAP_LOST: &str = "LOST";
 /// The threads' tables of repeated file operations, by thread id (sized
 /// by the loader, see `RECENT_THREADS_MAX`).
 pub const MAP_RECENT: &str = "RECENT";
+
+/// Which instance each thread serves, by thread id (`Array<u32>`, sized by
+/// the loader like `RECENT`: `pid_max`, at most `RECENT_THREADS_MAX`):
+/// the instance's slot in `GRANTS` + 1, or 0 when the thread serves none.
+/// A connect by a thread of the daemon's own process (other than its name
+/// lookups) is allowed only to a destination of the grant its entry names;
+/// with 0 it is refused. Memory-mapped (`BPF_F_MMAPABLE`): the daemon
+/// writes its entries through a shared mapping, without a bpf() call (its
+/// seccomp filter refuses them all). The kernel spaces an array's values
+/// by their size rounded up to 8 bytes: entry N lies at byte 8 * N.
+pub const MAP_SERVING: &str = "SERVING";
+/// The grants of the runs in flight (`Array<Grant>`, one slot per run the
+/// daemon may have in flight: the loader sizes it to
+/// `ipc.max_concurrent_runs`). Memory-mapped like `SERVING`; the daemon
+/// fills a slot before a thread's `SERVING` entry names it, and clears
+/// the entry before it clears the slot.
+pub const MAP_GRANTS: &str = "GRANTS";
 
 /// Global: the bridge's cgroup root's id. Events come only from its subtree.
 pub const GLOBAL_ROOT_CGROUP: &str = "ROOT_CGROUP";

@@ -47,6 +47,11 @@ fn main() {
     };
     let disk = Disk::fresh();
     let mut g = Guest::boot_net("bench", Boot::Fast, &disk, Some(&overlay), &net);
+    // The sample hostio has no network grant: the bench's PostgreSQL case
+    // needs this one.
+    g.sh_ok(&format!(
+        "clawosctl grant hostio net={PG_ADDR}:5432 >/dev/null"
+    ));
     let extra = std::env::var("CLAWOS_BENCH_ARGS").unwrap_or_default();
     let out = g.sh_within(
         &format!("clawos-guest-bench --pg {PG_ADDR}:5432 {extra} 2>&1"),

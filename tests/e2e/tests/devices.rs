@@ -39,6 +39,10 @@ fn an_allow_listed_block_device_is_reachable_read_only_unless_writable() {
         g.sh_ok("grep -x '  /dev/vdb r,' /etc/apparmor.d/clawos.d/devices"),
         "  /dev/vdb r,\n"
     );
+    // Listed, but not granted to the tool: refused all the same (the
+    // worker's tree holds only the nodes granted to its tool).
+    assert_eq!(probe(&mut g, "device scratch"), "err 4\n");
+    g.sh_ok("clawosctl grant probe device=scratch >/dev/null");
     assert_eq!(
         probe(&mut g, "device scratch"),
         format!("ok DeviceKind::Block {dev}\n")
@@ -62,6 +66,8 @@ fn an_allow_listed_block_device_is_reachable_read_only_unless_writable() {
         g.sh_ok("grep -x '  /dev/vdb rw,' /etc/apparmor.d/clawos.d/devices"),
         "  /dev/vdb rw,\n"
     );
+    // The grant survived the restart; the writable name is granted now.
+    g.sh_ok("clawosctl grant probe device=scratch-rw:rw >/dev/null");
     assert_eq!(
         probe(&mut g, "device-write scratch-rw WRITTEN-BY-TOOL"),
         "ok 15\n"

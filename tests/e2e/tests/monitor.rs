@@ -2,7 +2,9 @@
 //! LSM active and the daemon's programs attached (its status and bpftool
 //! agree), a tool's file operations and proxied connects as events of its
 //! instance, the exec and egress checks of the kernel programs with their
-//! alerts, a load test whose events arrive or are counted lost; the kernel
+//! alerts, the per-instance check of the daemon's own connects (a thread
+//! serving no instance is refused, one serving an instance reaches only
+//! its grant), a load test whose events arrive or are counted lost; the kernel
 //! field offsets the daemon gave the programs are the ones pahole finds in
 //! this kernel's own BTF; and, in a
 //! guest of its own whose clocks count instructions (`monitor/overhead.rs`),
@@ -243,6 +245,54 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
     }
     assert!(status_line(&mut g, "alerts:").contains("egress 2"));
 
+    // --- the daemon's connects: only for an instance, only to its grant --
+    // The probe loads the monitors itself, so that to its programs it is
+    // the daemon (the daemon's own programs stay attached: to them the
+    // probe is another bridge process, checked by port). From one thread
+    // it connects with the egress code's own check switched off: serving
+    // no instance, every connect is refused; serving one, only the grant's
+    // destinations (a /30, an IPv6 host) are let through, on the ports the
+    // global check allows (80 is granted but not in network.allow); once
+    // the registration is dropped, every connect is refused again.
+    let out = g.sh_ok(&format!(
+        "clawos-monitor-probe --join {PROBE_GROUP} grant-connect --instance 7 \
+         --allow 127.0.0.0/30:5432 --allow ::1/128:5432 --allow 127.0.0.1/32:80 \
+         --to 127.0.0.1:5432 --to 127.0.0.4:5432 --to '[::1]:5432' --to 127.0.0.1:80"
+    ));
+    let refused =
+        |to: &str| format!("EPERM (4): connect to {to}: Operation not permitted (os error 1)");
+    let tos = [
+        "127.0.0.1:5432",
+        "127.0.0.4:5432",
+        "[::1]:5432",
+        "127.0.0.1:80",
+    ];
+    let served = [true, false, true, false];
+    let mut expected = Vec::new();
+    for phase in ["unserved", "serving", "released"] {
+        for (to, granted) in tos.iter().zip(served) {
+            let outcome = match phase == "serving" && granted {
+                true => "ok".to_owned(),
+                false => refused(to),
+            };
+            expected.push(format!("{phase} {to}: {outcome}"));
+        }
+    }
+    let printed: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            ["unserved ", "serving ", "released "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert_eq!(
+        printed, expected,
+        "the probe's connects (left), as the kernel must judge them:\n{out}"
+    );
+    println!("grant-connect:\n{}", printed.join("\n"));
+
     // --- load: every operation arrives or is counted lost -------------
     // The first open and the first read are events of their own; their
     // repeats are counted in the kernel and arrive as summaries (at least
@@ -287,6 +337,7 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
          && grep -q '^    { cidr = \"127.0.0.0/8\"' /etc/clawos/daemon.toml",
     );
     restart_daemon(&mut g);
+    g.sh_ok("clawosctl grant probe net=127.0.0.1:5432 >/dev/null");
     g.sh_ok("echo monitored > /tmp/in.txt");
     let write = g.sh_ok("clawosctl --json run probe write notes.txt --input /tmp/in.txt");
     let read = g.sh_ok("clawosctl --json run probe read notes.txt");

@@ -225,8 +225,53 @@ fn appliance_serves_remotely_and_reaches_postgres_and_dns_through_its_nic() {
     // --- the remote API: a tool built on this host ---------------------
     let hostio = clawos_tool_artifacts::path("hostio");
     let hostio = hostio.to_str().unwrap();
-    let out = clawosctl_remote(api_port, &["install", "pgtool", hostio]);
+    // Granted PostgreSQL (and the loopback and devices its other checks
+    // use); the sample probe was installed with no grant at all.
+    let pg_grant = format!("net={PG_ADDR}:5432");
+    let out = clawosctl_remote(
+        api_port,
+        &[
+            "install",
+            "pgtool",
+            hostio,
+            "--grant",
+            &format!("name={DB_NAME}"),
+            "--grant",
+            &pg_grant,
+            "--grant",
+            "name=localhost",
+            "--grant",
+            "net=127.0.0.0/8:5432",
+            "--grant",
+            "device=null:rw",
+            "--grant",
+            "device=zero",
+            "--grant",
+            "device=urandom",
+        ],
+    );
     assert!(stdout(&out).starts_with("pgtool  sha256:"), "{out:?}");
+    assert!(
+        stdout(&out).contains(&format!("granted:   name={DB_NAME} name=localhost net={PG_ADDR}/32:5432 net=127.0.0.0/8:5432 device=null:rw device=urandom:ro device=zero:ro")),
+        "{out:?}"
+    );
+    // The sample probe is granted the names below and PostgreSQL's
+    // address (a lookup answers only addresses the tool may reach); a
+    // second probe is granted nothing.
+    let out = clawosctl_remote(
+        api_port,
+        &[
+            "grant",
+            "probe",
+            &format!("name={DB_NAME}"),
+            "name=*.allowed.test",
+            &pg_grant,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let probe = clawos_tool_artifacts::path("probe");
+    let out = clawosctl_remote(api_port, &["install", "probe2", probe.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = clawosctl_remote(api_port, &["list"]);
     assert!(
         stdout(&out).lines().any(|l| l.starts_with("pgtool ")),
@@ -276,20 +321,45 @@ fn appliance_serves_remotely_and_reaches_postgres_and_dns_through_its_nic() {
         stdout(&out).contains("ok postgres query: [\"42\", \"postgres\"] from "),
         "{out:?}"
     );
-    // Another port of the allowed address, and the allowed port elsewhere:
-    // the proxy refuses both.
-    for (host, port) in [(PG_ADDR, "5433"), ("10.0.2.2", "5432")] {
-        let out = clawosctl_remote(api_port, &["--json", "run", "probe", "connect", host, port]);
+    // The tool not granted PostgreSQL is refused it by the proxy; so are
+    // another port of the allowed address, and the allowed port elsewhere.
+    for (tool, host, port) in [
+        ("probe2", PG_ADDR, "5432"),
+        ("probe", PG_ADDR, "5433"),
+        ("probe", "10.0.2.2", "5432"),
+    ] {
+        let out = clawosctl_remote(api_port, &["--json", "run", tool, "connect", host, port]);
         assert_eq!(
             json(&out)["body"]["output"],
             "err 200\n",
-            "{host}:{port} {out:?}"
+            "{tool} {host}:{port} {out:?}"
         );
     }
     // The kernel refuses them too, for a bridge process whose proxy check
     // is off, over the NIC; and it lets no process but the daemon reach
     // the DNS server.
     g.sh_ok(&format!("mkdir -p {PROBE_GROUP}"));
+    // The kernel's per-instance check over the NIC, the proxy's check off
+    // (the probe loads the monitors as its own daemon): a thread serving
+    // an instance granted PostgreSQL reaches it; one serving an instance
+    // granted another destination, or none, is refused with EPERM.
+    for (allow, want) in [
+        (format!("{PG_ADDR}/32:5432"), ": ok"),
+        ("10.0.2.2/32:5432".to_owned(), "os error 1"),
+    ] {
+        let out = g.sh_ok(&format!(
+            "clawos-monitor-probe --join {PROBE_GROUP} grant-connect --allow {allow} --to {PG_ADDR}:5432"
+        ));
+        let line = |phase: &str| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("{phase} {PG_ADDR}:5432: ")))
+                .unwrap_or_else(|| panic!("no {phase} line: {out}"))
+                .to_owned()
+        };
+        assert!(line("unserved").contains("os error 1"), "{out}");
+        assert!(line("serving").contains(want), "granted {allow}: {out}");
+        assert!(line("released").contains("os error 1"), "{out}");
+    }
     for (host, port) in [(PG_ADDR, 5433), (DNS_ADDR, 53)] {
         let out = g.sh_ok(&format!(
             "clawos-monitor-probe --join {PROBE_GROUP} connect {port} --host {host}"
@@ -299,6 +369,70 @@ fn appliance_serves_remotely_and_reaches_postgres_and_dns_through_its_nic() {
             "the kernel did not refuse {host}:{port} with EPERM: {out}"
         );
     }
+
+    // --- a revoke holds from the next run ------------------------------
+    let out = clawosctl_remote(api_port, &["revoke", "pgtool", &pg_grant]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = clawosctl_remote(
+        api_port,
+        &[
+            "--json",
+            "run",
+            "pgtool",
+            "cgroup=available",
+            &format!("pg={DB_NAME}:5432"),
+        ],
+    );
+    assert_eq!(json(&out)["code"], 200, "{out:?}");
+    let revoked = g.sh_ok(&format!("grep -F 'grant revoked' {LOG}"));
+    assert!(
+        revoked.contains("tool=pgtool by=remote CN=operator")
+            && revoked.contains(&format!("revoke=net={PG_ADDR}/32:5432")),
+        "{revoked}"
+    );
+
+    // --- a secret, given over the API to one tool ----------------------
+    let secret = "s3cret-9e1d7c44b0";
+    let value = scratch.path().join("token");
+    std::fs::write(&value, secret).unwrap();
+    let out = clawosctl_remote(
+        api_port,
+        &[
+            "secret",
+            "set",
+            "probe",
+            "PROBE_TOKEN",
+            "--from-file",
+            value.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stdout(&out).contains("secrets:   PROBE_TOKEN (values are never shown)"),
+        "{out:?}"
+    );
+    for (tool, want) in [
+        ("probe", format!("ok {secret}\n")),
+        ("probe2", "none\n".to_owned()),
+    ] {
+        let out = clawosctl_remote(api_port, &["--json", "run", tool, "env", "PROBE_TOKEN"]);
+        assert_eq!(
+            json(&out)["body"]["output"],
+            want.as_str(),
+            "{tool}: {out:?}"
+        );
+    }
+    let out = clawosctl_remote(api_port, &["--json", "show", "probe"]);
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("PROBE_TOKEN") && !shown.contains(secret),
+        "{shown}"
+    );
+    // Not in any log line or event record, and the file is the daemon's alone.
+    assert_eq!(g.sh(&format!("grep -c -F '{secret}' {LOG}")).text, "0\n");
+    assert_eq!(
+        g.sh_ok("stat -c '%a %U' /var/lib/clawos/secrets /var/lib/clawos/secrets/probe.toml"),
+        "700 root\n600 root\n"
+    );
 
     // --- clients without a valid certificate ---------------------------
     let other = scratch.path().join("other");
@@ -364,10 +498,12 @@ fn appliance_serves_remotely_and_reaches_postgres_and_dns_through_its_nic() {
     let logged = g.sh_ok(&format!(
         "grep -F 'remote request' {LOG} | grep -c 'client=CN=operator sha256:'"
     ));
-    // One record per request of the good client so far (install, list,
-    // five runs, two connects, three status), each with its certificate;
-    // the refused clients made none.
-    assert_eq!(logged, "11\n");
+    // One record per request of the good client so far (install, grant,
+    // install of the second probe, list, three lookups, two runs of
+    // pgtool, three connects, a revoke, a secret, two runs reading it,
+    // show, three status), each with its certificate; the refused clients
+    // made none.
+    assert_eq!(logged, "20\n");
     assert_eq!(g.sh(&format!("grep -c malformed {LOG}")).text, "0\n");
 
     // The daemon's own lookups raised no alert; the probe's connects did

@@ -1,5 +1,6 @@
 //! ClawFS is a real partition: what the guest writes to it before a clean
-//! reboot is there after it, and so is a change to the installed tools. On
+//! reboot is there after it, and so are a change to the installed tools
+//! and a tool's grants and secrets. On
 //! a disk larger than the image it grows to fill the disk at first boot.
 
 use clawos_e2e::{Boot, Disk, Guest};
@@ -19,6 +20,9 @@ fn data_written_before_a_reboot_is_there_after_it() {
         "mkdir -p /var/lib/clawos/e2e && echo '{token}' > /var/lib/clawos/e2e/token"
     ));
     assert_eq!(g.sh("clawosctl remove echo >/dev/null 2>&1").code, 0);
+    // So are a tool's grants and secrets.
+    g.sh_ok("clawosctl grant probe device=urandom env=MODE=kept >/dev/null");
+    g.sh_ok("echo 'persisted-secret' | clawosctl secret set probe PROBE_TOKEN >/dev/null");
     g.poweroff();
 
     let mut g = Guest::boot("persist-2", Boot::Fast, &disk);
@@ -30,6 +34,14 @@ fn data_written_before_a_reboot_is_there_after_it() {
     assert_eq!(
         g.sh_ok("clawosctl run hello again 2>/dev/null"),
         "hello, again\n"
+    );
+    assert_eq!(
+        g.sh_ok("clawosctl show probe | grep -E '^  (granted|env|secrets):'"),
+        "  granted:   device=urandom:ro env=MODE\n  env:       MODE=kept\n  secrets:   PROBE_TOKEN (values are never shown)\n"
+    );
+    assert_eq!(
+        g.sh_ok("clawosctl run probe env PROBE_TOKEN 2>/dev/null; clawosctl run probe device urandom 2>/dev/null"),
+        "ok persisted-secret\nok DeviceKind::Character 1:9\n"
     );
     g.poweroff();
 }

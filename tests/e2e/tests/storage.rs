@@ -83,6 +83,22 @@ fn each_tool_s_tree_is_bounded_by_the_kernel_across_runs_and_paths() {
             || refusal(&std_write) == (201, 0),
         "{std_write}"
     );
+    // A tool granted a smaller quota gets its own project limit, set
+    // again from its next run when the grant changes.
+    g.sh_ok("clawosctl install --grant storage=2M fs-small /tmp/probe.wasm >/dev/null");
+    let (code, small) = refusal(&run(&mut g, "fs-small", "fill big 262144"));
+    assert_eq!(code, 201);
+    assert!(
+        small > (2 << 20) - (64 << 10) && small <= 2 << 20,
+        "{small}"
+    );
+    g.sh_ok("clawosctl grant fs-small storage=3M >/dev/null");
+    let (code, more) = refusal(&run(&mut g, "fs-small", "fill more 262144"));
+    assert_eq!(code, 201);
+    assert!(
+        small + more > (3 << 20) - (64 << 10) && small + more <= 3 << 20,
+        "{small} then {more}"
+    );
     let list = g.sh_ok("clawosctl list");
     eprintln!("{list}");
     assert!(

@@ -353,6 +353,8 @@ fn main() {
                         source: ComponentSource::Bytes(bomb.clone()),
                         replace: true,
                         kept_data: Default::default(),
+                        grants: vec![],
+                        grant_requested: false,
                     },
                 );
                 if let Ok(r) = &r {

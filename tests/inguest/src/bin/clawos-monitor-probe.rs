@@ -18,12 +18,26 @@
 //!   With `--unmonitored` it also proves that no monitor was attached
 //!   while it ran: an execve (refused by the monitors) before and after
 //!   the loop must both succeed, else it prints `monitored: yes`.
+//! - `grant-connect --allow CIDR:PORT... --to ADDR:PORT...`: plays the
+//!   daemon for the kernel's per-instance egress check. It loads the
+//!   monitors itself (`Monitor::load` with `--config`, so that the
+//!   programs' daemon is this process; the daemon's own programs stay
+//!   attached and keep their checks), opens a listener on each `--to`
+//!   port (`[::]`, both families), then connects to each `--to` through
+//!   the egress code with its policy check switched off (as `connect`),
+//!   from its main thread: first serving no instance (`unserved`), then
+//!   registered as serving instance `--instance` whose grant is the
+//!   `--allow` pairs (`serving`), then once that registration is dropped
+//!   (`released`). One line per connect: `PHASE ADDR:PORT: ok` or the
+//!   failure.
 
 use clap::{Parser, Subcommand};
-use clawos_bridge::config::{EgressRule, NetworkPolicy};
+use clawos_bridge::config::{Config, EgressRule, NetworkPolicy};
 use clawos_bridge::egress::Egress;
+use clawos_bridge::monitor::{Monitor, grants};
 use std::io::Read;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -54,6 +68,86 @@ enum What {
         #[arg(long)]
         unmonitored: bool,
     },
+    GrantConnect {
+        /// A destination of the grant: CIDR:PORT (`127.0.0.1/32:5432`,
+        /// `::1/128:5432`).
+        #[arg(long, required = true, value_parser = allow_rule)]
+        allow: Vec<EgressRule>,
+        /// Where to connect: ADDR:PORT (`127.0.0.1:5432`, `[::1]:5432`).
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+        /// The instance the grant is registered for.
+        #[arg(long, default_value_t = 1)]
+        instance: u64,
+        /// The daemon's configuration: the monitors' object, cgroup root,
+        /// ports and rules.
+        #[arg(long, default_value = "/etc/clawos/daemon.toml")]
+        config: PathBuf,
+    },
+}
+
+/// `CIDR:PORT` as a rule of one port.
+fn allow_rule(text: &str) -> Result<EgressRule, String> {
+    let (cidr, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not CIDR:PORT"))?;
+    Ok(EgressRule {
+        cidr: cidr.parse().map_err(|e| format!("{cidr:?}: {e}"))?,
+        ports: vec![port.parse().map_err(|e| format!("{port:?}: {e}"))?],
+    })
+}
+
+/// The bridge's egress code with its own policy check switched off: every
+/// address (the loopback is reached only where a rule names it) and every
+/// port, so that the kernel alone judges.
+fn unchecked_egress() -> Egress {
+    let open = NetworkPolicy {
+        allow_names: vec!["localhost".into()],
+        allow: ["0.0.0.0/0", "127.0.0.0/8", "::/0", "::1/128"]
+            .iter()
+            .map(|cidr| EgressRule {
+                cidr: cidr.parse().unwrap(),
+                ports: (1..=u16::MAX).collect(),
+            })
+            .collect(),
+        ..NetworkPolicy::default()
+    };
+    Egress::new(open)
+}
+
+/// `grant-connect`: see the module's doc.
+fn grant_connect(allow: &[EgressRule], to: &[SocketAddr], instance: u64, config: &Path) {
+    let config = Config::load(config).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    let _monitor =
+        Monitor::load(&config).unwrap_or_else(|f| panic!("cannot load the monitors: {f}"));
+    // A listener on every port (listening is not checked): a connect the
+    // kernel lets through succeeds, whichever loopback address it goes to.
+    let mut ports: Vec<u16> = to.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let _listeners: Vec<std::net::TcpListener> = ports
+        .iter()
+        .map(|p| {
+            std::net::TcpListener::bind(("::", *p))
+                .unwrap_or_else(|e| panic!("cannot listen on [::]:{p}: {e}"))
+        })
+        .collect();
+    let egress = unchecked_egress();
+    let connect_all = |phase: &str| {
+        for addr in to {
+            let host = addr.ip().to_string();
+            match egress.connect(&host, addr.port(), Duration::from_secs(5)) {
+                Ok(_stream) => println!("{phase} {addr}: ok"),
+                Err(f) => println!("{phase} {addr}: {f}"),
+            }
+        }
+    };
+    connect_all("unserved");
+    let serving = grants::serve(instance, allow)
+        .unwrap_or_else(|f| panic!("cannot serve instance {instance}: {f}"));
+    connect_all("serving");
+    drop(serving);
+    connect_all("released");
 }
 
 fn errno(e: &std::io::Error) -> String {
@@ -91,6 +185,12 @@ fn main() {
             Ok(s) => println!("exec {path}: ok ({s})"),
             Err(e) => println!("exec {path}: {}", errno(&e)),
         },
+        What::GrantConnect {
+            allow,
+            to,
+            instance,
+            config,
+        } => grant_connect(&allow, &to, instance, &config),
         What::Connect { port, host } => {
             let listener = match host {
                 Some(_) => None,
@@ -100,20 +200,7 @@ fn main() {
                 ),
             };
             let host = host.unwrap_or_else(|| "127.0.0.1".into());
-            let open = NetworkPolicy {
-                allow_names: vec!["localhost".into()],
-                // Every address (the loopback is reached only where a
-                // rule names it) and every port: the kernel alone judges.
-                allow: ["0.0.0.0/0", "127.0.0.0/8"]
-                    .iter()
-                    .map(|cidr| EgressRule {
-                        cidr: cidr.parse().unwrap(),
-                        ports: (1..=u16::MAX).collect(),
-                    })
-                    .collect(),
-                ..NetworkPolicy::default()
-            };
-            match Egress::new(open).connect(&host, port, Duration::from_secs(5)) {
+            match unchecked_egress().connect(&host, port, Duration::from_secs(5)) {
                 Ok(_stream) => {
                     if let Some(l) = listener {
                         let _ = l.accept();

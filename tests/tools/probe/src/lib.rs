@@ -13,6 +13,11 @@
 //! `forge-file` and `closed-conn HOST PORT` use handles the tool does not
 //! own; the first traps (the run ends with INVALID_HANDLE), the second gets
 //! INVALID_HANDLE back from the call.
+//!
+//! `env NAME` and `wasi-env NAME` print a variable of the run's environment
+//! (`ok VALUE`, or `none`), through `system.get-env` and through WASI. Its
+//! `request_grants!` below is what the grants tests grant with
+//! `--grant-requested`.
 
 use clawos_tool::{
     Guest, cgroup, device, export, filesystem, memory, network, system, types::ErrorCode,
@@ -20,6 +25,19 @@ use clawos_tool::{
 use std::io::{Read, Write};
 
 struct Probe;
+
+// What the grants tests give it with `install --grant-requested`.
+clawos_tool::request_grants!(
+    r#"
+names = ["localhost"]
+secrets = ["PROBE_TOKEN"]
+devices = [{ name = "null", write = true }]
+
+[[net]]
+cidr = "127.0.0.0/8"
+ports = [5432]
+"#
+);
 
 fn code(e: ErrorCode) -> String {
     format!("err {}", clawos_tool::code(e))
@@ -251,6 +269,14 @@ impl Guest for Probe {
                 device::open(a, false).and_then(|d| d.write(b"refused")),
                 |n| n.to_string(),
             ),
+            "env" => match system::get_env(a) {
+                Some(v) => format!("ok {v}"),
+                None => "none".to_owned(),
+            },
+            "wasi-env" => match std::env::var(a) {
+                Ok(v) => format!("ok {v}"),
+                Err(_) => "none".to_owned(),
+            },
             "connect" => show(network::socket(a, b.parse().unwrap_or(0)), |_| {
                 String::new()
             }),
