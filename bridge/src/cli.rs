@@ -6,7 +6,9 @@
 use crate::error::{Code, Failure};
 use crate::escape;
 use crate::ipc::client::{Client, Remote};
-use crate::ipc::proto::{Body, ComponentSource, KeptData, Request, Response, RunRequest};
+use crate::ipc::proto::{
+    Body, ComponentSource, KeptData, Request, Response, RunRequest, SecretValue,
+};
 use crate::remote;
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Read, Write};
@@ -323,7 +325,7 @@ fn request(cli: &Cli) -> Result<Request, Failure> {
             Request::Secret {
                 name: name.clone(),
                 key: variable.clone(),
-                value: Some(value),
+                value: Some(SecretValue(value)),
             }
         }
         Command::Keys(_) | Command::GrowData { .. } | Command::ApparmorDevices { .. } => {

@@ -454,22 +454,30 @@ impl Daemon {
                     Err(f) => Err(f),
                 }
             }
-            Request::Show { name } => self
-                .registry
-                .show(&name)
-                .map(|i| Response::ok(Body::Tool(i))),
+            // Off the async threads: these wait for an install's compile
+            // (the registry's lock) and write files.
+            Request::Show { name } => {
+                let registry = self.registry.clone();
+                blocking("show", move || registry.show(&name)).await
+            }
             Request::Grant { name, add, remove } => {
                 let registry = self.registry.clone();
                 let who = who(peer);
-                parse_all(&add, Grant::parse)
-                    .and_then(|add| Ok((add, parse_all(&remove, Revoke::parse)?)))
-                    .and_then(|(add, remove)| registry.change_grants(&name, &add, &remove, &who))
-                    .map(|i| Response::ok(Body::Tool(i)))
+                blocking("grant", move || {
+                    let add = parse_all(&add, Grant::parse)?;
+                    let remove = parse_all(&remove, Revoke::parse)?;
+                    registry.change_grants(&name, &add, &remove, &who)
+                })
+                .await
             }
-            Request::Secret { name, key, value } => self
-                .registry
-                .set_secret(&name, &key, value.as_deref(), &who(peer))
-                .map(|i| Response::ok(Body::Tool(i))),
+            Request::Secret { name, key, value } => {
+                let registry = self.registry.clone();
+                let who = who(peer);
+                blocking("secret", move || {
+                    registry.set_secret(&name, &key, value.as_ref().map(|v| v.0.as_str()), &who)
+                })
+                .await
+            }
             Request::Run(run) => self.run(run).await,
         };
         let response = result.unwrap_or_else(|f| Response::failure(&f));
@@ -536,17 +544,17 @@ impl Daemon {
         // The tool's ClawFS directory, made now if it is missing, and only
         // if the tool was not removed meanwhile (its data must not come back).
         // (Off the async threads: labelling a tree for its quota walks it.)
+        // With it, the tool's grants as they are now (a revoke takes effect
+        // here) and its secrets: the environment is the grants', then the
+        // client's, then the secrets (which nothing else can replace).
         let registry = self.registry.clone();
         let for_run = tool.clone();
-        tokio::task::spawn_blocking(move || registry.data_dir_for_run(&for_run))
-            .await
-            .map_err(|e| {
-                Failure::new(Code::Einternal, format!("the ClawFS directory task: {e}"))
-            })??;
-        // The tool's grants as they are now (a revoke takes effect here),
-        // and its secrets: the environment is the grants', then the
-        // client's, then the secrets (which nothing else can replace).
-        let (grants, secrets) = self.registry.for_run(&run.name)?;
+        let (_, grants, secrets) =
+            tokio::task::spawn_blocking(move || registry.prepare_run(&for_run))
+                .await
+                .map_err(|e| {
+                    Failure::new(Code::Einternal, format!("the ClawFS directory task: {e}"))
+                })??;
         let budget = match run.timeout_ms {
             Some(t) => t.min(grants.cpu_budget_ms),
             None => grants.cpu_budget_ms,
@@ -591,6 +599,17 @@ fn who(peer: &Peer) -> String {
         Peer::Local { uid } => format!("uid {uid}"),
         Peer::Remote(r) => format!("remote {} ({})", r.identity, r.addr),
     }
+}
+
+/// `f` on the blocking pool; its tool as the answer.
+async fn blocking(
+    what: &'static str,
+    f: impl FnOnce() -> Result<crate::registry::ToolInfo, Failure> + Send + 'static,
+) -> Result<Response, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::new(Code::Epanic, format!("{what} task failed: {e}")))?
+        .map(|i| Response::ok(Body::Tool(i)))
 }
 
 /// Each of `texts` parsed by `parse`; the first that does not parse is the answer.

@@ -334,18 +334,33 @@ impl ToolRegistry {
             self.settle_kept_data(name, choice)?;
         }
         // The grants first: a tool in place always has its grants file
-        // (one without is taken for a tool from before grants).
+        // (one without is taken for a tool from before grants). A name not
+        // installed starts clean: no secret a removed tool left behind.
+        if !installed {
+            self.store.remove(name)?;
+        }
         self.store.save(name, &grants)?;
         let target = self.dir.join(name);
         let old = self.dir.join(format!(".old-{name}"));
-        if target.exists() {
-            std::fs::rename(&target, &old)
-                .map_err(io(format_args!("cannot move {} aside", target.display())))?;
+        let placed = (|| {
+            if target.exists() {
+                std::fs::rename(&target, &old)
+                    .map_err(io(format_args!("cannot move {} aside", target.display())))?;
+            }
+            std::fs::rename(&staging, &target).map_err(io(format_args!(
+                "cannot move {} into place",
+                target.display()
+            )))
+        })();
+        if let Err(e) = placed {
+            // What the operator is told failed leaves the grants as they were.
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = match installed {
+                true => self.store.save(name, &self.grants_of(name)?),
+                false => self.store.remove(name),
+            };
+            return Err(e);
         }
-        std::fs::rename(&staging, &target).map_err(io(format_args!(
-            "cannot move {} into place",
-            target.display()
-        )))?;
         let _ = std::fs::remove_dir_all(&old);
         let mut info = tool.info.clone();
         self.tools
@@ -374,11 +389,21 @@ impl ToolRegistry {
             .keys()
             .cloned()
             .collect();
+        let legacy_fits = self.ceilings.check(legacy);
         let mut all = self.grants.write().map_err(|_| poisoned())?;
         for name in names {
             let grants = match self.store.load(&name)? {
                 Some(g) => g,
                 None => {
+                    if let Err(f) = &legacy_fits {
+                        return Err(Failure::new(
+                            Code::SandboxSetupFailed,
+                            format!(
+                                "tool {name:?} was installed before per-tool grants and would get the config's network and device policy, which a tool's grants cannot hold ({}): narrow network.allow or devices.allow, or remove the tool",
+                                f.message
+                            ),
+                        ));
+                    }
                     self.store.save(&name, legacy)?;
                     tracing::warn!(tool = %name, grants = %describe(legacy), "tool installed before per-tool grants: given the config's network and device policy as its grants (clawosctl show, revoke)");
                     legacy.clone()
@@ -506,13 +531,6 @@ impl ToolRegistry {
         self.show(name)
     }
 
-    /// What a run of `name` is given now: its grants within the ceilings,
-    /// and its secrets.
-    pub fn for_run(&self, name: &str) -> Result<(Effective, Secrets), Failure> {
-        let grants = self.grants_of(name)?;
-        Ok((self.ceilings.effective(&grants), self.store.secrets(name)?))
-    }
-
     /// Where the precompiled artifact of tool `name` is (the sandbox's
     /// launcher loads it from there).
     pub fn artifact(&self, name: &str) -> PathBuf {
@@ -539,8 +557,17 @@ impl ToolRegistry {
     /// long as `tool` is still what is installed under its name: a run that
     /// waited through a remove gets TOOL_NOT_FOUND, one that waited through
     /// a replace by another component EAGAIN.
-    pub fn data_dir_for_run(&self, tool: &Arc<InstalledTool>) -> Result<PathBuf, Failure> {
+    ///
+    /// With it, what the run is given: the tool's grants within the
+    /// ceilings as they are now (a revoke holds from here), and its secrets,
+    /// read under the same check, so that they are `tool`'s own.
+    pub fn prepare_run(
+        &self,
+        tool: &Arc<InstalledTool>,
+    ) -> Result<(PathBuf, Effective, Secrets), Failure> {
         let name = &tool.info.name;
+        // Held to the end: a remove, which a new tool under the name (and
+        // its secrets) must wait for, takes it too.
         let mut quota_set = self.data_lock.lock().map_err(|_| poisoned())?;
         match self.tools.read().map_err(|_| poisoned())?.get(name) {
             None => {
@@ -584,7 +611,8 @@ impl ToolRegistry {
             }
             quota_set.insert(name.clone(), limits);
         }
-        Ok(dir)
+        let effective = self.ceilings.effective(&self.grants_of(name)?);
+        Ok((dir, effective, self.store.secrets(name)?))
     }
 
     /// What tool `name`'s tree holds against its quota: None without
@@ -651,7 +679,7 @@ impl ToolRegistry {
         // The data first (kept and recorded, or moved out of every tool's
         // reach), so that a failure there changes nothing; the tool leaves
         // the registry under the same lock, so no run makes its directory
-        // again afterwards (`data_dir_for_run`).
+        // again afterwards (`prepare_run`).
         let data = self.data.join(name);
         let doomed = {
             let mut quota_set = self.data_lock.lock().map_err(|_| poisoned())?;
@@ -667,12 +695,13 @@ impl ToolRegistry {
             self.tools.write().map_err(|_| poisoned())?.remove(name);
             doomed
         };
+        // Its grants and secrets before its files: a tool installed under
+        // this name later starts with nothing, whatever happens below.
+        self.grants.write().map_err(|_| poisoned())?.remove(name);
+        self.store.remove(name)?;
         let path = self.dir.join(name);
         std::fs::remove_dir_all(&path)
             .map_err(io(format_args!("cannot remove {}", path.display())))?;
-        // A tool installed under this name later starts with nothing.
-        self.grants.write().map_err(|_| poisoned())?.remove(name);
-        self.store.remove(name)?;
         match (keep_data, doomed) {
             (true, _) if data.is_dir() => {
                 tracing::info!(tool = %name, data = %data.display(), "tool removed; its data is kept")

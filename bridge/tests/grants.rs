@@ -402,4 +402,14 @@ fn grants_survive_a_restart_and_a_tool_from_before_grants_keeps_the_config_s_pol
     });
     assert_eq!(r.code, Code::Success);
     assert!(!d.state.join("grants/kept.toml").exists());
+    // And a secret left under the name (a remove cut short) goes to no
+    // tool installed under it later.
+    std::fs::write(
+        d.state.join("secrets/kept.toml"),
+        "PROBE_TOKEN = \"left\"\n",
+    )
+    .unwrap();
+    installed(&d, "kept", &[], false);
+    assert_eq!(probe(&d, "kept", &["env", "PROBE_TOKEN"], &[]), "none");
+    assert!(shown(&d, "kept").secrets.is_empty());
 }

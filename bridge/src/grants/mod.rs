@@ -341,7 +341,7 @@ impl Revoke {
             "memory" => Revoke::MemoryBytes,
             _ => match text.split_once('=') {
                 Some(("env", name)) if env_name_ok(name) => Revoke::Env(name.to_owned()),
-                Some(("device", name)) => Revoke::Device(name.to_owned()),
+                Some(("device", name)) if device_name_ok(name) => Revoke::Device(name.to_owned()),
                 _ => match Grant::parse(text)? {
                     Grant::Name(n) => Revoke::Name(n),
                     Grant::Net(r) => Revoke::Net(r),
@@ -454,6 +454,55 @@ impl Grants {
         out
     }
 
+    /// Refuse what [`Grant::parse`] would not take (INVALID_ARGUMENT
+    /// naming it): grants read from elsewhere (a component's request) hold
+    /// only what an operator could have typed. Zero limits included: a
+    /// quota of 0 would be no quota at all.
+    pub fn validate(&self) -> Result<(), Failure> {
+        let refuse = |what: String| {
+            Err(Failure::new(
+                Code::InvalidArgument,
+                format!("grant {}: not a valid grant", what.escape_debug()),
+            ))
+        };
+        for n in &self.names {
+            if !name_ok(n) {
+                return refuse(format!("name={}", shorten(n)));
+            }
+        }
+        for r in &self.net {
+            if r.cidr.trunc() != r.cidr || r.ports.is_empty() || r.ports.contains(&0) {
+                return refuse(format!("net={}", net_text(r)));
+            }
+        }
+        for d in &self.devices {
+            if !device_name_ok(&d.name) {
+                return refuse(format!("device={}", shorten(&d.name)));
+            }
+        }
+        for (what, v) in [
+            ("storage", self.storage_bytes),
+            ("inodes", self.storage_inodes),
+            ("cpu-budget-ms", self.cpu_budget_ms),
+            ("memory", self.memory_bytes),
+        ] {
+            if v == Some(0) {
+                return refuse(format!("{what}=0"));
+            }
+        }
+        for (k, v) in &self.env {
+            if !env_name_ok(k) || v.contains('\0') {
+                return refuse(format!("env={}", shorten(k)));
+            }
+        }
+        for k in &self.secrets {
+            if !env_name_ok(k) {
+                return refuse(format!("secret {}", shorten(k)));
+            }
+        }
+        Ok(())
+    }
+
     /// How many (network, port) pairs the network grants hold.
     pub fn dest_count(&self) -> usize {
         self.net.iter().map(|r| r.ports.len()).sum()
@@ -535,6 +584,7 @@ impl Ceilings {
 
     /// POLICY_DENIED, naming the first grant of `grants` above a ceiling.
     pub fn check(&self, grants: &Grants) -> Result<(), Failure> {
+        grants.validate()?;
         for (what, n) in [
             ("names", grants.names.len()),
             ("networks", grants.net.len()),
@@ -654,7 +704,7 @@ impl Ceilings {
             .collect();
         Effective {
             names: grants.names.clone(),
-            net: grants.net.clone(),
+            net: intersect(&grants.net, &self.network.allow),
             devices: DevicePolicy {
                 allow: devices,
                 max_io_bytes: self.devices.max_io_bytes,
@@ -680,6 +730,44 @@ impl Ceilings {
             env: grants.env.clone(),
         }
     }
+}
+
+/// The destinations both `granted` and `ceiling` hold: for each pair of
+/// rules whose networks overlap (two CIDR networks overlap only when one
+/// holds the other), the narrower network with the ports both name. What
+/// the kernel's per-instance check is given, so that a ceiling lowered
+/// after a grant holds there too.
+fn intersect(granted: &[EgressRule], ceiling: &[EgressRule]) -> Vec<EgressRule> {
+    let mut out: Vec<EgressRule> = Vec::new();
+    for g in granted {
+        for c in ceiling {
+            let cidr = if c.cidr.contains(&g.cidr) {
+                g.cidr
+            } else if g.cidr.contains(&c.cidr) {
+                c.cidr
+            } else {
+                continue;
+            };
+            let ports: Vec<u16> = g
+                .ports
+                .iter()
+                .copied()
+                .filter(|p| c.ports.contains(p))
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            match out.iter_mut().find(|r| r.cidr == cidr) {
+                Some(r) => {
+                    r.ports.extend(ports);
+                    r.ports.sort_unstable();
+                    r.ports.dedup();
+                }
+                None => out.push(EgressRule { cidr, ports }),
+            }
+        }
+    }
+    out
 }
 
 /// What one run of a tool is given.

@@ -56,6 +56,7 @@ pub fn requested(bytes: &[u8]) -> Result<Grants, Failure> {
                     .escape_debug()
             ))
         })?;
+        grants.validate().map_err(|f| invalid(f.message))?;
         found = Some(grants);
     }
     Ok(found.unwrap_or_default())
@@ -124,6 +125,9 @@ mod tests {
             (&b"names = 3"[..], "not a grants table"),
             (&b"\xff"[..], "not UTF-8"),
             (&b"rootkit = true"[..], "not a grants table"),
+            (&b"storage_bytes = 0"[..], "storage=0"),
+            (&b"env = { \"A B\" = \"x\" }"[..], "not a valid grant"),
+            (&b"names = [\"Evil Name\"]"[..], "not a valid grant"),
         ] {
             let e = requested(&component(&module(&[(SECTION, data)]))).unwrap_err();
             assert_eq!(e.code, Code::WasmInvalidComponent);

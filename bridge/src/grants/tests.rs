@@ -305,3 +305,57 @@ fn the_effective_grants_debug_shows_env_names_only() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_runs_destinations_are_the_grant_within_the_ceilings_of_now() {
+    let mut cfg = config();
+    let g = grants(&["net=10.0.0.0/8:5432,443", "net=127.0.0.1:5432"]);
+    let e = Ceilings::of(&cfg).effective(&g);
+    let shown: Vec<String> = e.net.iter().map(net_text).collect();
+    assert_eq!(shown, ["10.0.0.0/8:443,5432", "127.0.0.1/32:5432"]);
+    // The ceiling lowered to a part of the granted network and one port.
+    cfg.network.allow = vec![EgressRule {
+        cidr: "10.1.0.0/16".parse().unwrap(),
+        ports: vec![5432],
+    }];
+    let e = Ceilings::of(&cfg).effective(&g);
+    let shown: Vec<String> = e.net.iter().map(net_text).collect();
+    assert_eq!(shown, ["10.1.0.0/16:5432"]);
+}
+
+#[test]
+fn grants_from_elsewhere_are_validated_like_typed_ones() {
+    for bad in [
+        Grants {
+            storage_bytes: Some(0),
+            ..Grants::default()
+        },
+        Grants {
+            names: vec!["a b".into()],
+            ..Grants::default()
+        },
+        Grants {
+            env: [("A=B".to_owned(), "x".to_owned())].into(),
+            ..Grants::default()
+        },
+        Grants {
+            net: vec![EgressRule {
+                cidr: "10.0.0.1/8".parse().unwrap(),
+                ports: vec![1],
+            }],
+            ..Grants::default()
+        },
+        Grants {
+            secrets: ["\u{1b}[2J".to_owned()].into(),
+            ..Grants::default()
+        },
+    ] {
+        let e = Ceilings::of(&config()).check(&bad).unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument, "{bad:?}");
+        assert!(!e.message.contains('\u{1b}'), "{}", e.message);
+    }
+    assert_eq!(
+        Revoke::parse("device=null:rw").unwrap_err().code,
+        Code::InvalidArgument
+    );
+}

@@ -57,7 +57,7 @@ pub enum Request {
         /// The secret's name: the variable runs see.
         key: String,
         /// The value; `None` deletes it.
-        value: Option<String>,
+        value: Option<SecretValue>,
     },
     /// List installed tools.
     List,
@@ -72,6 +72,23 @@ pub enum Request {
     },
     /// The daemon's status and counters.
     Status,
+}
+
+/// A secret's value. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue({} bytes)", self.0.len())
+    }
+}
+
+impl From<&str> for SecretValue {
+    fn from(s: &str) -> SecretValue {
+        SecretValue(s.to_owned())
+    }
 }
 
 /// An install's answer to ClawFS data that a removed tool left under its
@@ -280,7 +297,7 @@ impl Request {
                 check_len("secret.name", name.len(), MAX_NAME as u64)?;
                 check_len("secret.key", key.len(), 128)?;
                 if let Some(v) = value {
-                    check_len("secret.value", v.len(), arg_max)?;
+                    check_len("secret.value", v.0.len(), arg_max)?;
                 }
                 Ok(())
             }

@@ -333,8 +333,11 @@ impl Sandbox {
         } = spare;
         // The kernel's connect check learns this run's destinations before
         // anything of the tool runs (and refuses every connect of this
-        // thread once they are taken back).
-        let kernel = crate::monitor::grants::serve(id, &grants.net);
+        // thread once they are taken back). A run granted none is not
+        // registered: the kernel refuses a thread that serves no instance.
+        let kernel = (!grants.net.is_empty())
+            .then(|| crate::monitor::grants::serve(id, &grants.net))
+            .transpose();
         if let Err(f) = kernel
             .as_ref()
             .map_err(Clone::clone)
@@ -438,7 +441,7 @@ impl Sandbox {
         grants: &Effective,
     ) -> Result<(), Failure> {
         // The registry made the tool's ClawFS directory when the run began
-        // (`ToolRegistry::data_dir_for_run`); it is gone only if the tool
+        // (`ToolRegistry::prepare_run`); it is gone only if the tool
         // was removed since, and it is never made again here.
         let clawfs = self.clawfs_root.join(tool);
         if !clawfs.is_dir() {
