@@ -543,6 +543,10 @@ pub struct Ceilings {
     pub cpu_budget_ms: u64,
     /// `sandbox.memory_limit_bytes`, and never above P1.5's `memory.max`.
     pub memory_bytes: u64,
+    /// A run's memory when none is granted: `sandbox.memory_limit_bytes`
+    /// (as before grants; where it is above `memory.max`, the cgroup's
+    /// limit is the one that bites).
+    pub default_memory_bytes: u64,
     /// `sandbox.max_env_entries`.
     pub env_entries: usize,
     /// `ipc.max_arg_bytes`: longest environment value.
@@ -577,6 +581,7 @@ impl Ceilings {
                 .sandbox
                 .memory_limit_bytes
                 .min(config.cgroup.instance.memory_max),
+            default_memory_bytes: config.sandbox.memory_limit_bytes,
             env_entries: config.sandbox.max_env_entries as usize,
             env_bytes: config.ipc.max_arg_bytes as usize,
         }
@@ -725,8 +730,7 @@ impl Ceilings {
                 .min(self.cpu_budget_ms),
             memory_bytes: grants
                 .memory_bytes
-                .unwrap_or(u64::MAX)
-                .min(self.memory_bytes),
+                .map_or(self.default_memory_bytes, |m| m.min(self.memory_bytes)),
             env: grants.env.clone(),
         }
     }

@@ -248,11 +248,19 @@ fn effective_grants_are_bounded_by_the_ceilings_of_now() {
     assert_eq!(e.storage.0, 8 << 20);
     assert_eq!(e.storage.1, cfg.clawfs.quota_inodes);
     assert_eq!(e.cpu_budget_ms, 100);
+    assert_eq!(e.memory_bytes, cfg.sandbox.memory_limit_bytes);
+    // Not granted: the config's own, as before grants, even above the
+    // cgroup's memory.max (which then bites first); granted: never above it.
+    let mut big = cfg.clone();
+    big.sandbox.memory_limit_bytes = 4 * cfg.cgroup.instance.memory_max;
+    let big = Ceilings::of(&big);
     assert_eq!(
-        e.memory_bytes,
-        cfg.sandbox
-            .memory_limit_bytes
-            .min(cfg.cgroup.instance.memory_max)
+        big.effective(&Grants::default()).memory_bytes,
+        4 * cfg.cgroup.instance.memory_max
+    );
+    assert_eq!(
+        big.effective(&grants(&["memory=1G"])).memory_bytes,
+        cfg.cgroup.instance.memory_max
     );
     // The config lowered below the grant, and a device made read-only.
     cfg.clawfs.quota_bytes = 2 << 20;

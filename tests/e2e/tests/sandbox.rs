@@ -20,9 +20,8 @@ const START_SPINNER: &str = "clawosctl run spinner >/tmp/spin.out 2>&1 & \
     [ -d /proc/$p/root/clawfs ] && W=$p; done; \
     [ -n \"$W\" ] && break; sleep 0.05; done; \
     D=$(awk '/^PPid/ {print $2}' /proc/$W/status); \
-    X=$(cat /sys/fs/cgroup/clawos/*/main/cgroup.procs 2>/dev/null); \
     L=$(for s in /proc/[0-9]*/status; do p=${s#/proc/}; p=${p%/status}; \
-        echo \"$X\" | grep -qx \"$p\" && continue; \
+        grep -q instance- /proc/$p/cgroup 2>/dev/null && continue; \
         [ \"$(awk '/^PPid/ {print $2}' $s 2>/dev/null)\" = \"$D\" ] && echo $p; done); \
     I=$(dirname $(dirname $(grep -l \"^$W$\" /sys/fs/cgroup/clawos/instance-*/main/cgroup.procs 2>/dev/null))); \
     echo \"W=$W D=$D L=$L I=$I\"";
