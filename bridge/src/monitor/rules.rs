@@ -27,7 +27,9 @@ pub struct RulesFile {
 pub enum When {
     /// Any execve by a bridge process.
     Exec,
-    /// A connect to an address and port outside `network.allow`.
+    /// A connect to an address and port outside `network.allow`, or one
+    /// of the daemon's that the kernel refused as not granted to the
+    /// instance its thread serves.
     Egress,
     /// An open of one of `paths` (a file, or a directory and all below it).
     OpenSensitive,
@@ -266,6 +268,24 @@ impl Detector {
                             refused(e.verdict)
                         ))
                     }
+                    // Inside the allow-list, yet the kernel refused the
+                    // daemon: not granted to the instance its thread serves
+                    // (or it serves none). The proxy should never try it.
+                    Some((ip, port))
+                        if e.who == Who::Daemon
+                            && e.verdict < 0
+                            && !self.egress.is_resolver(ip, port) =>
+                    {
+                        Some(format!(
+                            "connect to {ip} port {port} by the daemon (pid {}), not granted to {}, {}",
+                            e.pid,
+                            match e.instance {
+                                Some(i) => format!("instance {i}, which its thread serves"),
+                                None => "any instance: its thread serves none".to_owned(),
+                            },
+                            refused(e.verdict)
+                        ))
+                    }
                     _ => None,
                 },
                 When::OpenSensitive
@@ -423,6 +443,34 @@ mod tests {
         e.verdict = 0;
         assert_eq!(rules_hit(&mut d, &e), ["egress"]);
         e.dest = None; // a Unix socket
+        assert!(rules_hit(&mut d, &e).is_empty());
+    }
+
+    #[test]
+    fn the_kernel_refusing_a_daemon_connect_inside_the_allow_list_is_an_egress_alert() {
+        let mut d = detector();
+        let mut e = seen(t::OP_CONNECT);
+        e.who = Who::Daemon;
+        e.dest = Some(("192.0.2.7".parse().unwrap(), 5432));
+        // Let through: granted to the instance, nothing to say.
+        assert!(rules_hit(&mut d, &e).is_empty());
+        // Refused by the per-instance check.
+        e.verdict = -1;
+        let alerts = d.check(&e);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].rule, "egress");
+        assert_eq!(
+            alerts[0].evidence,
+            "connect to 192.0.2.7 port 5432 by the daemon (pid 42), not granted to instance 5, which its thread serves, refused by the kernel"
+        );
+        e.instance = None;
+        assert!(
+            d.check(&e)[0]
+                .evidence
+                .contains("not granted to any instance: its thread serves none")
+        );
+        // Another process refused inside the allow-list is not this rule's.
+        e.who = Who::Worker;
         assert!(rules_hit(&mut d, &e).is_empty());
     }
 
