@@ -28,9 +28,6 @@ pub const MAX_GRANT_TEXT: usize = 4096;
 /// Most entries of each list in one tool's grants (names, networks,
 /// devices, environment variables, secrets).
 pub const MAX_ENTRIES: usize = 64;
-/// Most (network, port) pairs a tool's network grants expand to: what the
-/// kernel's per-instance connect check holds.
-pub const MAX_DESTS: usize = clawos_ebpf_types::MAX_GRANT_DESTS;
 
 /// One device a tool may open.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -503,11 +500,6 @@ impl Grants {
         Ok(())
     }
 
-    /// How many (network, port) pairs the network grants hold.
-    pub fn dest_count(&self) -> usize {
-        self.net.iter().map(|r| r.ports.len()).sum()
-    }
-
     /// What a tool installed before grants existed had: the config's whole
     /// network and device policy, and its defaults for the rest.
     pub fn legacy(config: &Config) -> Grants {
@@ -626,12 +618,8 @@ impl Ceilings {
                 }
             }
         }
-        if grants.dest_count() > MAX_DESTS {
-            return Err(denied(format!(
-                "the network grants hold {} (network, port) pairs; the kernel's per-instance check holds {MAX_DESTS}",
-                grants.dest_count()
-            )));
-        }
+        // What the kernel's per-instance check holds (32 pairs).
+        crate::monitor::grants::check_fits(&grants.net)?;
         for d in &grants.devices {
             match self.devices.allow.iter().find(|r| r.name == d.name) {
                 None => {

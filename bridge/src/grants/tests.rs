@@ -204,7 +204,7 @@ fn ceilings_refuse_what_the_config_does_not_allow() {
         assert_eq!(e.code, Code::PolicyDenied, "{bad}");
         assert!(e.message.contains(why), "{bad}: {}", e.message);
     }
-    let many: Vec<String> = (1..=MAX_DESTS as u16 + 1)
+    let many: Vec<String> = (1..=clawos_ebpf_types::MAX_GRANT_DESTS as u16 + 1)
         .map(|p| format!("net=10.0.{}.0/24:5432", p))
         .collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
