@@ -451,6 +451,19 @@ impl Grants {
         out
     }
 
+    /// The first list holding more than [`MAX_ENTRIES`], with its length.
+    pub fn too_many(&self) -> Option<(&'static str, usize)> {
+        [
+            ("names", self.names.len()),
+            ("networks", self.net.len()),
+            ("devices", self.devices.len()),
+            ("environment variables", self.env.len()),
+            ("secrets", self.secrets.len()),
+        ]
+        .into_iter()
+        .find(|&(_, n)| n > MAX_ENTRIES)
+    }
+
     /// Refuse what [`Grant::parse`] would not take (INVALID_ARGUMENT
     /// naming it): grants read from elsewhere (a component's request) hold
     /// only what an operator could have typed. Zero limits included: a
@@ -582,18 +595,10 @@ impl Ceilings {
     /// POLICY_DENIED, naming the first grant of `grants` above a ceiling.
     pub fn check(&self, grants: &Grants) -> Result<(), Failure> {
         grants.validate()?;
-        for (what, n) in [
-            ("names", grants.names.len()),
-            ("networks", grants.net.len()),
-            ("devices", grants.devices.len()),
-            ("environment variables", grants.env.len()),
-            ("secrets", grants.secrets.len()),
-        ] {
-            if n > MAX_ENTRIES {
-                return Err(denied(format!(
-                    "{n} {what} granted; a tool may hold {MAX_ENTRIES}"
-                )));
-            }
+        if let Some((what, n)) = grants.too_many() {
+            return Err(denied(format!(
+                "{n} {what} granted; a tool may hold {MAX_ENTRIES}"
+            )));
         }
         for n in &grants.names {
             if !self.network.allow_names.iter().any(|c| name_covered(c, n)) {
@@ -618,8 +623,9 @@ impl Ceilings {
                 }
             }
         }
-        // What the kernel's per-instance check holds (32 pairs).
-        crate::monitor::grants::check_fits(&grants.net)?;
+        // What the kernel's per-instance check holds (32 pairs): the run's
+        // destinations as the ceilings of now make them.
+        crate::monitor::grants::check_fits(&intersect(&grants.net, &self.network.allow))?;
         for d in &grants.devices {
             match self.devices.allow.iter().find(|r| r.name == d.name) {
                 None => {
@@ -724,39 +730,54 @@ impl Ceilings {
     }
 }
 
-/// The destinations both `granted` and `ceiling` hold: for each pair of
-/// rules whose networks overlap (two CIDR networks overlap only when one
-/// holds the other), the narrower network with the ports both name. What
-/// the kernel's per-instance check is given, so that a ceiling lowered
-/// after a grant holds there too.
+/// The destinations both `granted` and `ceiling` hold, as the proxy judges
+/// them ([`rule_covers`]: an address of a loopback, link-local or other
+/// special range is reached only by a rule inside that range). For each
+/// pair of rules, on the ports both name: the granted network if the
+/// ceiling's reaches all of it, the ceiling's if the grant reaches all of
+/// that, else nothing (two CIDR networks overlap only when one holds the
+/// other). A pair another pair of the result already reaches is left out,
+/// so a grant within the ceilings comes out no longer than it went in.
+/// What the run's proxy and the kernel's per-instance check are given, so
+/// that a ceiling lowered after a grant holds there too.
 fn intersect(granted: &[EgressRule], ceiling: &[EgressRule]) -> Vec<EgressRule> {
-    let mut out: Vec<EgressRule> = Vec::new();
+    let mut pairs: Vec<(IpNet, u16)> = Vec::new();
     for g in granted {
         for c in ceiling {
-            let cidr = if c.cidr.contains(&g.cidr) {
+            let cidr = if rule_covers(&c.cidr, &g.cidr) {
                 g.cidr
-            } else if g.cidr.contains(&c.cidr) {
+            } else if rule_covers(&g.cidr, &c.cidr) {
                 c.cidr
             } else {
                 continue;
             };
-            let ports: Vec<u16> = g
-                .ports
-                .iter()
-                .copied()
-                .filter(|p| c.ports.contains(p))
-                .collect();
-            if ports.is_empty() {
-                continue;
-            }
-            match out.iter_mut().find(|r| r.cidr == cidr) {
-                Some(r) => {
-                    r.ports.extend(ports);
-                    r.ports.sort_unstable();
-                    r.ports.dedup();
+            for &p in g.ports.iter().filter(|p| c.ports.contains(p)) {
+                if !pairs.contains(&(cidr, p)) {
+                    pairs.push((cidr, p));
                 }
-                None => out.push(EgressRule { cidr, ports }),
             }
+        }
+    }
+    let kept: Vec<(IpNet, u16)> = pairs
+        .iter()
+        .copied()
+        .filter(|&(cidr, p)| {
+            !pairs
+                .iter()
+                .any(|&(other, q)| q == p && other != cidr && rule_covers(&other, &cidr))
+        })
+        .collect();
+    let mut out: Vec<EgressRule> = Vec::new();
+    for (cidr, p) in kept {
+        match out.iter_mut().find(|r| r.cidr == cidr) {
+            Some(r) => {
+                r.ports.push(p);
+                r.ports.sort_unstable();
+            }
+            None => out.push(EgressRule {
+                cidr,
+                ports: vec![p],
+            }),
         }
     }
     out

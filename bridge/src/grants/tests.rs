@@ -278,6 +278,76 @@ fn effective_grants_are_bounded_by_the_ceilings_of_now() {
     );
 }
 
+fn rules(e: &Effective) -> Vec<String> {
+    e.net
+        .iter()
+        .map(|r| format!("{}:{:?}", r.cidr, r.ports))
+        .collect()
+}
+
+#[test]
+fn a_broad_network_grant_reaches_no_special_range_a_ceiling_names() {
+    // The config names loopback (for another tool) and the metadata
+    // address beside the whole Internet.
+    let mut cfg = config();
+    cfg.network.allow.push(EgressRule {
+        cidr: "169.254.169.254/32".parse().unwrap(),
+        ports: vec![80, 443],
+    });
+    cfg.network.allow.push(EgressRule {
+        cidr: "10.0.0.0/8".parse().unwrap(),
+        ports: vec![443],
+    });
+    let ceilings = Ceilings::of(&cfg);
+    let broad = grants(&["net=0.0.0.0/0:5432,443"]);
+    ceilings.check(&broad).unwrap();
+    let e = ceilings.effective(&broad);
+    // Neither 127.0.0.0/8 nor 169.254.169.254 comes with it, and 10.0.0.0/8
+    // (already reached) is not a second entry.
+    assert_eq!(rules(&e), ["0.0.0.0/0:[443, 5432]"]);
+    let proxy = crate::egress::Egress::new(cfg.network.clone()).granted(e.names, e.net);
+    for (ip, port, allowed) in [
+        ("192.0.2.7", 5432, true),
+        ("10.1.2.3", 443, true),
+        ("127.0.0.1", 5432, false),
+        ("169.254.169.254", 443, false),
+        ("169.254.169.254", 80, false),
+    ] {
+        assert_eq!(
+            proxy.destination_allowed(ip.parse().unwrap(), port),
+            allowed,
+            "{ip}:{port}"
+        );
+    }
+    // Granted by name, a special address is reached.
+    let named = grants(&["net=169.254.169.254:80", "net=127.0.0.1:5432"]);
+    ceilings.check(&named).unwrap();
+    assert_eq!(
+        rules(&ceilings.effective(&named)),
+        ["169.254.169.254/32:[80]", "127.0.0.1/32:[5432]"]
+    );
+    // The ceiling narrowed after the grant: what is left of it, still
+    // without loopback.
+    cfg.network.allow = vec![
+        EgressRule {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            ports: vec![5432, 443],
+        },
+        EgressRule {
+            cidr: "192.168.0.0/16".parse().unwrap(),
+            ports: vec![5432],
+        },
+        EgressRule {
+            cidr: "127.0.0.0/8".parse().unwrap(),
+            ports: vec![5432],
+        },
+    ];
+    assert_eq!(
+        rules(&Ceilings::of(&cfg).effective(&broad)),
+        ["10.0.0.0/8:[443, 5432]", "192.168.0.0/16:[5432]"]
+    );
+}
+
 #[test]
 fn a_tool_from_before_grants_keeps_the_config_s_policy() {
     let cfg = config();
