@@ -559,6 +559,7 @@ impl Daemon {
             Some(t) => t.min(grants.cpu_budget_ms),
             None => grants.cpu_budget_ms,
         };
+        let counts = (grants.env.len(), run.env.len(), secrets.0.len());
         let env: BTreeMap<String, String> = grants
             .env
             .clone()
@@ -566,6 +567,36 @@ impl Daemon {
             .chain(run.env)
             .chain(secrets.0)
             .collect();
+        // Each part was bounded when given, but not the three together, nor
+        // by a config changed since.
+        let (max_entries, max_bytes) = (
+            self.config.sandbox.max_env_entries as usize,
+            self.config.ipc.max_arg_bytes as usize,
+        );
+        if env.len() > max_entries {
+            return Err(Failure::new(
+                Code::QuotaExceeded,
+                format!(
+                    "the run's environment has {} variables ({} granted, {} from the request, {} secrets); sandbox.max_env_entries is {max_entries}",
+                    env.len(),
+                    counts.0,
+                    counts.1,
+                    counts.2
+                ),
+            ));
+        }
+        if let Some(k) = env
+            .iter()
+            .find_map(|(k, v)| (v.len() > max_bytes).then_some(k))
+        {
+            return Err(Failure::new(
+                Code::QuotaExceeded,
+                format!(
+                    "the value of environment variable {:?} is longer than ipc.max_arg_bytes ({max_bytes})",
+                    k.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
         let input = RunInput {
             args: run.args,
             input: run.input,

@@ -163,7 +163,7 @@ impl ToolRegistry {
     /// tool; tools' data is in the ClawFS root `data`, each tool's tree
     /// bounded by `quota` (bytes, inodes) when given.
     ///
-    /// A tool installed before grants existed is given `legacy` (the
+    /// In a state from before grants, each tool is given `legacy` (the
     /// config's policy as it was: [`Grants::legacy`]), written down once.
     pub fn open(
         state_dir: &Path,
@@ -198,14 +198,14 @@ impl ToolRegistry {
             }
             None => None,
         };
-        let registry = ToolRegistry {
+        let mut registry = ToolRegistry {
             dir,
             data: data.to_owned(),
             tools: RwLock::new(BTreeMap::new()),
             installing: Mutex::new(()),
             data_lock: Mutex::new(HashMap::new()),
             quotas,
-            store: GrantStore::open(state_dir)?,
+            store: GrantStore::open(state_dir, ceilings.env_bytes)?,
             grants: RwLock::new(BTreeMap::new()),
             ceilings,
         };
@@ -334,7 +334,7 @@ impl ToolRegistry {
             self.settle_kept_data(name, choice)?;
         }
         // The grants first: a tool in place always has its grants file
-        // (one without is taken for a tool from before grants). A name not
+        // (one without, after a crash, is given none). A name not
         // installed starts clean: no secret a removed tool left behind.
         if !installed {
             self.store.remove(name)?;
@@ -380,8 +380,10 @@ impl ToolRegistry {
         Ok(info)
     }
 
-    /// Give tools without a grants file (installed before grants) `legacy`.
-    fn load_grants(&self, legacy: &Grants) -> Result<(), Failure> {
+    /// Load every tool's grants. In a state from before grants, each tool
+    /// is given `legacy` and that is written down; after, a tool without a
+    /// grants file is given none.
+    fn load_grants(&mut self, legacy: &Grants) -> Result<(), Failure> {
         let names: Vec<String> = self
             .tools
             .read()
@@ -390,11 +392,12 @@ impl ToolRegistry {
             .cloned()
             .collect();
         let legacy_fits = self.ceilings.check(legacy);
-        let mut all = self.grants.write().map_err(|_| poisoned())?;
+        let upgrading = self.store.upgrading();
+        let mut all = BTreeMap::new();
         for name in names {
             let grants = match self.store.load(&name)? {
                 Some(g) => g,
-                None => {
+                None if upgrading => {
                     if let Err(f) = &legacy_fits {
                         return Err(Failure::new(
                             Code::SandboxSetupFailed,
@@ -408,9 +411,17 @@ impl ToolRegistry {
                     tracing::warn!(tool = %name, grants = %describe(legacy), "tool installed before per-tool grants: given the config's network and device policy as its grants (clawosctl show, revoke)");
                     legacy.clone()
                 }
+                None => {
+                    let none = Grants::default();
+                    self.store.save(&name, &none)?;
+                    tracing::warn!(tool = %name, "tool without a grants file (an install or remove cut short, or the file deleted): given no grants (clawosctl grant)");
+                    none
+                }
             };
             all.insert(name, grants);
         }
+        self.store.finish_upgrade()?;
+        *self.grants.write().map_err(|_| poisoned())? = all;
         Ok(())
     }
 
@@ -913,6 +924,18 @@ fn load_one(runtime: &Runtime, dir: &Path) -> Result<InstalledTool, Failure> {
         )
     })?;
     info.storage = None;
+    // Its grants and secrets are found by this name: it must be the
+    // directory's.
+    if dir.file_name() != Some(std::ffi::OsStr::new(&info.name)) {
+        return Err(Failure::new(
+            Code::WasmInvalidComponent,
+            format!(
+                "{} names the tool {:?}, not its directory's name",
+                meta_path.display(),
+                info.name.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
     let artifact = dir.join(ARTIFACT);
     match runtime.load_artifact(&artifact) {
         Ok(prepared) => Ok(InstalledTool { info, prepared }),

@@ -370,12 +370,26 @@ fn grants_survive_a_restart_and_a_tool_from_before_grants_keeps_the_config_s_pol
     installed(&d, "kept", &["net=127.0.0.1:5432", "storage=2M"], false);
     installed(&d, "old", &[], false);
     let kept = shown(&d, "kept");
+    let old_none = shown(&d, "old");
     let (dir, state) = d.into_state();
-    // "old" as an older daemon left it: no grants file.
-    std::fs::remove_file(state.join("grants/old.toml")).unwrap();
     let d = TestDaemon::start_in(dir, state, config);
     assert_eq!(shown(&d, "kept"), kept);
+    assert_eq!(shown(&d, "old"), old_none);
+    assert!(
+        !d.log().contains("tool installed before per-tool grants"),
+        "{}",
+        d.log()
+    );
+    // The state as a daemon from before grants left it: no grants
+    // directory (and an upgrade cut short: a grants.new beside it). Every
+    // tool keeps the config's policy.
+    let (dir, state) = d.into_state();
+    std::fs::remove_dir_all(state.join("grants")).unwrap();
+    std::fs::create_dir(state.join("grants.new")).unwrap();
+    std::fs::write(state.join("grants.new/old.toml"), "names = [\"x\"]\n").unwrap();
+    let d = TestDaemon::start_in(dir, state, config);
     let old = shown(&d, "old");
+    assert_eq!(shown(&d, "kept"), old);
     assert_eq!(old.names, ["localhost"]);
     assert_eq!(old.net.len(), 1);
     assert_eq!(old.net[0].cidr.to_string(), "127.0.0.0/8");
@@ -390,11 +404,43 @@ fn grants_survive_a_restart_and_a_tool_from_before_grants_keeps_the_config_s_pol
         "{}",
         d.log()
     );
-    // Written down: the next start does not warn again.
+    assert!(d.state.join("grants/old.toml").is_file());
+    assert!(!d.state.join("grants.new").exists());
+    // Written down: the next start does not warn again. Once grants are
+    // in, a tool without a grants file (an install cut short, the file
+    // deleted) gets none, never the config's whole policy.
+    // And a tool directory whose record names another tool (whose grants
+    // and secrets it would get) is not loaded.
     let (dir, state) = d.into_state();
+    std::fs::remove_file(state.join("grants/old.toml")).unwrap();
+    std::fs::create_dir(state.join("tools/forged")).unwrap();
+    for f in std::fs::read_dir(state.join("tools/kept")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, state.join("tools/forged").join(f.file_name().unwrap())).unwrap();
+    }
     let d = TestDaemon::start_in(dir, state, config);
-    assert_eq!(shown(&d, "old"), old);
-    assert!(!d.log().contains("tool installed before per-tool grants"));
+    assert_eq!(
+        d.request(&Request::Show {
+            name: "forged".into()
+        })
+        .code,
+        Code::ToolNotFound
+    );
+    assert!(
+        d.log()
+            .contains("names the tool \"kept\", not its directory's name"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(shown(&d, "kept"), old);
+    assert_eq!(shown(&d, "old"), old_none);
+    assert_eq!(probe(&d, "old", &["device", "null", "w"], &[]), "err 4");
+    let log = d.log();
+    assert!(
+        !log.contains("tool installed before per-tool grants"),
+        "{log}"
+    );
+    assert!(log.contains("tool without a grants file"), "{log}");
     // A removed tool's grants leave with it.
     let r = d.request(&Request::Remove {
         name: "kept".into(),
@@ -412,4 +458,51 @@ fn grants_survive_a_restart_and_a_tool_from_before_grants_keeps_the_config_s_pol
     installed(&d, "kept", &[], false);
     assert_eq!(probe(&d, "kept", &["env", "PROBE_TOKEN"], &[]), "none");
     assert!(shown(&d, "kept").secrets.is_empty());
+}
+
+#[test]
+fn a_run_s_whole_environment_is_bounded_by_the_config_of_now() {
+    let config = "[sandbox]\nmax_env_entries = 4\n";
+    let d = TestDaemon::with_config(config);
+    installed(&d, "t", &["env=A=1", "env=B=2", "env=C=3"], false);
+    let r = d.request(&Request::Secret {
+        name: "t".into(),
+        key: "S".into(),
+        value: Some("hidden-9b2c".into()),
+    });
+    assert_eq!(r.code, Code::Success, "{}", r.message);
+    // Four in all: the run starts.
+    assert_eq!(
+        probe(&d, "t", &["env", "S"], &[("A", "x")]),
+        "ok hidden-9b2c"
+    );
+    // Five: refused, saying where they came from, quoting no value.
+    let r = d.request(&Request::Run(RunRequest {
+        name: "t".into(),
+        args: vec!["env".into(), "S".into()],
+        input: vec![],
+        env: vec![("X".into(), "y".into())],
+        timeout_ms: None,
+    }));
+    assert_eq!(r.code, Code::QuotaExceeded, "{}", r.message);
+    assert_eq!(
+        r.message,
+        "the run's environment has 5 variables (3 granted, 1 from the request, 1 secrets); sandbox.max_env_entries is 4"
+    );
+    // The config lowered after the grant: every run of the tool is refused
+    // until it is revoked.
+    let (dir, state) = d.into_state();
+    let d = TestDaemon::start_in(dir, state, "[sandbox]\nmax_env_entries = 3\n");
+    let r = d.request(&Request::Run(RunRequest {
+        name: "t".into(),
+        args: vec!["env".into(), "S".into()],
+        input: vec![],
+        env: vec![],
+        timeout_ms: None,
+    }));
+    assert_eq!(r.code, Code::QuotaExceeded, "{}", r.message);
+    let (code, msg) = grant(&d, "t", &[], &["env=C"]);
+    assert_eq!(code, Code::Success, "{msg}");
+    assert_eq!(probe(&d, "t", &["env", "A"], &[]), "ok 1");
+    assert!(!d.log().contains("hidden-9b2c"), "{}", d.log());
 }

@@ -1,16 +1,21 @@
 //! Where grants and secrets are kept: `<state_dir>/grants/<tool>.toml` and
 //! `<state_dir>/secrets/<tool>.toml`, each 0600 in a 0700 directory of
 //! the daemon's state (the data partition, in the appliance), so the
-//! daemon's user alone reads them. Each file is written new and renamed
-//! into place: a crash leaves the old one or the new one.
+//! daemon's user alone reads them. Each file is written new, synced and
+//! renamed into place, then its directory synced: a crash leaves the old
+//! one or the new one.
 //!
-//! A tool without a grants file was installed before grants existed: the
-//! registry gives it [`Grants::legacy`] and writes that down
-//! ([`crate::registry::ToolRegistry::open`]).
+//! A state without a `grants` directory is one from before grants: the
+//! registry gives each tool [`Grants::legacy`], written into `grants.new`,
+//! which is renamed to `grants` when every tool has its file
+//! ([`GrantStore::finish_upgrade`]). Once `grants` is there, a tool
+//! without a file (an install or a remove cut short, a file deleted by
+//! hand) gets no grants at all, never the config's whole policy.
 
-use super::{Grants, MAX_ENTRIES};
+use super::{Grants, MAX_ENTRIES, MAX_GRANT_TEXT};
 use crate::error::{Code, Failure};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -28,29 +33,119 @@ impl std::fmt::Debug for Secrets {
 /// The grants and secrets of every tool.
 #[derive(Debug)]
 pub struct GrantStore {
+    state_dir: PathBuf,
+    /// `grants`, or `grants.new` while upgrading a state from before grants.
     grants: PathBuf,
     secrets: PathBuf,
+    upgrading: bool,
+    /// Longest file read back: what the daemon can have written (every
+    /// list full, every value as long as allowed and escaped).
+    max_file_bytes: u64,
 }
 
 fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Failure {
     move |e| Failure::io(context, &e)
 }
 
+fn make_dir(dir: &Path) -> Result<(), Failure> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format_args!("cannot create {}", dir.display())))
+}
+
+/// Make what was renamed or removed in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), Failure> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format_args!("cannot sync {}", dir.display())))
+}
+
 impl GrantStore {
-    /// The store under `state_dir` (its directories made 0700).
-    pub fn open(state_dir: &Path) -> Result<GrantStore, Failure> {
-        let store = GrantStore {
-            grants: state_dir.join("grants"),
+    /// The store under `state_dir` (its directories made 0700); values of
+    /// environment variables and secrets are at most `max_value_bytes`.
+    pub fn open(state_dir: &Path, max_value_bytes: usize) -> Result<GrantStore, Failure> {
+        let grants = state_dir.join("grants");
+        let upgrading = !grants.is_dir();
+        let mut store = GrantStore {
+            state_dir: state_dir.to_owned(),
+            grants,
             secrets: state_dir.join("secrets"),
+            upgrading,
+            // Each value escaped (at most 6 bytes a byte, `\uXXXX`), each
+            // other entry as long as a grant's text.
+            max_file_bytes: (MAX_ENTRIES as u64)
+                * (6 * max_value_bytes as u64 + 8 * MAX_GRANT_TEXT as u64)
+                + 65536,
         };
-        for dir in [&store.grants, &store.secrets] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io(format_args!("cannot create {}", dir.display())))?;
+        if upgrading {
+            // Left by an upgrade cut short: begun again from nothing.
+            store.grants = state_dir.join("grants.new");
+            match std::fs::remove_dir_all(&store.grants) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Failure::io(
+                        format_args!("cannot remove {}", store.grants.display()),
+                        &e,
+                    ));
+                }
+                _ => {}
+            }
         }
+        make_dir(&store.grants)?;
+        make_dir(&store.secrets)?;
         Ok(store)
+    }
+
+    /// Is this a state from before grants (no `grants` directory)?
+    pub fn upgrading(&self) -> bool {
+        self.upgrading
+    }
+
+    /// The end of an upgrade: `grants.new`, holding every tool's file, becomes
+    /// `grants`.
+    pub fn finish_upgrade(&mut self) -> Result<(), Failure> {
+        if !self.upgrading {
+            return Ok(());
+        }
+        let done = self.state_dir.join("grants");
+        sync_dir(&self.grants)?;
+        std::fs::rename(&self.grants, &done)
+            .map_err(io(format_args!("cannot rename {}", self.grants.display())))?;
+        sync_dir(&self.state_dir)?;
+        self.grants = done;
+        self.upgrading = false;
+        Ok(())
+    }
+
+    /// The text of `path`, if it is there, if not longer than the daemon
+    /// writes.
+    fn read(&self, path: &Path) -> Result<Option<String>, Failure> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Failure::io(
+                    format_args!("cannot read {}", path.display()),
+                    &e,
+                ));
+            }
+        };
+        let mut text = String::new();
+        file.take(self.max_file_bytes + 1)
+            .read_to_string(&mut text)
+            .map_err(io(format_args!("cannot read {}", path.display())))?;
+        if text.len() as u64 > self.max_file_bytes {
+            return Err(Failure::new(
+                Code::Einternal,
+                format!(
+                    "{} is longer than the daemon writes ({} bytes)",
+                    path.display(),
+                    self.max_file_bytes
+                ),
+            ));
+        }
+        Ok(Some(text))
     }
 
     fn grants_path(&self, tool: &str) -> PathBuf {
@@ -61,25 +156,32 @@ impl GrantStore {
         self.secrets.join(format!("{tool}.toml"))
     }
 
-    /// The grants of `tool`; `None` if it has no grants file.
+    /// The grants of `tool`; `None` if it has no grants file. A file that
+    /// is not one the daemon writes (edited by hand) is refused, saying
+    /// where and why but quoting none of it (it can hold environment
+    /// values).
     pub fn load(&self, tool: &str) -> Result<Option<Grants>, Failure> {
         let path = self.grants_path(tool);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(Failure::io(
-                    format_args!("cannot read {}", path.display()),
-                    &e,
-                ));
-            }
+        let Some(text) = self.read(&path)? else {
+            return Ok(None);
         };
-        toml::from_str(&text).map(Some).map_err(|e| {
+        let bad = |why: String| {
             Failure::new(
                 Code::Einternal,
-                format!("{} is not a grants file: {e}", path.display()),
+                format!("{} is not a grants file: {why}", path.display()),
             )
-        })
+        };
+        let grants: Grants = toml::from_str(&text).map_err(|e| {
+            bad(format!(
+                "not TOML of grants (at byte {:?})",
+                e.span().map(|s| s.start)
+            ))
+        })?;
+        grants.validate().map_err(|f| bad(f.message))?;
+        if let Some((what, n)) = grants.too_many() {
+            return Err(bad(format!("{n} {what}; a tool may hold {MAX_ENTRIES}")));
+        }
+        Ok(Some(grants))
     }
 
     /// Write the grants of `tool`.
@@ -95,15 +197,8 @@ impl GrantStore {
     /// The secrets of `tool` (none without a file).
     pub fn secrets(&self, tool: &str) -> Result<Secrets, Failure> {
         let path = self.secrets_path(tool);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::default()),
-            Err(e) => {
-                return Err(Failure::io(
-                    format_args!("cannot read {}", path.display()),
-                    &e,
-                ));
-            }
+        let Some(text) = self.read(&path)? else {
+            return Ok(Secrets::default());
         };
         // The parser's message could quote a value: say only where.
         toml::from_str(&text).map_err(|e| {
@@ -174,7 +269,8 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(io(format_args!("cannot write {}", fresh.display())))?;
-    std::fs::rename(&fresh, path).map_err(io(format_args!("cannot write {}", path.display())))
+    std::fs::rename(&fresh, path).map_err(io(format_args!("cannot write {}", path.display())))?;
+    path.parent().map_or(Ok(()), sync_dir)
 }
 
 #[cfg(test)]
@@ -186,14 +282,15 @@ mod tests {
     #[test]
     fn grants_and_secrets_survive_a_new_store_and_are_the_daemon_s_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GrantStore::open(dir.path()).unwrap();
+        let mut store = GrantStore::open(dir.path(), 4096).unwrap();
+        store.finish_upgrade().unwrap();
         assert_eq!(store.load("a").unwrap(), None);
         let mut g = Grants::default();
         g.apply(Grant::parse("net=10.0.0.0/8:5432").unwrap());
         g.apply(Grant::parse("env=MODE=fast").unwrap());
         store.save("a", &g).unwrap();
         assert!(store.set_secret("a", "TOKEN", Some("s3cret")).unwrap());
-        let again = GrantStore::open(dir.path()).unwrap();
+        let again = GrantStore::open(dir.path(), 4096).unwrap();
         assert_eq!(again.load("a").unwrap(), Some(g));
         assert_eq!(again.secrets("a").unwrap().0["TOKEN"], "s3cret");
         assert_eq!(again.secrets("b").unwrap(), Secrets::default());
@@ -217,9 +314,75 @@ mod tests {
     }
 
     #[test]
+    fn a_grants_file_not_as_the_daemon_writes_it_is_refused_quoting_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = GrantStore::open(dir.path(), 4096).unwrap();
+        store.finish_upgrade().unwrap();
+        let path = dir.path().join("grants/t.toml");
+        let many: Vec<String> = (0..=MAX_ENTRIES)
+            .map(|i| format!("\"h{i}.example.org\""))
+            .collect();
+        for (text, why) in [
+            // A quota of 0 would be no quota at all.
+            ("storage_bytes = 0\n".to_owned(), "storage=0"),
+            (
+                "env = { \"1BAD\" = \"hidden-value\" }\n".to_owned(),
+                "env=1BAD",
+            ),
+            (
+                "env = { A = \"hidden-value\" }\nnames = [\"hidden-value\n".to_owned(),
+                "at byte Some(",
+            ),
+            (
+                "env = { A = \"hidden-value\" }\nunknown = 1\n".to_owned(),
+                "at byte Some(",
+            ),
+            (
+                format!("names = [{}]\n", many.join(",")),
+                "65 names; a tool may hold 64",
+            ),
+            (
+                format!("env = {{ A = \"{}\" }}\n", "hidden-value".repeat(400_000)),
+                "longer than the daemon writes",
+            ),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            let e = store.load("t").unwrap_err();
+            assert_eq!(e.code, Code::Einternal);
+            assert!(e.message.contains(why), "{why}: {}", e.message);
+            assert!(!e.message.contains("hidden-value"), "{}", e.message);
+        }
+        std::fs::write(&path, "storage_bytes = 1\n").unwrap();
+        assert_eq!(store.load("t").unwrap().unwrap().storage_bytes, Some(1));
+    }
+
+    #[test]
+    fn a_state_from_before_grants_is_upgraded_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        // Begun before: a grants.new left by an upgrade cut short.
+        std::fs::create_dir(dir.path().join("grants.new")).unwrap();
+        std::fs::write(dir.path().join("grants.new/b.toml"), "storage_bytes = 9\n").unwrap();
+        let mut store = GrantStore::open(dir.path(), 4096).unwrap();
+        assert!(store.upgrading());
+        assert_eq!(store.load("b").unwrap(), None, "begun again from nothing");
+        store.save("a", &Grants::default()).unwrap();
+        // Not there until every tool has its file.
+        assert!(!dir.path().join("grants").exists());
+        store.finish_upgrade().unwrap();
+        assert!(!store.upgrading());
+        assert!(dir.path().join("grants/a.toml").is_file());
+        assert!(!dir.path().join("grants.new").exists());
+        assert_eq!(store.load("a").unwrap(), Some(Grants::default()));
+        let again = GrantStore::open(dir.path(), 4096).unwrap();
+        assert!(!again.upgrading());
+        assert_eq!(again.load("a").unwrap(), Some(Grants::default()));
+    }
+
+    #[test]
     fn secrets_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GrantStore::open(dir.path()).unwrap();
+        let mut store = GrantStore::open(dir.path(), 4096).unwrap();
+        store.finish_upgrade().unwrap();
         for i in 0..MAX_ENTRIES {
             store.set_secret("t", &format!("K{i}"), Some("v")).unwrap();
         }
