@@ -204,10 +204,12 @@ fn cgroup_level(dir: &Path) -> Result<(i32, u64), Failure> {
 /// Where the kernel says how high thread ids go.
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 
-/// Entries of the threads' tables (`RECENT`, indexed by thread id): the
-/// kernel's `pid_max` (thread ids are below it), at most
-/// `RECENT_THREADS_MAX`. A `pid_max` raised later, or above that, only
-/// means threads with greater ids report every file operation.
+/// Entries of the threads' tables (`RECENT` and `SERVING`, indexed by
+/// thread id): the kernel's `pid_max` (thread ids are below it), at most
+/// `RECENT_THREADS_MAX`. A thread with a greater id (`pid_max` above that,
+/// or raised later) reports every file operation, and a run with network
+/// grants it would serve fails (`grants::serve`): said once here. The
+/// appliance's init keeps `pid_max` below it.
 fn recent_threads() -> Result<u32, Failure> {
     let text = std::fs::read_to_string(PID_MAX)
         .map_err(|e| failed(format!("cannot read {PID_MAX}: {e}")))?;
@@ -215,6 +217,14 @@ fn recent_threads() -> Result<u32, Failure> {
         .trim()
         .parse::<u32>()
         .map_err(|e| failed(format!("{PID_MAX}: {:?} is not a number: {e}", text.trim())))?;
+    if max > t::RECENT_THREADS_MAX {
+        tracing::warn!(
+            pid_max = max,
+            "kernel.pid_max is above the {} thread ids the monitors' tables hold: a daemon thread above cannot serve a run with network grants (lower it: sysctl kernel.pid_max={})",
+            t::RECENT_THREADS_MAX,
+            t::RECENT_THREADS_MAX
+        );
+    }
     Ok(max.clamp(1, t::RECENT_THREADS_MAX))
 }
 

@@ -336,7 +336,22 @@ fn monitors_report_alert_and_enforce_in_the_kernel() {
         "sed -i 's|{ cidr = \"0.0.0.0/0\", ports = \\[5432\\] }|{ cidr = \"127.0.0.0/8\", ports = [5432] }|' /etc/clawos/daemon.toml \
          && grep -q '^    { cidr = \"127.0.0.0/8\"' /etc/clawos/daemon.toml",
     );
+    // Thread ids stay inside the per-thread tables (65536 ids), which the
+    // granted connect below needs of the thread serving it: a kernel built
+    // small (6.1) refuses a pid_max above 32768; one that takes it (6.12)
+    // has it lowered by init before the daemon starts again.
+    let raised = g.sh("echo 4194304 > /proc/sys/kernel/pid_max 2>/dev/null");
     restart_daemon(&mut g);
+    let pid_max: u32 = g
+        .sh_ok("cat /proc/sys/kernel/pid_max")
+        .trim()
+        .parse()
+        .unwrap();
+    if raised.code == 0 {
+        assert_eq!(pid_max, 65536, "init did not lower kernel.pid_max");
+    } else {
+        assert!(pid_max <= 32768, "pid_max {pid_max}: {}", raised.text);
+    }
     g.sh_ok("clawosctl grant probe net=127.0.0.1:5432 >/dev/null");
     g.sh_ok("echo monitored > /tmp/in.txt");
     let write = g.sh_ok("clawosctl --json run probe write notes.txt --input /tmp/in.txt");
