@@ -504,5 +504,25 @@ fn a_run_s_whole_environment_is_bounded_by_the_config_of_now() {
     let (code, msg) = grant(&d, "t", &[], &["env=C"]);
     assert_eq!(code, Code::Success, "{msg}");
     assert_eq!(probe(&d, "t", &["env", "A"], &[]), "ok 1");
+    // A value longer than ipc.max_arg_bytes lowered since (the secret's
+    // 11 bytes past 8): refused, naming the variable, not its value.
+    let (dir, state) = d.into_state();
+    let d = TestDaemon::start_in(
+        dir,
+        state,
+        "[sandbox]\nmax_env_entries = 3\n[ipc]\nmax_arg_bytes = 8\n",
+    );
+    let r = d.request(&Request::Run(RunRequest {
+        name: "t".into(),
+        args: vec!["env".into(), "A".into()],
+        input: vec![],
+        env: vec![],
+        timeout_ms: None,
+    }));
+    assert_eq!(r.code, Code::QuotaExceeded, "{}", r.message);
+    assert_eq!(
+        r.message,
+        "the value of environment variable \"S\" is longer than ipc.max_arg_bytes (8)"
+    );
     assert!(!d.log().contains("hidden-9b2c"), "{}", d.log());
 }
